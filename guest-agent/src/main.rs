@@ -1,0 +1,237 @@
+//! hk-agent, PID 1 of every hk microVM.
+//!
+//! The kernel starts it from the initramfs. It builds the small world a container process
+//! expects (proc, sys, dev, devpts, shm, run, cgroup2), runs the command the host put on the
+//! kernel command line after `--`, reaps every orphan as PID 1 must, and hands the command's
+//! exit status to the VMM through the control page named by `hk.ctl=` (docs/guest-abi.md).
+//! The vsock protocol of `hk run` (processes, stdio, signals) builds on this start.
+//!
+//! It is built static (`-C target-feature=+crt-static`) because the initramfs holds no libc.
+
+use nix::errno::Errno;
+use nix::mount::{mount, MsFlags};
+use nix::sys::reboot::{reboot, RebootMode};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// Offsets in the VMM's control page (docs/guest-abi.md).
+const CTL_BOOT_MARKER: usize = 0x0;
+const CTL_EXIT_STATUS: usize = 0x4;
+/// The value Firecracker's boot timer waits for; hk keeps it so the same guest images work.
+const BOOT_MARKER: u8 = 123;
+
+fn main() {
+    if std::process::id() != 1 {
+        eprintln!("hk-agent: must run as PID 1 inside an hk microVM");
+        std::process::exit(2);
+    }
+    mount_basics();
+    ensure_stdio();
+    let ctl = control_page();
+    if let Some(page) = &ctl {
+        page.write_u8(CTL_BOOT_MARKER, BOOT_MARKER);
+    }
+
+    let status = match run(std::env::args_os().skip(1).collect()) {
+        Ok(status) => status,
+        Err(err) => {
+            eprintln!("hk-agent: {err}");
+            127
+        }
+    };
+    // Whatever the command left running dies with the VM; SIGKILL now lets filesystems
+    // settle before the sync.
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    nix::unistd::sync();
+    match &ctl {
+        Some(page) => page.write_u32(CTL_EXIT_STATUS, u32::from(status)),
+        None => eprintln!("hk-agent: exit status {status}"),
+    }
+    // Without a control page (another VMM), a reboot is the portable way to end the VM.
+    let _ = reboot(RebootMode::RB_AUTOBOOT);
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Mount failures are reported, not fatal: a container whose image lacks /run still
+/// deserves to run its command.
+fn mount_basics() {
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 7] = [
+        ("proc", "/proc", "proc", nodev, None),
+        ("sysfs", "/sys", "sysfs", nodev, None),
+        (
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        ),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        ),
+        ("shm", "/dev/shm", "tmpfs", nodev, Some("mode=1777")),
+        (
+            "run",
+            "/run",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        ),
+        ("cgroup2", "/sys/fs/cgroup", "cgroup2", nodev, None),
+    ];
+    for (source, target, fstype, flags, data) in mounts {
+        let _ = fs::create_dir_all(target);
+        match mount(Some(source), target, Some(fstype), flags, data) {
+            Ok(()) | Err(Errno::EBUSY) => {}
+            Err(err) => eprintln!("hk-agent: mount {fstype} on {target}: {err}"),
+        }
+    }
+}
+
+/// The kernel opens /dev/console for init only if the initramfs holds that node; with
+/// devtmpfs mounted it exists now, so give the command a console either way.
+fn ensure_stdio() {
+    use std::os::fd::AsRawFd;
+    if nix::fcntl::fcntl(std::io::stdout(), nix::fcntl::FcntlArg::F_GETFD).is_ok() {
+        return;
+    }
+    if let Ok(console) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the three standard descriptors, which nothing else holds yet.
+            unsafe { nix::libc::dup2(console.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// Runs the command and returns its status the way a shell reports it (128 + signal).
+fn run(argv: Vec<OsString>) -> std::io::Result<u8> {
+    let (program, args) = match argv.split_first() {
+        Some((program, args)) => (program.clone(), args.to_vec()),
+        None => (OsString::from("/bin/sh"), Vec::new()),
+    };
+    let mut command = Command::new(&program);
+    command.args(&args);
+    if std::env::var_os("PATH").is_none() {
+        command.env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
+    }
+    // The child gets a session of its own so a shell can take the console as its
+    // controlling terminal.
+    // SAFETY: setsid is async-signal-safe, as required between fork and exec.
+    unsafe {
+        command.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(Into::into));
+    }
+    let child = command.spawn().map_err(|err| {
+        std::io::Error::new(
+            err.kind(),
+            format!("cannot run {}: {err}", program.to_string_lossy()),
+        )
+    })?;
+    let main = Pid::from_raw(child.id() as i32);
+    loop {
+        match waitpid(Pid::from_raw(-1), None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == main => return Ok(code as u8),
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == main => {
+                return Ok(128u8.wrapping_add(signal as u8))
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// The VMM's control page, mapped through /dev/mem.
+struct ControlPage {
+    base: std::ptr::NonNull<u8>,
+}
+
+const PAGE: usize = 4096;
+
+fn control_page() -> Option<ControlPage> {
+    let cmdline = fs::read_to_string("/proc/cmdline").ok()?;
+    let addr = parse_ctl(&cmdline)?;
+    let mem = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/mem")
+        .map_err(|err| eprintln!("hk-agent: /dev/mem: {err}"))
+        .ok()?;
+    let offset = i64::try_from(addr).ok()?;
+    // SAFETY: a fresh shared mapping of device memory; nothing else in this process aliases it.
+    let base = unsafe {
+        nix::sys::mman::mmap(
+            None,
+            std::num::NonZeroUsize::new(PAGE)?,
+            nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+            nix::sys::mman::MapFlags::MAP_SHARED,
+            &mem,
+            offset,
+        )
+    }
+    .map_err(|err| eprintln!("hk-agent: map control page at {addr:#x}: {err}"))
+    .ok()?;
+    Some(ControlPage { base: base.cast() })
+}
+
+/// `hk.ctl=0xd0000000` → 0xd0000000.
+fn parse_ctl(cmdline: &str) -> Option<u64> {
+    let value = cmdline
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("hk.ctl="))?;
+    let hex = value.strip_prefix("0x").unwrap_or(value);
+    let addr = u64::from_str_radix(hex, 16).ok()?;
+    (addr % PAGE as u64 == 0).then_some(addr)
+}
+
+impl ControlPage {
+    fn write_u8(&self, offset: usize, value: u8) {
+        assert!(offset < PAGE);
+        // SAFETY: offset is inside the mapped page; MMIO needs a volatile access.
+        unsafe { self.base.as_ptr().add(offset).write_volatile(value) }
+    }
+
+    fn write_u32(&self, offset: usize, value: u32) {
+        assert!(offset + 4 <= PAGE && offset % 4 == 0);
+        // SAFETY: aligned and inside the mapped page; MMIO needs a volatile access.
+        unsafe {
+            self.base
+                .as_ptr()
+                .add(offset)
+                .cast::<u32>()
+                .write_volatile(value)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ctl;
+
+    #[test]
+    fn control_page_address_comes_from_the_command_line() {
+        assert_eq!(
+            parse_ctl("console=ttyS0 hk.ctl=0xd0000000 quiet"),
+            Some(0xd000_0000)
+        );
+        assert_eq!(parse_ctl("console=ttyS0 quiet"), None);
+        assert_eq!(parse_ctl("hk.ctl=0xd0000010"), None, "not page aligned");
+        assert_eq!(parse_ctl("hk.ctl=zz"), None);
+    }
+}

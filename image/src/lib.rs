@@ -1,0 +1,1 @@
+//! hk-image: OCI images as ext4 root filesystems.

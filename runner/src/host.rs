@@ -1,0 +1,83 @@
+//! Facts about the host that decide how hk runs a VM: where its files live and what kind of
+//! KVM (if any) is here.
+
+use std::path::{Path, PathBuf};
+
+/// What `/dev/kvm` on this host can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kvm {
+    /// Hardware-assisted KVM (kvm_intel or kvm_amd): boots hk's stock guest kernel.
+    Hardware,
+    /// kvm-pvm, a software hypervisor behind the KVM API that boots only PVM-patched guest
+    /// kernels; a stock kernel dies early in boot. VMs go through the nested lab instead.
+    Pvm,
+    /// `/dev/kvm` exists but this user cannot open it.
+    NoAccess,
+    /// No `/dev/kvm` at all.
+    Missing,
+}
+
+impl Kvm {
+    pub fn detect() -> Kvm {
+        let dev = Path::new("/dev/kvm");
+        if !dev.exists() {
+            return Kvm::Missing;
+        }
+        if std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dev)
+            .is_err()
+        {
+            return Kvm::NoAccess;
+        }
+        if Path::new("/sys/module/kvm_pvm").exists() {
+            return Kvm::Pvm;
+        }
+        Kvm::Hardware
+    }
+
+    /// One line for a person: what this means and what to do about it.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Kvm::Hardware => "hardware KVM: VMs run directly on this host",
+            Kvm::Pvm => {
+                "kvm-pvm (software KVM that boots only PVM-patched kernels): \
+                 run VMs in the nested lab, scripts/lab -- hk ..."
+            }
+            Kvm::NoAccess => {
+                "/dev/kvm is not accessible to this user: add yourself to the group that owns \
+                 it (usually `kvm`) and log in again"
+            }
+            Kvm::Missing => {
+                "no /dev/kvm: enable virtualization in the firmware and load kvm_intel or kvm_amd"
+            }
+        }
+    }
+}
+
+/// `$XDG_CACHE_HOME/hk` (or `~/.cache/hk`), overridden by `HK_CACHE_DIR`; kernel builds
+/// and other rebuildable artifacts live here, keyed by their inputs.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HK_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("hk");
+    }
+    home().join(".cache").join("hk")
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from)
+}
+
+/// The guest kernel: `HK_KERNEL` when set, else the newest build of `kernel/build.sh guest`.
+pub fn guest_kernel() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("HK_KERNEL") {
+        return Some(PathBuf::from(path));
+    }
+    let path = cache_dir().join("kernel").join("guest").join("vmlinux");
+    path.exists().then_some(path)
+}

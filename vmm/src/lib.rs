@@ -1,0 +1,1 @@
+//! hk-vmm: see the crate docs once the VMM lands.
