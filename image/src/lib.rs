@@ -1,1 +1,26 @@
 //! hk-image: OCI images as ext4 root filesystems.
+//!
+//! The crate knows nothing of VMs: given a reference it pulls the image into a local content
+//! store and yields an ext4 root filesystem plus the image's OCI config. Layering, top down:
+//! `registry` (network) writes verified blobs into `store` (disk, locking, garbage
+//! collection); `rootfs` reads them back through `layer` (decompression, diff_id checks) into
+//! the ext4 writer. `auth` and `platform` are leaves used by `registry`.
+
+pub mod auth;
+mod digest;
+mod error;
+mod media;
+pub mod platform;
+pub mod progress;
+mod reference;
+mod registry;
+mod store;
+
+pub use digest::Digest;
+pub use error::Error;
+pub use platform::Platform;
+pub use reference::ImageRef;
+pub use registry::{login, pull, PullOptions};
+pub use store::{GcStats, Image, LayerInfo, Removed, Store};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,60 @@
+//! One error type for the crate. Every variant that concerns an image names it, and every
+//! variant that concerns a layer names the layer too, so that a failed pull of a hostile or
+//! broken image reads as one line a person can act on.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid reference format {reference:?}: {reason}")]
+    InvalidReference { reference: String, reason: String },
+
+    #[error("{image}: {reason}")]
+    Image { image: String, reason: String },
+
+    #[error("{image}: layer {layer}: {reason}")]
+    Layer {
+        image: String,
+        layer: String,
+        reason: String,
+    },
+
+    #[error("{image}: {source}")]
+    Registry {
+        image: String,
+        #[source]
+        source: oci_client::errors::OciDistributionError,
+    },
+
+    #[error("{registry}: {reason}")]
+    Login { registry: String, reason: String },
+
+    #[error("credentials for {registry}: {reason}")]
+    Credentials { registry: String, reason: String },
+
+    #[error("No such image: {0}")]
+    NotFound(String),
+
+    #[error("conflict: unable to delete {image} (must be forced) - image is referenced in multiple repositories")]
+    Conflict { image: String },
+
+    #[error("unsupported platform {0:?}: expected os/arch[/variant], e.g. linux/arm64")]
+    InvalidPlatform(String),
+
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("store record {}: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+}

@@ -1,0 +1,466 @@
+//! Pulling from a registry into the store. oci-client speaks the distribution protocol
+//! (token auth included); this module decides what to fetch, refuses what it cannot use
+//! before downloading it, and streams every blob to disk through a size and digest check.
+
+use crate::auth::{self, Credentials};
+use crate::digest::Hasher;
+use crate::media;
+use crate::progress::{Event, Progress};
+use crate::store::{Image, LayerInfo, Store};
+use crate::{platform, Digest, Error, ImageRef, Platform, Result};
+use futures_util::{StreamExt, TryStreamExt};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::Client;
+use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// docker's default `max-concurrent-downloads`.
+const CONCURRENT_DOWNLOADS: usize = 3;
+/// Manifests and configs are a few KiB; anything beyond these is an attack, not an image.
+const MAX_MANIFEST: usize = 4 << 20;
+const MAX_CONFIG: u64 = 16 << 20;
+/// No real layer comes near this; a descriptor that claims more is refused up front.
+const MAX_LAYER: u64 = 64 << 30;
+
+pub struct PullOptions {
+    pub platform: Platform,
+    /// `Some(false)` talks plain HTTP to this registry, like podman's `--tls-verify=false`.
+    /// `None` uses plain HTTP only for localhost and `HK_INSECURE_REGISTRIES`.
+    pub tls_verify: Option<bool>,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            platform: Platform::host(),
+            tls_verify: None,
+        }
+    }
+}
+
+/// Whether to speak plain HTTP to `registry` (`host[:port]`): loopback always, as docker
+/// does, plus what the user listed in `HK_INSECURE_REGISTRIES` (comma-separated hosts, with
+/// or without port).
+pub(crate) fn plain_http(registry: &str, tls_verify: Option<bool>) -> bool {
+    if let Some(verify) = tls_verify {
+        return !verify;
+    }
+    let host = match registry.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => registry.split(':').next().unwrap_or(registry),
+    };
+    if matches!(host, "localhost" | "127.0.0.1" | "::1") {
+        return true;
+    }
+    std::env::var("HK_INSECURE_REGISTRIES").is_ok_and(|list| {
+        list.split(',')
+            .map(str::trim)
+            .any(|r| !r.is_empty() && (r == registry || r == host))
+    })
+}
+
+fn client(registry: &str, tls_verify: Option<bool>) -> Client {
+    // rustls needs a process-wide crypto provider; a second install fails harmlessly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Client::new(ClientConfig {
+        protocol: if plain_http(registry, tls_verify) {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        },
+        platform_resolver: None,
+        connect_timeout: Some(Duration::from_secs(30)),
+        read_timeout: Some(Duration::from_secs(120)),
+        ..Default::default()
+    })
+}
+
+fn registry_auth(registry: &str) -> Result<RegistryAuth> {
+    Ok(match auth::lookup(registry)? {
+        Some(Credentials { username, password }) => RegistryAuth::Basic(username, password),
+        None => RegistryAuth::Anonymous,
+    })
+}
+
+/// Removes a temp file unless it was committed to the store.
+struct TempFile(Option<PathBuf>);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+struct Puller<'a> {
+    store: &'a Store,
+    client: Client,
+    reference: &'a ImageRef,
+    auth: RegistryAuth,
+    image: String,
+    progress: &'a dyn Progress,
+}
+
+impl Puller<'_> {
+    fn image_err(&self, reason: impl Into<String>) -> Error {
+        Error::Image {
+            image: self.image.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    async fn manifest(
+        &self,
+        reference: &oci_client::Reference,
+        accept: &[&str],
+    ) -> Result<(Vec<u8>, Digest)> {
+        let (body, digest) = self
+            .client
+            .pull_manifest_raw(reference, &self.auth, accept)
+            .await
+            .map_err(|source| Error::Registry {
+                image: self.image.clone(),
+                source,
+            })?;
+        if body.len() > MAX_MANIFEST {
+            return Err(self.image_err(format!("manifest of {} bytes is too large", body.len())));
+        }
+        let actual = Digest::of(&body);
+        if Digest::parse(&digest).ok().as_ref() != Some(&actual) {
+            return Err(self.image_err(format!(
+                "manifest digest mismatch: registry says {digest}, content is {actual}"
+            )));
+        }
+        Ok((body.to_vec(), actual))
+    }
+
+    /// Streams one blob into the store, checking size as it comes and digest at the end.
+    async fn blob(&self, what: &str, digest: &Digest, size: u64, media_type: &str) -> Result<()> {
+        if self.store.has_blob(digest) {
+            return Ok(());
+        }
+        let fail = |reason: String| Error::Layer {
+            image: self.image.clone(),
+            layer: what.to_string(),
+            reason,
+        };
+        let desc = OciDescriptor {
+            media_type: media_type.to_string(),
+            digest: digest.to_string(),
+            size: size as i64,
+            ..Default::default()
+        };
+        let stream = self
+            .client
+            .pull_blob_stream(self.reference.oci(), &desc)
+            .await
+            .map_err(|e| fail(format!("download failed: {e}")))?;
+        if let Some(announced) = stream.content_length.filter(|&n| n != size) {
+            return Err(fail(format!(
+                "size mismatch: registry announces {announced} bytes, manifest declares {size}"
+            )));
+        }
+        let temp = TempFile(Some(self.store.temp_path("blob")));
+        let path = temp.0.clone().expect("temp path");
+        let mut file = std::io::BufWriter::with_capacity(
+            1 << 20,
+            File::create(&path).map_err(Error::io(&path))?,
+        );
+        let mut hasher = Hasher::default();
+        let mut stream = stream.stream;
+        let mut reported = 0;
+        while let Some(chunk) = stream
+            .try_next()
+            .await
+            .map_err(|e| fail(format!("download failed: {e}")))?
+        {
+            if hasher.len + chunk.len() as u64 > size {
+                return Err(fail(format!(
+                    "size mismatch: registry sends more than the {size} bytes the manifest declares"
+                )));
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).map_err(Error::io(&path))?;
+            if hasher.len - reported >= 256 << 10 || hasher.len == size {
+                reported = hasher.len;
+                self.progress.event(Event::Downloading {
+                    layer: digest,
+                    done: hasher.len,
+                });
+            }
+        }
+        file.flush().map_err(Error::io(&path))?;
+        drop(file);
+        if hasher.len != size {
+            return Err(fail(format!(
+                "size mismatch: registry sent {} bytes, manifest declares {size}",
+                hasher.len
+            )));
+        }
+        let actual = hasher.finish();
+        if actual != *digest {
+            return Err(fail(format!("digest mismatch: content is {actual}")));
+        }
+        self.store.commit_blob(&path, digest)?;
+        let mut temp = temp;
+        temp.0 = None;
+        Ok(())
+    }
+}
+
+/// Pulls `reference` for `opts.platform` into `store` and records its name. Everything is
+/// verified (sizes, digests, media types, diff_id count) before the name points at it.
+pub async fn pull(
+    store: &Store,
+    reference: &ImageRef,
+    opts: &PullOptions,
+    progress: &dyn Progress,
+) -> Result<Image> {
+    let _lock = store.writer_lock()?;
+    let client = client(reference.api_registry(), opts.tls_verify);
+    let auth = registry_auth(reference.registry())?;
+    let p = Puller {
+        store,
+        client,
+        reference,
+        auth,
+        image: reference.to_string(),
+        progress,
+    };
+
+    let (top, resolved) = p.manifest(reference.oci(), media::MANIFESTS).await?;
+    if let Some(want) = reference.digest().filter(|d| *d != resolved) {
+        return Err(p.image_err(format!("registry served {resolved} for digest {want}")));
+    }
+    progress.event(Event::Resolved { digest: &resolved });
+    let head: serde_json::Value = serde_json::from_slice(&top)
+        .map_err(|e| p.image_err(format!("manifest is not JSON: {e}")))?;
+    if head["schemaVersion"] == 1 {
+        return Err(p.image_err(
+            "Docker schema 1 manifests are not supported: push the image again with a current tool",
+        ));
+    }
+    let is_index = head.get("manifests").is_some()
+        || matches!(
+            head["mediaType"].as_str(),
+            Some(media::OCI_INDEX | media::DOCKER_LIST)
+        );
+    let (manifest_bytes, manifest_digest) = if is_index {
+        let index = ImageIndex::from_reader(&top[..])
+            .map_err(|e| p.image_err(format!("malformed image index: {e}")))?;
+        let digest = platform::select(&index, &opts.platform).map_err(|r| p.image_err(r))?;
+        let (bytes, got) = p
+            .manifest(
+                &reference.with_digest(&digest),
+                &[media::OCI_MANIFEST, media::DOCKER_MANIFEST],
+            )
+            .await?;
+        if got != digest {
+            return Err(p.image_err(format!("registry served {got} for manifest {digest}")));
+        }
+        (bytes, digest)
+    } else {
+        (top.clone(), resolved.clone())
+    };
+    let manifest = ImageManifest::from_reader(&manifest_bytes[..])
+        .map_err(|e| p.image_err(format!("malformed image manifest {manifest_digest}: {e}")))?;
+
+    let config_desc = manifest.config();
+    let config_type = config_desc.media_type().to_string();
+    if !media::is_config(&config_type) {
+        return Err(p.image_err(format!(
+            "not a container image: config media type {config_type:?}"
+        )));
+    }
+    let config_digest =
+        Digest::parse(&config_desc.digest().to_string()).map_err(|r| p.image_err(r))?;
+    if config_desc.size() > MAX_CONFIG {
+        return Err(p.image_err(format!(
+            "config of {} bytes is too large",
+            config_desc.size()
+        )));
+    }
+    let total = manifest.layers().len();
+    let layer_name = |i: usize, d: &Digest| format!("{} ({}/{total})", d.short(), i + 1);
+    let mut layers = Vec::with_capacity(total);
+    for (i, l) in manifest.layers().iter().enumerate() {
+        let digest = Digest::parse(&l.digest().to_string()).map_err(|r| p.image_err(r))?;
+        let media_type = l.media_type().to_string();
+        let fail = |reason: String| Error::Layer {
+            image: p.image.clone(),
+            layer: layer_name(i, &digest),
+            reason,
+        };
+        if media::layer_compression(&media_type).is_none() {
+            return Err(fail(format!("unsupported layer media type {media_type:?}")));
+        }
+        if l.size() > MAX_LAYER {
+            return Err(fail(format!(
+                "declared size of {} bytes is absurd",
+                l.size()
+            )));
+        }
+        layers.push((digest, media_type, l.size()));
+    }
+    if layers.is_empty() {
+        return Err(p.image_err("the image has no layers"));
+    }
+
+    p.blob(
+        &format!("config {}", config_digest.short()),
+        &config_digest,
+        config_desc.size(),
+        &config_type,
+    )
+    .await?;
+    let config_bytes = store.read_blob(&config_digest)?;
+    let config = ImageConfiguration::from_reader(&config_bytes[..])
+        .map_err(|e| p.image_err(format!("malformed config {config_digest}: {e}")))?;
+    let diff_ids = config
+        .rootfs()
+        .diff_ids()
+        .iter()
+        .map(|d| Digest::parse(d).map_err(|r| p.image_err(format!("config: {r}"))))
+        .collect::<Result<Vec<_>>>()?;
+    if diff_ids.len() != layers.len() {
+        return Err(p.image_err(format!(
+            "config lists {} diff_ids for {} layers",
+            diff_ids.len(),
+            layers.len()
+        )));
+    }
+
+    for (digest, _, size) in &layers {
+        if store.has_blob(digest) {
+            progress.event(Event::Exists { layer: digest });
+        } else {
+            progress.event(Event::Waiting {
+                layer: digest,
+                size: *size,
+            });
+        }
+    }
+    futures_util::stream::iter(layers.iter().enumerate())
+        .map(|(i, (digest, media_type, size))| {
+            let p = &p;
+            let name = layer_name(i, digest);
+            async move {
+                if p.store.has_blob(digest) {
+                    return Ok(());
+                }
+                p.blob(&name, digest, *size, media_type).await?;
+                p.progress.event(Event::Complete { layer: digest });
+                Ok::<_, Error>(())
+            }
+        })
+        .buffer_unordered(CONCURRENT_DOWNLOADS)
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    let image = Image {
+        manifest: manifest_digest,
+        config: config_digest,
+        layers: layers
+            .into_iter()
+            .zip(diff_ids)
+            .map(|((digest, media_type, size), diff_id)| LayerInfo {
+                digest,
+                media_type,
+                size,
+                diff_id,
+            })
+            .collect(),
+        os: config.os().to_string(),
+        architecture: config.architecture().to_string(),
+        variant: config.variant().clone(),
+        created: config.created().clone(),
+        pulled: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        names: vec![reference.canonical()],
+        repo_digests: vec![format!("{}@{resolved}", reference.name())],
+    };
+    store.put_blob(&top)?;
+    store.put_blob(&manifest_bytes)?;
+    store.record(&image, reference, &resolved)?;
+    Ok(image)
+}
+
+/// Checks credentials against a registry the way `docker login` does: `/v2/` with basic
+/// auth, following a bearer challenge to the token server when the registry uses one.
+pub async fn login(registry: &str, creds: &Credentials, tls_verify: Option<bool>) -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let host = match registry {
+        "docker.io" => "index.docker.io",
+        r => r,
+    };
+    let scheme = if plain_http(host, tls_verify) {
+        "http"
+    } else {
+        "https"
+    };
+    let fail = |reason: String| Error::Login {
+        registry: registry.to_string(),
+        reason,
+    };
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| fail(e.to_string()))?;
+    let resp = http
+        .get(format!("{scheme}://{host}/v2/"))
+        .basic_auth(&creds.username, Some(&creds.password))
+        .send()
+        .await
+        .map_err(|e| fail(format!("cannot reach the registry: {e}")))?;
+    if resp.status().is_success() {
+        return Ok(());
+    }
+    if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
+        return Err(fail(format!("unexpected answer {}", resp.status())));
+    }
+    let challenge = resp
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let bearer = http_auth::parse_challenges(&challenge).ok().and_then(|cs| {
+        cs.into_iter()
+            .find(|c| c.scheme.eq_ignore_ascii_case("bearer"))
+    });
+    let Some(bearer) = bearer else {
+        return Err(fail("unauthorized: incorrect username or password".into()));
+    };
+    let param = |name: &str| {
+        bearer
+            .params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.to_unescaped())
+    };
+    let realm = param("realm").ok_or_else(|| fail("bearer challenge without realm".into()))?;
+    let mut query = vec![("account", creds.username.clone())];
+    if let Some(service) = param("service") {
+        query.push(("service", service));
+    }
+    let token = http
+        .get(&realm)
+        .query(&query)
+        .basic_auth(&creds.username, Some(&creds.password))
+        .send()
+        .await
+        .map_err(|e| fail(format!("cannot reach the token server {realm}: {e}")))?;
+    if token.status().is_success() {
+        Ok(())
+    } else {
+        Err(fail("unauthorized: incorrect username or password".into()))
+    }
+}

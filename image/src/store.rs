@@ -1,0 +1,559 @@
+//! The local content store.
+//!
+//! Layout under the data directory:
+//! - `blobs/sha256/<hex>`: manifests, configs and layers, each verified before it got here;
+//! - `images/<manifest hex>.json`: one record per pulled image manifest;
+//! - `refs/<escaped name>`: a name (`docker.io/library/alpine:latest` or `name@digest`) and
+//!   the image it points to;
+//! - `rootfs/<chain id hex>.ext4`: converted root filesystems, shared read-only by VMs;
+//! - `tmp/`: everything in the making.
+//!
+//! Every file appears by rename of a finished temp file, so a reader sees all of it or none,
+//! and a writer killed with SIGKILL leaves only junk in `tmp/`. Concurrency is one flock on
+//! `lock`: writers (pulls, conversions) hold it shared, garbage collection exclusive, so GC
+//! never deletes a blob a running pull has fetched but not yet recorded, and may empty `tmp/`
+//! because no writer is alive. Two pulls of the same image write identical content under
+//! identical names; whichever rename lands last wins, and both are right.
+
+use crate::digest::{chain_id, Digest};
+use crate::reference::familiar;
+use crate::{Error, ImageRef, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub struct Store {
+    root: PathBuf,
+}
+
+/// A layer as the store knows it: the blob and what decompressing it must produce.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LayerInfo {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub diff_id: Digest,
+}
+
+/// A pulled image: one platform's manifest, with the names that point at it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Image {
+    /// The platform manifest: the image's identity in the store.
+    pub manifest: Digest,
+    /// The config blob's digest, which docker shows as IMAGE ID.
+    pub config: Digest,
+    pub layers: Vec<LayerInfo>,
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+    /// When the image was built (the config's `created`), as the config spells it.
+    pub created: Option<String>,
+    /// Seconds since the epoch when this image was last pulled.
+    pub pulled: u64,
+    /// Names pointing here, fully qualified (`docker.io/library/alpine:latest`).
+    #[serde(skip)]
+    pub names: Vec<String>,
+    /// `name@digest` for each repository, the digest being what the name resolved to on the
+    /// registry (the index digest for multi-platform images), as docker's RepoDigests.
+    #[serde(skip)]
+    pub repo_digests: Vec<String>,
+}
+
+impl Image {
+    /// Download size: compressed layers plus config, the bytes the store holds for it.
+    pub fn size(&self) -> u64 {
+        self.layers.iter().map(|l| l.size).sum()
+    }
+
+    pub fn diff_ids(&self) -> Vec<Digest> {
+        self.layers.iter().map(|l| l.diff_id.clone()).collect()
+    }
+
+    pub fn chain_id(&self) -> Option<Digest> {
+        chain_id(&self.diff_ids())
+    }
+
+    /// The name to show a person: the first tag, in docker's short spelling, else the ID.
+    pub fn display_name(&self) -> String {
+        self.names
+            .first()
+            .map(|n| familiar(n))
+            .unwrap_or_else(|| self.config.short().to_string())
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct RefRecord {
+    pub name: String,
+    pub image: Digest,
+    /// What the name resolved to on the registry (index or manifest digest).
+    pub digest: Digest,
+}
+
+/// What `rmi` and `prune` did, in the words docker prints.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Removed {
+    Untagged(String),
+    Deleted(Digest),
+}
+
+#[derive(Debug, Default)]
+pub struct GcStats {
+    pub blobs: usize,
+    pub rootfs: usize,
+    pub bytes: u64,
+}
+
+/// A held flock on the store; dropping it releases the lock.
+pub(crate) struct StoreLock(#[allow(dead_code)] File);
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
+        let root = root.into();
+        for dir in ["blobs/sha256", "images", "refs", "rootfs", "tmp"] {
+            let d = root.join(dir);
+            fs::create_dir_all(&d).map_err(Error::io(&d))?;
+        }
+        Ok(Store { root })
+    }
+
+    /// `$HK_DATA_DIR`, else `$XDG_DATA_HOME/hk`, else `~/.local/share/hk`.
+    pub fn default_root() -> PathBuf {
+        if let Some(d) = std::env::var_os("HK_DATA_DIR").filter(|d| !d.is_empty()) {
+            return PathBuf::from(d);
+        }
+        if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+            return PathBuf::from(d).join("hk");
+        }
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+        PathBuf::from(home).join(".local/share/hk")
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn lock(&self, exclusive: bool) -> Result<StoreLock> {
+        let path = self.root.join("lock");
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(Error::io(&path))?;
+        if exclusive { f.lock() } else { f.lock_shared() }.map_err(Error::io(&path))?;
+        Ok(StoreLock(f))
+    }
+
+    pub(crate) fn writer_lock(&self) -> Result<StoreLock> {
+        self.lock(false)
+    }
+
+    /// A fresh path in `tmp/`, unique across processes and threads.
+    pub(crate) fn temp_path(&self, what: &str) -> PathBuf {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        self.root
+            .join("tmp")
+            .join(format!("{what}.{}.{nanos}.{n}", std::process::id()))
+    }
+
+    pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    pub(crate) fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Moves a verified temp file to its content address.
+    pub(crate) fn commit_blob(&self, temp: &Path, digest: &Digest) -> Result<()> {
+        let dest = self.blob_path(digest);
+        fs::rename(temp, &dest).map_err(Error::io(&dest))
+    }
+
+    /// Stores small content (manifests) that is already in memory and already verified.
+    pub(crate) fn put_blob(&self, data: &[u8]) -> Result<Digest> {
+        let digest = Digest::of(data);
+        if !self.has_blob(&digest) {
+            let temp = self.temp_path("blob");
+            fs::write(&temp, data).map_err(Error::io(&temp))?;
+            self.commit_blob(&temp, &digest)?;
+        }
+        Ok(digest)
+    }
+
+    /// Reads a small blob back, checking it still has the content its name promises.
+    pub(crate) fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let path = self.blob_path(digest);
+        let data = fs::read(&path).map_err(Error::io(&path))?;
+        if Digest::of(&data) != *digest {
+            return Err(Error::Corrupt {
+                path,
+                reason: "content does not match its digest".into(),
+            });
+        }
+        Ok(data)
+    }
+
+    fn write_json(&self, dest: &Path, value: &impl Serialize) -> Result<()> {
+        let temp = self.temp_path("record");
+        let mut f = File::create(&temp).map_err(Error::io(&temp))?;
+        let json = serde_json::to_vec_pretty(value).expect("store records serialize");
+        f.write_all(&json).map_err(Error::io(&temp))?;
+        drop(f);
+        fs::rename(&temp, dest).map_err(Error::io(dest))
+    }
+
+    fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
+        match fs::read(path) {
+            Ok(data) => serde_json::from_slice(&data)
+                .map(Some)
+                .map_err(|e| Error::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                }),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::Io {
+                path: path.to_path_buf(),
+                source: e,
+            }),
+        }
+    }
+
+    fn image_path(&self, manifest: &Digest) -> PathBuf {
+        self.root
+            .join("images")
+            .join(format!("{}.json", manifest.hex()))
+    }
+
+    fn ref_path(&self, name: &str) -> PathBuf {
+        self.root.join("refs").join(escape(name))
+    }
+
+    pub(crate) fn rootfs_path(&self, chain: &Digest) -> PathBuf {
+        self.root
+            .join("rootfs")
+            .join(format!("{}.ext4", chain.hex()))
+    }
+
+    /// Records a pulled image, then points `name` at it: in this order, so that a name never
+    /// points at a record that is not there.
+    pub(crate) fn record(&self, image: &Image, name: &ImageRef, resolved: &Digest) -> Result<()> {
+        self.write_json(&self.image_path(&image.manifest), image)?;
+        let r = RefRecord {
+            name: name.canonical(),
+            image: image.manifest.clone(),
+            digest: resolved.clone(),
+        };
+        self.write_json(&self.ref_path(&r.name), &r)
+    }
+
+    fn refs(&self) -> Result<Vec<RefRecord>> {
+        let dir = self.root.join("refs");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(Error::io(&dir))? {
+            let entry = entry.map_err(Error::io(&dir))?;
+            if let Some(r) = Self::read_json::<RefRecord>(&entry.path())? {
+                out.push(r);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn image_record(&self, manifest: &Digest) -> Result<Option<Image>> {
+        Self::read_json(&self.image_path(manifest))
+    }
+
+    /// Every image in the store with its names, newest pull first.
+    pub fn images(&self) -> Result<Vec<Image>> {
+        let dir = self.root.join("images");
+        let refs = self.refs()?;
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(Error::io(&dir))? {
+            let entry = entry.map_err(Error::io(&dir))?;
+            if let Some(mut image) = Self::read_json::<Image>(&entry.path())? {
+                attach_names(&mut image, &refs);
+                out.push(image);
+            }
+        }
+        out.sort_by(|a, b| b.pulled.cmp(&a.pulled).then(a.manifest.cmp(&b.manifest)));
+        Ok(out)
+    }
+
+    /// Finds an image by name (`alpine`, `alpine:3`, `name@digest`) or by ID prefix (of its
+    /// config digest, as docker's IMAGE ID, or of its manifest digest).
+    pub fn resolve(&self, spec: &str) -> Result<Image> {
+        if let Ok(r) = ImageRef::parse(spec) {
+            let refs = self.refs()?;
+            let found = refs.iter().find(|x| x.name == r.canonical()).or_else(|| {
+                // `name@digest` also finds a tagged image pulled through that digest.
+                let d = r.digest()?;
+                refs.iter().find(|x| {
+                    x.name.starts_with(&format!("{}:", r.name())) && (x.digest == d || x.image == d)
+                })
+            });
+            if let Some(found) = found {
+                if let Some(mut image) = self.image_record(&found.image)? {
+                    attach_names(&mut image, &refs);
+                    return Ok(image);
+                }
+            }
+        }
+        let prefix = spec.strip_prefix("sha256:").unwrap_or(spec);
+        if !prefix.is_empty() && prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let mut matches: Vec<Image> = self
+                .images()?
+                .into_iter()
+                .filter(|i| {
+                    i.config.hex().starts_with(prefix) || i.manifest.hex().starts_with(prefix)
+                })
+                .collect();
+            match matches.len() {
+                0 => {}
+                1 => return Ok(matches.remove(0)),
+                _ if matches.iter().all(|m| m.config == matches[0].config) => {
+                    return Ok(matches.remove(0))
+                }
+                _ => {
+                    return Err(Error::Image {
+                        image: spec.to_string(),
+                        reason: "ambiguous image ID prefix: give more digits".into(),
+                    })
+                }
+            }
+        }
+        Err(Error::NotFound(spec.to_string()))
+    }
+
+    /// The image's OCI config, as the registry served it.
+    pub fn config(&self, image: &Image) -> Result<oci_spec::image::ImageConfiguration> {
+        let data = self.read_blob(&image.config)?;
+        oci_spec::image::ImageConfiguration::from_reader(&data[..]).map_err(|e| Error::Corrupt {
+            path: self.blob_path(&image.config),
+            reason: e.to_string(),
+        })
+    }
+
+    /// `docker rmi`: a name is untagged, and the image deleted once no name is left; an ID
+    /// deletes the image, which needs `force` when several repositories name it.
+    pub fn remove(&self, spec: &str, force: bool) -> Result<Vec<Removed>> {
+        let _lock = self.lock(true)?;
+        let image = self.resolve(spec)?;
+        let by_name = ImageRef::parse(spec)
+            .ok()
+            .map(|r| r.canonical())
+            .filter(|n| image.names.contains(n));
+        let mut removed = Vec::new();
+        let untag: Vec<String> = match by_name {
+            Some(name) => vec![name],
+            None => {
+                let repos: HashSet<String> = image
+                    .names
+                    .iter()
+                    .filter_map(|n| ImageRef::parse(n).ok().map(|r| r.name()))
+                    .collect();
+                if repos.len() > 1 && !force {
+                    return Err(Error::Conflict {
+                        image: spec.to_string(),
+                    });
+                }
+                image.names.clone()
+            }
+        };
+        for name in &untag {
+            let path = self.ref_path(name);
+            fs::remove_file(&path).map_err(Error::io(&path))?;
+            removed.push(Removed::Untagged(familiar_ref(name)));
+        }
+        if image.names.iter().all(|n| untag.contains(n)) {
+            for d in &image.repo_digests {
+                removed.push(Removed::Untagged(familiar_ref(d)));
+            }
+            let path = self.image_path(&image.manifest);
+            fs::remove_file(&path).map_err(Error::io(&path))?;
+            removed.push(Removed::Deleted(image.config.clone()));
+        }
+        self.gc_locked()?;
+        Ok(removed)
+    }
+
+    /// `docker image prune`: deletes images no name points to; with `all`, every image whose
+    /// root filesystem no running VM holds.
+    pub fn prune(&self, all: bool) -> Result<(Vec<Removed>, GcStats)> {
+        let _lock = self.lock(true)?;
+        let mut removed = Vec::new();
+        for image in self.images()? {
+            if !image.names.is_empty() {
+                if !all || self.rootfs_in_use(&image)? {
+                    continue;
+                }
+                for name in &image.names {
+                    let path = self.ref_path(name);
+                    fs::remove_file(&path).map_err(Error::io(&path))?;
+                    removed.push(Removed::Untagged(familiar_ref(name)));
+                }
+            }
+            let path = self.image_path(&image.manifest);
+            fs::remove_file(&path).map_err(Error::io(&path))?;
+            removed.push(Removed::Deleted(image.config.clone()));
+        }
+        let stats = self.gc_locked()?;
+        Ok((removed, stats))
+    }
+
+    fn rootfs_in_use(&self, image: &Image) -> Result<bool> {
+        let Some(chain) = image.chain_id() else {
+            return Ok(false);
+        };
+        let path = self.rootfs_path(&chain);
+        match File::open(&path) {
+            Ok(f) => match f.try_lock() {
+                Ok(()) => Ok(false),
+                Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+                Err(std::fs::TryLockError::Error(e)) => Err(Error::Io { path, source: e }),
+            },
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::Io { path, source: e }),
+        }
+    }
+
+    /// Deletes every blob and root filesystem no image record references, and all of `tmp/`.
+    pub fn gc(&self) -> Result<GcStats> {
+        let _lock = self.lock(true)?;
+        self.gc_locked()
+    }
+
+    fn gc_locked(&self) -> Result<GcStats> {
+        let mut live_blobs = HashSet::new();
+        let mut live_rootfs = HashSet::new();
+        for r in self.refs()? {
+            live_blobs.insert(r.digest.hex().to_string());
+        }
+        for image in self.images()? {
+            live_blobs.insert(image.manifest.hex().to_string());
+            live_blobs.insert(image.config.hex().to_string());
+            for l in &image.layers {
+                live_blobs.insert(l.digest.hex().to_string());
+            }
+            if let Some(chain) = image.chain_id() {
+                live_rootfs.insert(format!("{}.ext4", chain.hex()));
+            }
+        }
+        let mut stats = GcStats::default();
+        let blobs = self.root.join("blobs/sha256");
+        for entry in fs::read_dir(&blobs).map_err(Error::io(&blobs))? {
+            let entry = entry.map_err(Error::io(&blobs))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !live_blobs.contains(&name) {
+                stats.bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                remove_path(&entry.path())?;
+                stats.blobs += 1;
+            }
+        }
+        let rootfs = self.root.join("rootfs");
+        for entry in fs::read_dir(&rootfs).map_err(Error::io(&rootfs))? {
+            let entry = entry.map_err(Error::io(&rootfs))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".ext4") {
+                // Per-chain conversion locks: only their writers care, and none is alive.
+                remove_path(&entry.path())?;
+                continue;
+            }
+            if live_rootfs.contains(&name) {
+                continue;
+            }
+            let f = File::open(entry.path()).map_err(Error::io(entry.path()))?;
+            if f.try_lock().is_err() {
+                continue; // a VM still runs on it; a later GC collects it
+            }
+            stats.bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+            remove_path(&entry.path())?;
+            stats.rootfs += 1;
+        }
+        let tmp = self.root.join("tmp");
+        for entry in fs::read_dir(&tmp).map_err(Error::io(&tmp))? {
+            let entry = entry.map_err(Error::io(&tmp))?;
+            stats.bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+            remove_path(&entry.path())?;
+        }
+        Ok(stats)
+    }
+}
+
+fn remove_path(path: &Path) -> Result<()> {
+    let r = if path.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    match r {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn attach_names(image: &mut Image, refs: &[RefRecord]) {
+    let mut names = Vec::new();
+    let mut digests = Vec::new();
+    for r in refs.iter().filter(|r| r.image == image.manifest) {
+        names.push(r.name.clone());
+        if let Ok(parsed) = ImageRef::parse(&r.name) {
+            let d = format!("{}@{}", parsed.name(), r.digest);
+            if !digests.contains(&d) {
+                digests.push(d);
+            }
+        }
+    }
+    image.names = names;
+    image.repo_digests = digests;
+}
+
+/// `docker.io/library/alpine:latest` → `alpine:latest`.
+pub(crate) fn familiar_ref(name: &str) -> String {
+    match ImageRef::parse(name) {
+        Ok(r) => r.to_string(),
+        Err(_) => name.to_string(),
+    }
+}
+
+/// A name as a single file name: reference characters are `[a-z0-9._-/:@]` plus tag case,
+/// so escaping `/`, `:`, `@` and `%` is enough and keeps names readable in the directory.
+fn escape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        match c {
+            '/' => out.push_str("%2F"),
+            ':' => out.push_str("%3A"),
+            '@' => out.push_str("%40"),
+            '%' => out.push_str("%25"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaped_names_are_single_path_components() {
+        let e = escape("127.0.0.1:5000/a/b:t");
+        assert!(!e.contains('/') && e != "." && e != "..");
+        assert_ne!(escape("a/b:c"), escape("a/b@c"));
+    }
+}
