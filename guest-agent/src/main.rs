@@ -197,7 +197,7 @@ fn parse_ctl(cmdline: &str) -> Option<u64> {
         .find_map(|word| word.strip_prefix("hk.ctl="))?;
     let hex = value.strip_prefix("0x").unwrap_or(value);
     let addr = u64::from_str_radix(hex, 16).ok()?;
-    (addr % PAGE as u64 == 0).then_some(addr)
+    addr.is_multiple_of(PAGE as u64).then_some(addr)
 }
 
 impl ControlPage {
@@ -208,7 +208,7 @@ impl ControlPage {
     }
 
     fn write_u32(&self, offset: usize, value: u32) {
-        assert!(offset + 4 <= PAGE && offset % 4 == 0);
+        assert!(offset + 4 <= PAGE && offset.is_multiple_of(4));
         // SAFETY: aligned and inside the mapped page; MMIO needs a volatile access.
         unsafe {
             self.base
