@@ -100,7 +100,7 @@ mod tests {
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         assert_eq!(Digest::parse(d.as_str()).unwrap(), d);
-        assert_eq!(chain_id(&[d.clone()]), Some(d.clone()));
+        assert_eq!(chain_id(std::slice::from_ref(&d)), Some(d.clone()));
         let two = chain_id(&[d.clone(), d.clone()]).unwrap();
         assert_eq!(two, Digest::of(format!("{d} {d}").as_bytes()));
         assert_eq!(chain_id(&[]), None);

@@ -93,7 +93,7 @@ pub(crate) fn select(index: &ImageIndex, want: &Platform) -> std::result::Result
             continue;
         }
         if want.matches(&os, &arch, p.variant().as_deref()) {
-            return Digest::parse(&m.digest().to_string());
+            return Digest::parse(m.digest().as_ref());
         }
         offered.push(match p.variant() {
             Some(v) => format!("{os}/{arch}/{v}"),

@@ -279,7 +279,7 @@ pub async fn pull(
         )));
     }
     let config_digest =
-        Digest::parse(&config_desc.digest().to_string()).map_err(|r| p.image_err(r))?;
+        Digest::parse(config_desc.digest().as_ref()).map_err(|r| p.image_err(r))?;
     if config_desc.size() > MAX_CONFIG {
         return Err(p.image_err(format!(
             "config of {} bytes is too large",
@@ -290,7 +290,7 @@ pub async fn pull(
     let layer_name = |i: usize, d: &Digest| format!("{} ({}/{total})", d.short(), i + 1);
     let mut layers = Vec::with_capacity(total);
     for (i, l) in manifest.layers().iter().enumerate() {
-        let digest = Digest::parse(&l.digest().to_string()).map_err(|r| p.image_err(r))?;
+        let digest = Digest::parse(l.digest().as_ref()).map_err(|r| p.image_err(r))?;
         let media_type = l.media_type().to_string();
         let fail = |reason: String| Error::Layer {
             image: p.image.clone(),

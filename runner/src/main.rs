@@ -2,7 +2,9 @@
 //! (anyhow at this edge, thiserror in the libraries below) and where exit codes are chosen.
 
 mod host;
+mod images;
 mod info;
+mod vm;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -22,6 +24,22 @@ struct Cli {
 enum Command {
     /// Show where hk finds its kernel and whether this host can run VMs
     Info(info::Args),
+    /// Download an image from a registry
+    Pull(images::PullArgs),
+    /// List images
+    Images(images::ImagesArgs),
+    /// Remove one or more images
+    Rmi(images::RmiArgs),
+    /// Manage images
+    #[command(subcommand)]
+    Image(images::ImageCommand),
+    /// Log in to a registry
+    Login(images::LoginArgs),
+    /// Log out from a registry
+    Logout(images::LogoutArgs),
+    /// Low-level VM commands, for people who embed or debug hk's VMM
+    #[command(subcommand)]
+    Vm(vm::VmCommand),
 }
 
 /// Docker and Podman exit with 125 when the failure is the runner's own rather than the
@@ -32,6 +50,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => info::run(args),
+        Command::Pull(args) => images::pull(args),
+        Command::Images(args) => images::images(args),
+        Command::Rmi(args) => images::rmi(args),
+        Command::Image(cmd) => images::image(cmd),
+        Command::Login(args) => images::login(args),
+        Command::Logout(args) => images::logout(args),
+        Command::Vm(cmd) => vm::run(cmd),
     };
     match result {
         Ok(code) => code,

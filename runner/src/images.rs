@@ -1,0 +1,616 @@
+//! Image commands, after docker's: `hk pull`, `hk images`, `hk rmi`, `hk image ...`,
+//! `hk login`, `hk logout`. Output formats follow docker's so that scripts written for it
+//! keep working; the work itself is hk_image's.
+
+use anyhow::{bail, Context};
+use hk_image::auth::{self, Credentials};
+use hk_image::progress::{Event, Progress};
+use hk_image::{Digest, Image, ImageRef, Platform, PullOptions, Removed, Store};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::collections::HashMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+#[derive(clap::Args)]
+pub struct PullArgs {
+    /// Image to pull, e.g. alpine, alpine:3.20, registry:5000/app@sha256:...
+    image: String,
+    /// Pull for this platform (os/arch[/variant]) instead of the host's
+    #[arg(long)]
+    platform: Option<String>,
+    /// Require HTTPS (default: true, except for localhost and HK_INSECURE_REGISTRIES)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    tls_verify: Option<bool>,
+    /// Suppress verbose output
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ImagesArgs {
+    /// Show only image IDs
+    #[arg(short, long)]
+    quiet: bool,
+    /// Show digests
+    #[arg(long)]
+    digests: bool,
+    /// Don't truncate output
+    #[arg(long)]
+    no_trunc: bool,
+    /// Output format: `table`, or `json` (one object per line, as docker)
+    #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+    format: String,
+}
+
+#[derive(clap::Args)]
+pub struct RmiArgs {
+    /// Images to remove, by name or ID
+    #[arg(required = true)]
+    images: Vec<String>,
+    /// Remove the image even when several repositories name it
+    #[arg(short, long)]
+    force: bool,
+}
+
+#[derive(clap::Args)]
+pub struct InspectArgs {
+    #[arg(required = true)]
+    images: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct PruneArgs {
+    /// Remove all images no running VM uses, not just dangling ones
+    #[arg(short, long)]
+    all: bool,
+    /// Do not prompt for confirmation
+    #[arg(short, long)]
+    force: bool,
+}
+
+#[derive(clap::Args)]
+pub struct LoginArgs {
+    /// Registry host[:port]; Docker Hub if omitted
+    server: Option<String>,
+    #[arg(short, long)]
+    username: Option<String>,
+    /// Password (prefer --password-stdin: this one shows in `ps`)
+    #[arg(short, long)]
+    password: Option<String>,
+    /// Take the password from stdin
+    #[arg(long)]
+    password_stdin: bool,
+    /// Require HTTPS (default: true, except for localhost and HK_INSECURE_REGISTRIES)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    tls_verify: Option<bool>,
+}
+
+#[derive(clap::Args)]
+pub struct LogoutArgs {
+    /// Registry host[:port]; Docker Hub if omitted
+    server: Option<String>,
+}
+
+#[derive(clap::Subcommand)]
+pub enum ImageCommand {
+    /// Pull an image from a registry
+    Pull(PullArgs),
+    /// List images
+    #[command(alias = "list")]
+    Ls(ImagesArgs),
+    /// Remove one or more images
+    #[command(alias = "remove")]
+    Rm(RmiArgs),
+    /// Display detailed information on one or more images
+    Inspect(InspectArgs),
+    /// Remove unused images
+    Prune(PruneArgs),
+}
+
+pub fn image(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ImageCommand::Pull(a) => pull(a),
+        ImageCommand::Ls(a) => images(a),
+        ImageCommand::Rm(a) => rmi(a),
+        ImageCommand::Inspect(a) => inspect(a),
+        ImageCommand::Prune(a) => prune(a),
+    }
+}
+
+fn store() -> anyhow::Result<Store> {
+    let root = Store::default_root();
+    Store::open(&root).with_context(|| format!("cannot open the image store {}", root.display()))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+pub fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
+    let reference = ImageRef::parse(&args.image)?;
+    let platform = match &args.platform {
+        Some(p) => p.parse::<Platform>()?,
+        None => Platform::host(),
+    };
+    let opts = PullOptions {
+        platform,
+        tls_verify: args.tls_verify,
+    };
+    let store = store()?;
+    let renderer = Renderer::new(args.quiet);
+    if !args.quiet {
+        let tag = match reference.digest() {
+            Some(d) => d.to_string(),
+            None => reference.tag().unwrap_or("latest").to_string(),
+        };
+        println!("{tag}: Pulling from {}", reference.familiar_name());
+    }
+    let image = runtime()?.block_on(hk_image::pull(&store, &reference, &opts, &renderer));
+    renderer.finish();
+    let image = image?;
+    if !args.quiet {
+        if let Some(d) = image.repo_digests.first().and_then(|d| d.split_once('@')) {
+            println!("Digest: {}", d.1);
+        }
+        println!("Status: Downloaded image for {reference}");
+    }
+    println!("{}", reference.canonical());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Pull progress: a bar per layer on a terminal, docker's plain status lines otherwise.
+struct Renderer {
+    quiet: bool,
+    bars: Option<MultiProgress>,
+    layers: Mutex<HashMap<Digest, (ProgressBar, u64)>>,
+}
+
+impl Renderer {
+    fn new(quiet: bool) -> Renderer {
+        let bars = (!quiet && std::io::stdout().is_terminal()).then(MultiProgress::new);
+        Renderer {
+            quiet,
+            bars,
+            layers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn line(&self, layer: &Digest, status: &str) {
+        if !self.quiet && self.bars.is_none() {
+            println!("{}: {status}", layer.short());
+        }
+    }
+
+    fn finish(&self) {
+        for (bar, _) in self.layers.lock().expect("progress lock").values() {
+            if !bar.is_finished() {
+                bar.abandon();
+            }
+        }
+    }
+}
+
+impl Progress for Renderer {
+    fn event(&self, event: Event<'_>) {
+        match event {
+            Event::Resolved { .. } | Event::Converting => {}
+            Event::Exists { layer } => {
+                if let Some(m) = &self.bars {
+                    let bar = m.add(ProgressBar::new(0));
+                    bar.set_style(ProgressStyle::with_template("{prefix}: {msg}").expect("style"));
+                    bar.set_prefix(layer.short().to_string());
+                    bar.finish_with_message("Already exists");
+                }
+                self.line(layer, "Already exists");
+            }
+            Event::Waiting { layer, size } => {
+                if let Some(m) = &self.bars {
+                    let bar = m.add(ProgressBar::new(size));
+                    bar.set_style(
+                        ProgressStyle::with_template(
+                            "{prefix}: {msg:<16} [{bar:30}] {bytes}/{total_bytes}",
+                        )
+                        .expect("style")
+                        .progress_chars("=> "),
+                    );
+                    bar.set_prefix(layer.short().to_string());
+                    bar.set_message("Downloading");
+                    self.layers
+                        .lock()
+                        .expect("progress lock")
+                        .insert(layer.clone(), (bar, size));
+                }
+                self.line(layer, "Pulling fs layer");
+            }
+            Event::Downloading { layer, done } => {
+                if let Some((bar, _)) = self.layers.lock().expect("progress lock").get(layer) {
+                    bar.set_position(done);
+                }
+            }
+            Event::Complete { layer } => {
+                if let Some((bar, size)) = self.layers.lock().expect("progress lock").get(layer) {
+                    bar.set_position(*size);
+                    bar.finish_with_message("Pull complete");
+                }
+                self.line(layer, "Pull complete");
+            }
+        }
+    }
+}
+
+/// docker's byte sizes: decimal units, three significant digits.
+fn human_size(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < units.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    let digits = if v >= 100.0 {
+        0
+    } else if v >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let s = format!("{v:.digits$}");
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &s
+    };
+    format!("{s}{}", units[u])
+}
+
+/// docker's "2 weeks ago".
+fn human_since(created: Option<&str>) -> String {
+    let Some(t) = created.and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok()) else {
+        return "N/A".into();
+    };
+    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds();
+    let (n, unit) = match secs {
+        s if s < 1 => return "Less than a second ago".into(),
+        s if s < 60 => (s, "second"),
+        s if s < 60 * 60 => (s / 60, "minute"),
+        s if s < 48 * 3600 => (s / 3600, "hour"),
+        s if s < 14 * 86400 => (s / 86400, "day"),
+        s if s < 60 * 86400 => (s / (7 * 86400), "week"),
+        s if s < 2 * 365 * 86400 => (s / (30 * 86400), "month"),
+        s => (s / (365 * 86400), "year"),
+    };
+    match (n, unit) {
+        (1, "minute") => "About a minute ago".into(),
+        (1, "hour") => "About an hour ago".into(),
+        (1, u) => format!("1 {u} ago"),
+        (n, u) => format!("{n} {u}s ago"),
+    }
+}
+
+/// One row of `hk images`: an image under one of its names.
+struct Row<'a> {
+    image: &'a Image,
+    repository: String,
+    tag: String,
+    digest: String,
+}
+
+fn rows(images: &[Image]) -> Vec<Row<'_>> {
+    let mut out = Vec::new();
+    for image in images {
+        let digest_of = |repo: &str| {
+            image
+                .repo_digests
+                .iter()
+                .find_map(|d| d.split_once('@').filter(|(r, _)| *r == repo).map(|x| x.1))
+                .unwrap_or("<none>")
+                .to_string()
+        };
+        let mut tagged = false;
+        for name in &image.names {
+            let Ok(r) = ImageRef::parse(name) else {
+                continue;
+            };
+            // A name pulled by digest shows as a <none> tag next to its tagged twin.
+            if r.digest().is_some()
+                && image
+                    .names
+                    .iter()
+                    .any(|n| n.starts_with(&format!("{}:", r.name())))
+            {
+                continue;
+            }
+            tagged = true;
+            out.push(Row {
+                image,
+                repository: r.familiar_name(),
+                tag: if r.digest().is_some() {
+                    "<none>".into()
+                } else {
+                    r.tag().unwrap_or("latest").to_string()
+                },
+                digest: digest_of(&r.name()),
+            });
+        }
+        if !tagged {
+            out.push(Row {
+                image,
+                repository: "<none>".into(),
+                tag: "<none>".into(),
+                digest: "<none>".into(),
+            });
+        }
+    }
+    out
+}
+
+pub fn images(args: ImagesArgs) -> anyhow::Result<ExitCode> {
+    let store = store()?;
+    let images = store.images()?;
+    let rows = rows(&images);
+    let id = |i: &Image| {
+        if args.no_trunc {
+            i.config.to_string()
+        } else {
+            i.config.short().to_string()
+        }
+    };
+    if args.quiet {
+        let mut seen = Vec::new();
+        for r in &rows {
+            let id = id(r.image);
+            if !seen.contains(&id) {
+                println!("{id}");
+                seen.push(id);
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.format == "json" {
+        for r in &rows {
+            let created_at = r
+                .image
+                .created
+                .as_deref()
+                .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+                .map(|t| {
+                    t.with_timezone(&chrono::Utc)
+                        .format("%Y-%m-%d %H:%M:%S +0000 UTC")
+                        .to_string()
+                })
+                .unwrap_or_else(|| "N/A".into());
+            let obj = json!({
+                "Containers": "N/A",
+                "CreatedAt": created_at,
+                "CreatedSince": human_since(r.image.created.as_deref()),
+                "Digest": r.digest,
+                "ID": id(r.image),
+                "Repository": r.repository,
+                "SharedSize": "N/A",
+                "Size": human_size(r.image.size()),
+                "Tag": r.tag,
+                "UniqueSize": "N/A",
+                "VirtualSize": human_size(r.image.size()),
+            });
+            println!("{obj}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table: Vec<Vec<String>> = vec![if args.digests {
+        ["REPOSITORY", "TAG", "DIGEST", "IMAGE ID", "CREATED", "SIZE"]
+            .map(String::from)
+            .to_vec()
+    } else {
+        ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]
+            .map(String::from)
+            .to_vec()
+    }];
+    for r in &rows {
+        let mut row = vec![r.repository.clone(), r.tag.clone()];
+        if args.digests {
+            row.push(r.digest.clone());
+        }
+        row.extend([
+            id(r.image),
+            human_since(r.image.created.as_deref()),
+            human_size(r.image.size()),
+        ]);
+        table.push(row);
+    }
+    print_table(&table);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = std::io::stdout().lock();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == cols {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}   ", w = widths[c]));
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+}
+
+fn print_removed(removed: &[Removed]) {
+    for r in removed {
+        match r {
+            Removed::Untagged(n) => println!("Untagged: {n}"),
+            Removed::Deleted(d) => println!("Deleted: {d}"),
+        }
+    }
+}
+
+pub fn rmi(args: RmiArgs) -> anyhow::Result<ExitCode> {
+    let store = store()?;
+    let mut failed = false;
+    for spec in &args.images {
+        match store.remove(spec, args.force) {
+            Ok(removed) => print_removed(&removed),
+            Err(e) => {
+                eprintln!("Error: {e}");
+                failed = true;
+            }
+        }
+    }
+    // docker rmi exits 1 when any image could not be removed, after trying all of them.
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
+    let store = store()?;
+    let mut out = Vec::new();
+    let mut failed = false;
+    for spec in &args.images {
+        let image = match store.resolve(spec) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("Error: {e}");
+                failed = true;
+                continue;
+            }
+        };
+        let config = store.config(&image)?;
+        let repo_tags: Vec<String> = image
+            .names
+            .iter()
+            .filter_map(|n| ImageRef::parse(n).ok())
+            .filter(|r| r.digest().is_none())
+            .map(|r| r.to_string())
+            .collect();
+        let repo_digests: Vec<String> = image
+            .repo_digests
+            .iter()
+            .filter_map(|d| ImageRef::parse(d).ok())
+            .map(|r| r.to_string())
+            .collect();
+        out.push(json!({
+            "Id": image.config,
+            "RepoTags": repo_tags,
+            "RepoDigests": repo_digests,
+            "Created": image.created,
+            "Author": config.author(),
+            "Config": config.config(),
+            "Architecture": image.architecture,
+            "Variant": image.variant,
+            "Os": image.os,
+            "Size": image.size(),
+            "RootFS": {
+                "Type": "layers",
+                "Layers": image.diff_ids(),
+            },
+            "Manifest": image.manifest,
+            "Layers": image.layers.iter().map(|l| json!({
+                "Digest": l.digest,
+                "MediaType": l.media_type,
+                "Size": l.size,
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
+    if !args.force {
+        let what = if args.all {
+            "all images without at least one container associated to them"
+        } else {
+            "all dangling images"
+        };
+        print!("WARNING! This will remove {what}.\nAre you sure you want to continue? [y/N] ");
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let store = store()?;
+    let (removed, stats) = store.prune(args.all)?;
+    if !removed.is_empty() {
+        println!("Deleted Images:");
+        for r in &removed {
+            match r {
+                Removed::Untagged(n) => println!("untagged: {n}"),
+                Removed::Deleted(d) => println!("deleted: {d}"),
+            }
+        }
+        println!();
+    }
+    println!("Total reclaimed space: {}", human_size(stats.bytes));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
+    let server = args.server.unwrap_or_else(|| "docker.io".into());
+    let username = match args.username {
+        Some(u) => u,
+        None => bail!("username required: pass -u USER (hk does not prompt)"),
+    };
+    let password = match (args.password, args.password_stdin) {
+        (Some(_), true) => bail!("--password and --password-stdin are mutually exclusive"),
+        (Some(p), false) => p,
+        (None, true) => {
+            let mut p = String::new();
+            std::io::stdin().lock().read_line(&mut p)?;
+            p.trim_end_matches(['\n', '\r']).to_string()
+        }
+        (None, false) => bail!("password required: pass --password-stdin (hk does not prompt)"),
+    };
+    if password.is_empty() {
+        bail!("password is empty");
+    }
+    let creds = Credentials { username, password };
+    runtime()?.block_on(hk_image::login(&server, &creds, args.tls_verify))?;
+    auth::save(&server, &creds)?;
+    println!("Login Succeeded");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn logout(args: LogoutArgs) -> anyhow::Result<ExitCode> {
+    let server = args.server.unwrap_or_else(|| "docker.io".into());
+    if auth::erase(&server)? {
+        println!(
+            "Removing login credentials for {}",
+            auth::server_key(&server)
+        );
+    } else {
+        println!("Not logged in to {}", auth::server_key(&server));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_dockers() {
+        assert_eq!(human_size(0), "0B");
+        assert_eq!(human_size(7_800_000), "7.8MB");
+        assert_eq!(human_size(123_456_789), "123MB");
+        assert_eq!(human_size(1_500), "1.5kB");
+    }
+}
