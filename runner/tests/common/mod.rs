@@ -1,0 +1,474 @@
+//! Shared by the image tests: a real registry (Debian's `docker-registry`) on 127.0.0.1 with
+//! temporary storage, images the tests build themselves (tar layers, configs, manifests,
+//! indexes) pushed to it with oci-client, and a way to run `hk` against a private store.
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use hk_image::Digest;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const HK: &str = env!("CARGO_BIN_EXE_hk");
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const DOCKER_TAR_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// A `docker-registry` process; killed and its storage removed on drop.
+pub struct Registry {
+    child: Child,
+    pub addr: String,
+    dir: tempfile::TempDir,
+    client: Client,
+    auth: RegistryAuth,
+    rt: tokio::runtime::Runtime,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        Registry::launch(None)
+    }
+
+    /// A registry that wants HTTP basic auth (htpasswd) from every client.
+    pub fn start_with_htpasswd(user: &str, password: &str) -> Registry {
+        Registry::launch(Some((user, password)))
+    }
+
+    fn launch(auth: Option<(&str, &str)>) -> Registry {
+        let bin = "/usr/bin/docker-registry";
+        assert!(
+            Path::new(bin).exists(),
+            "{bin} is missing: apt-get install docker-registry (the image tests need a real registry)"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            dir.path().join("storage").display()
+        );
+        if let Some((user, password)) = auth {
+            let hash = bcrypt::hash(password, 4).expect("bcrypt");
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, format!("{user}:{hash}\n")).expect("write htpasswd");
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: hk-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).expect("write registry config");
+        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log");
+        let mut child = Command::new(bin)
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&addr).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log =
+                    std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default();
+                panic!("docker-registry exited with {status}: {log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = Client::new(ClientConfig {
+            protocol: ClientProtocol::Http,
+            ..Default::default()
+        });
+        let auth = match auth {
+            Some((u, p)) => RegistryAuth::Basic(u.into(), p.into()),
+            None => RegistryAuth::Anonymous,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        Registry {
+            child,
+            addr,
+            dir,
+            client,
+            auth,
+            rt,
+        }
+    }
+
+    fn reference(&self, repo: &str, tag: &str) -> Reference {
+        format!("{}/{repo}:{tag}", self.addr)
+            .parse()
+            .expect("reference")
+    }
+
+    /// Uploads a blob as is: the tests decide whether it matches what a manifest says.
+    pub fn push_blob(&self, repo: &str, data: &[u8]) -> Digest {
+        let digest = Digest::of(data);
+        let r = self.reference(repo, "x");
+        self.rt.block_on(async {
+            self.client
+                .store_auth_if_needed(r.resolve_registry(), &self.auth)
+                .await;
+            self.client
+                .push_blob(&r, data.to_vec(), digest.as_str())
+                .await
+                .expect("push blob")
+        });
+        digest
+    }
+
+    /// Uploads a manifest (or index) under `tag`; returns its digest.
+    pub fn push_manifest(&self, repo: &str, tag: &str, body: &[u8], media_type: &str) -> Digest {
+        let r = self.reference(repo, tag);
+        self.rt.block_on(async {
+            self.client
+                .store_auth_if_needed(r.resolve_registry(), &self.auth)
+                .await;
+            self.client
+                .push_manifest_raw(&r, body.to_vec(), media_type.parse().expect("header"))
+                .await
+                .expect("push manifest")
+        });
+        Digest::of(body)
+    }
+
+    /// Builds and pushes a single-platform image; returns the manifest digest.
+    pub fn push_image(&self, repo: &str, tag: &str, image: &TestImage) -> Digest {
+        let (manifest, media_type) = image.manifest(self, repo);
+        self.push_manifest(repo, tag, &manifest, media_type)
+    }
+
+    /// Pushes an index over already pushed manifests: (manifest digest, size, arch).
+    pub fn push_index(&self, repo: &str, tag: &str, entries: &[(Digest, usize, &str)]) -> Digest {
+        let mut manifests: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|(d, size, arch)| {
+                serde_json::json!({
+                    "mediaType": OCI_MANIFEST,
+                    "digest": d.to_string(),
+                    "size": size,
+                    "platform": {"architecture": arch, "os": "linux"},
+                })
+            })
+            .collect();
+        // As BuildKit writes them: an attestation entry that must never be chosen.
+        manifests.push(serde_json::json!({
+            "mediaType": OCI_MANIFEST,
+            "digest": entries[0].0.to_string(),
+            "size": entries[0].1,
+            "platform": {"architecture": "unknown", "os": "unknown"},
+            "annotations": {"vnd.docker.reference.type": "attestation-manifest"},
+        }));
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": manifests,
+        });
+        self.push_manifest(repo, tag, index.to_string().as_bytes(), OCI_INDEX)
+    }
+
+    pub fn image_ref(&self, repo: &str, tag: &str) -> String {
+        format!("{}/{repo}:{tag}", self.addr)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = &self.dir;
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+pub fn compress(tar: &[u8], c: Compression) -> Vec<u8> {
+    match c {
+        Compression::None => tar.to_vec(),
+        Compression::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(tar).expect("gzip");
+            e.finish().expect("gzip")
+        }
+        Compression::Zstd => zstd::encode_all(tar, 3).expect("zstd"),
+    }
+}
+
+/// One layer of a test image: the uncompressed tar and how it travels.
+pub struct TestLayer {
+    pub tar: Vec<u8>,
+    pub compression: Compression,
+}
+
+pub struct TestImage {
+    pub layers: Vec<TestLayer>,
+    pub architecture: String,
+    /// Docker schema2 media types instead of OCI's.
+    pub docker: bool,
+}
+
+impl TestImage {
+    pub fn new(layers: Vec<TestLayer>) -> TestImage {
+        TestImage {
+            layers,
+            architecture: "amd64".into(),
+            docker: false,
+        }
+    }
+
+    pub fn config(&self) -> Vec<u8> {
+        let diff_ids: Vec<String> = self
+            .layers
+            .iter()
+            .map(|l| Digest::of(&l.tar).to_string())
+            .collect();
+        serde_json::json!({
+            "architecture": self.architecture,
+            "os": "linux",
+            "created": "2024-05-01T12:00:00Z",
+            "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    /// Pushes config and layers; returns the manifest body and its media type.
+    pub fn manifest(&self, reg: &Registry, repo: &str) -> (Vec<u8>, &'static str) {
+        let config = self.config();
+        let config_digest = reg.push_blob(repo, &config);
+        let layers: Vec<serde_json::Value> = self
+            .layers
+            .iter()
+            .map(|l| {
+                let blob = compress(&l.tar, l.compression);
+                let digest = reg.push_blob(repo, &blob);
+                let media_type = match (self.docker, l.compression) {
+                    (true, Compression::Gzip) => DOCKER_TAR_GZIP,
+                    (true, Compression::None) => "application/vnd.docker.image.rootfs.diff.tar",
+                    (_, Compression::Gzip) => TAR_GZIP,
+                    (_, Compression::Zstd) => TAR_ZSTD,
+                    (_, Compression::None) => TAR,
+                };
+                serde_json::json!({"mediaType": media_type, "digest": digest.to_string(), "size": blob.len()})
+            })
+            .collect();
+        let (mt, config_mt) = if self.docker {
+            (DOCKER_MANIFEST, DOCKER_CONFIG)
+        } else {
+            (OCI_MANIFEST, OCI_CONFIG)
+        };
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": mt,
+            "config": {"mediaType": config_mt, "digest": config_digest.to_string(), "size": config.len()},
+            "layers": layers,
+        });
+        (manifest.to_string().into_bytes(), mt)
+    }
+}
+
+/// Builds an uncompressed tar from (path, kind) entries.
+pub struct TarBuilder {
+    b: tar::Builder<Vec<u8>>,
+}
+
+impl Default for TarBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TarBuilder {
+    pub fn new() -> TarBuilder {
+        TarBuilder {
+            b: tar::Builder::new(Vec::new()),
+        }
+    }
+
+    fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(size);
+        h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        h
+    }
+
+    pub fn dir(mut self, path: &str, mode: u32) -> Self {
+        let mut h = Self::header(tar::EntryType::Directory, mode, 0);
+        self.b
+            .append_data(&mut h, path, std::io::empty())
+            .expect("tar dir");
+        self
+    }
+
+    pub fn file(mut self, path: &str, mode: u32, data: &[u8]) -> Self {
+        let mut h = Self::header(tar::EntryType::Regular, mode, data.len() as u64);
+        self.b.append_data(&mut h, path, data).expect("tar file");
+        self
+    }
+
+    pub fn symlink(mut self, path: &str, target: &str) -> Self {
+        let mut h = Self::header(tar::EntryType::Symlink, 0o777, 0);
+        self.b
+            .append_link(&mut h, path, target)
+            .expect("tar symlink");
+        self
+    }
+
+    pub fn hardlink(mut self, path: &str, target: &str) -> Self {
+        let mut h = Self::header(tar::EntryType::Link, 0o644, 0);
+        self.b
+            .append_link(&mut h, path, target)
+            .expect("tar hardlink");
+        self
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        self.b.into_inner().expect("tar")
+    }
+}
+
+/// A busybox-static root: the binary and the applet links a shell needs.
+pub fn busybox_tar() -> Vec<u8> {
+    let busybox = std::fs::read("/bin/busybox")
+        .expect("/bin/busybox (Debian's busybox-static) is needed by the image tests");
+    let mut t = TarBuilder::new()
+        .dir("bin", 0o755)
+        .dir("etc", 0o755)
+        .dir("tmp", 0o1777)
+        .file("bin/busybox", 0o755, &busybox)
+        .file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n");
+    for applet in ["sh", "ls", "cat", "echo", "mount"] {
+        t = t.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    t.finish()
+}
+
+/// `hk` with a private store and docker config, so tests never see the user's.
+pub struct Hk {
+    pub data: tempfile::TempDir,
+    pub home: tempfile::TempDir,
+    pub path_prefix: Option<PathBuf>,
+}
+
+impl Default for Hk {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hk {
+    pub fn new() -> Hk {
+        Hk {
+            data: tempfile::tempdir().expect("tempdir"),
+            home: tempfile::tempdir().expect("tempdir"),
+            path_prefix: None,
+        }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(HK);
+        c.args(args)
+            .env("HK_DATA_DIR", self.data.path())
+            .env("HOME", self.home.path())
+            .env("DOCKER_CONFIG", self.home.path().join(".docker"))
+            .env_remove("HK_INSECURE_REGISTRIES")
+            .stdin(Stdio::null());
+        if let Some(prefix) = &self.path_prefix {
+            let path = std::env::var("PATH").unwrap_or_default();
+            c.env("PATH", format!("{}:{path}", prefix.display()));
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run hk")
+    }
+
+    /// Runs hk and insists it succeeds; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "hk {args:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    /// Runs hk and insists it fails with exit code `code`; returns stderr.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "hk {args:?}: expected exit {code}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stderr).expect("utf-8 output")
+    }
+
+    /// Every file under a store directory, relative to it.
+    pub fn store_files(&self, sub: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let root = self.data.path().join(sub);
+        if let Ok(rd) = std::fs::read_dir(&root) {
+            for e in rd.flatten() {
+                out.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Checks that every blob in the store has the content its name says.
+    pub fn assert_store_consistent(&self) {
+        let blobs = self.data.path().join("blobs/sha256");
+        for e in std::fs::read_dir(&blobs).expect("blobs dir").flatten() {
+            let data = std::fs::read(e.path()).expect("read blob");
+            assert_eq!(
+                Digest::of(&data).hex(),
+                e.file_name().to_string_lossy(),
+                "blob {} does not match its name",
+                e.path().display()
+            );
+        }
+    }
+}
