@@ -9,6 +9,7 @@
 pub mod auth;
 mod digest;
 mod error;
+pub mod ext4;
 mod media;
 pub mod platform;
 pub mod progress;

@@ -1,0 +1,444 @@
+//! After the last layer: numbers the inodes, writes directories, long symlinks, xattr and
+//! extent-tree blocks after the file data, lays out the block groups, and writes bitmaps,
+//! inode tables, group descriptors and the superblock.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::FileExt;
+
+use super::disk::*;
+use super::tree::{Child, DataArea, Kind, Meta, Node, NodeId, Tree, ROOT};
+use super::{Inodes, Options, Size, Stats};
+
+pub(super) enum Error {
+    Io(io::Error),
+    TooBig { needed: u64, limit: u64 },
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// Appends whole blocks after the data area.
+struct MetaWriter<'a> {
+    out: &'a mut BufWriter<File>,
+    next: u64,
+}
+
+impl MetaWriter<'_> {
+    fn put(&mut self, blocks: &[u8]) -> io::Result<u64> {
+        debug_assert_eq!(blocks.len() % BLOCK_SIZE as usize, 0);
+        self.out.write_all(blocks)?;
+        let start = self.next;
+        self.next += (blocks.len() as u64) / BLOCK_SIZE;
+        Ok(start)
+    }
+}
+
+/// A growable set of block numbers.
+struct Bitmap(Vec<u8>);
+
+impl Bitmap {
+    fn set_range(&mut self, start: u64, len: u64) {
+        let end = start + len;
+        if self.0.len() * 8 < end as usize {
+            self.0.resize((end as usize).div_ceil(8), 0);
+        }
+        for bit in start..end {
+            self.0[(bit / 8) as usize] |= 1 << (bit % 8);
+        }
+    }
+}
+
+fn ceil_div(a: u64, b: u64) -> u64 {
+    a.div_ceil(b)
+}
+
+pub(super) fn write(
+    mut tree: Tree,
+    data: DataArea,
+    file: &File,
+    opts: &Options,
+    names: &[String],
+) -> Result<Stats, Error> {
+    let lost_found = ensure_lost_found(&mut tree);
+    let nodes = &tree.nodes;
+
+    // Inode numbers, breadth first so a directory's entries sit close in the inode table.
+    let mut ino_of = vec![0u32; nodes.len()];
+    let mut links = vec![0u32; nodes.len()];
+    let mut parent_of = vec![0u32; nodes.len()];
+    let mut by_ino: Vec<Option<NodeId>> = vec![None; FIRST_INO as usize + 1];
+    ino_of[ROOT] = ROOT_INO;
+    by_ino[ROOT_INO as usize] = Some(ROOT);
+    ino_of[lost_found] = LOST_FOUND_INO;
+    by_ino[LOST_FOUND_INO as usize] = Some(lost_found);
+    parent_of[ROOT] = ROOT_INO;
+    let mut queue = VecDeque::from([ROOT]);
+    while let Some(dir) = queue.pop_front() {
+        let Kind::Dir(children) = &nodes[dir].kind else {
+            continue;
+        };
+        let mut subdirs = 0;
+        for child in children.values() {
+            links[child.node] += 1;
+            if ino_of[child.node] == 0 {
+                ino_of[child.node] = by_ino.len() as u32;
+                by_ino.push(Some(child.node));
+            }
+            if let Kind::Dir(_) = nodes[child.node].kind {
+                subdirs += 1;
+                parent_of[child.node] = ino_of[dir];
+                queue.push_back(child.node);
+            }
+        }
+        links[dir] = 2 + subdirs;
+    }
+    let last_ino = (by_ino.len() - 1) as u32;
+
+    let mut out = data.out;
+    let meta_start = data.next_block;
+    let mut used = Bitmap(Vec::new());
+    let mut meta = MetaWriter {
+        out: &mut out,
+        next: meta_start,
+    };
+    let mut itable = vec![0u8; last_ino as usize * INODE_SIZE];
+    let mut stats = Stats::default();
+    let mut dir_inos = Vec::new();
+    for (ino, node) in by_ino.iter().enumerate() {
+        let Some(node) = *node else { continue };
+        let n = &nodes[node];
+        let slot = &mut itable[(ino - 1) * INODE_SIZE..ino * INODE_SIZE];
+        let ino = ino as u32;
+        let mut i_block = [0u8; 60];
+        let mut extents_flag = true;
+        let mut sectors = 0u64;
+        let (mode, size) = match &n.kind {
+            Kind::Dir(children) => {
+                dir_inos.push(ino);
+                stats.dirs += 1;
+                let mut p = DirPacker::new();
+                p.add(ino, FT_DIR, b".");
+                p.add(parent_of[node], FT_DIR, b"..");
+                for (name, child) in children {
+                    p.add(ino_of[child.node], file_type(&nodes[child.node]), name);
+                }
+                let bytes = p.finish();
+                let count = bytes.len() as u64 / BLOCK_SIZE;
+                let start = meta.put(&bytes)?;
+                let (root, tree_blocks) = extent_tree(&contiguous(start, count), &mut meta)?;
+                i_block = root;
+                sectors = (count + tree_blocks) * 8;
+                (S_IFDIR, count * BLOCK_SIZE)
+            }
+            Kind::File { size, extents } => {
+                stats.files += 1;
+                stats.file_bytes += size;
+                stats.hardlinks += u64::from(links[node] - 1);
+                let mut data_blocks = 0;
+                for e in extents {
+                    used.set_range(e.start, u64::from(e.len));
+                    data_blocks += u64::from(e.len);
+                }
+                let (root, tree_blocks) = extent_tree(extents, &mut meta)?;
+                i_block = root;
+                sectors = (data_blocks + tree_blocks) * 8;
+                (S_IFREG, *size)
+            }
+            Kind::Symlink(target) => {
+                stats.symlinks += 1;
+                stats.hardlinks += u64::from(links[node] - 1);
+                // Shorter than i_block: a "fast" symlink stored in the inode itself.
+                if target.len() < 60 {
+                    i_block[..target.len()].copy_from_slice(target);
+                    extents_flag = false;
+                } else {
+                    let mut block = vec![0u8; BLOCK_SIZE as usize];
+                    block[..target.len()].copy_from_slice(target);
+                    let start = meta.put(&block)?;
+                    let (root, _) = extent_tree(&contiguous(start, 1), &mut meta)?;
+                    i_block = root;
+                    sectors = 8;
+                }
+                (S_IFLNK, target.len() as u64)
+            }
+            Kind::CharDev { major, minor } | Kind::BlockDev { major, minor } => {
+                stats.specials += 1;
+                stats.hardlinks += u64::from(links[node] - 1);
+                i_block = encode_device(*major, *minor);
+                extents_flag = false;
+                let mode = if matches!(n.kind, Kind::CharDev { .. }) {
+                    S_IFCHR
+                } else {
+                    S_IFBLK
+                };
+                (mode, 0)
+            }
+            Kind::Fifo => {
+                stats.specials += 1;
+                stats.hardlinks += u64::from(links[node] - 1);
+                extents_flag = false;
+                (S_IFIFO, 0)
+            }
+        };
+        let mut xattr_block = 0;
+        let xattrs = encode_xattrs(&n.meta.xattrs);
+        let inline: &[u8] = match &xattrs {
+            XattrPlace::None => &[],
+            XattrPlace::Inline(bytes) => bytes,
+            XattrPlace::Block(block) => {
+                xattr_block = meta.put(block)?;
+                sectors += 8;
+                &[]
+            }
+        };
+        let links = if links[node] > LINK_MAX {
+            1
+        } else {
+            links[node]
+        };
+        encode_inode(
+            slot,
+            &InodeFields {
+                mode: mode | n.meta.perm,
+                uid: n.meta.uid,
+                gid: n.meta.gid,
+                size,
+                links: links as u16,
+                mtime: n.meta.mtime,
+                mtime_nsec: n.meta.mtime_nsec,
+                sectors,
+                extents: extents_flag,
+                i_block: &i_block,
+                xattr_block,
+                inline_xattrs: inline,
+            },
+        );
+    }
+    let meta_end = meta.next;
+    used.set_range(meta_start, meta_end - meta_start);
+
+    // Group layout: bitmaps and inode tables follow the metadata (flex_bg lets them live
+    // outside their group). Their size depends on the group count, which depends on the
+    // total size: iterate to the fixed point.
+    let want_inodes = match opts.inodes {
+        Inodes::Auto { headroom_percent } => {
+            u64::from(last_ino) + u64::from(last_ino) * u64::from(headroom_percent) / 100
+        }
+        Inodes::Fixed { count } => u64::from(count).max(u64::from(last_ino)),
+    };
+    let max_groups = GDT_RESERVED_BLOCKS * BLOCK_SIZE / DESC_SIZE as u64;
+    let limit = (max_groups * BLOCKS_PER_GROUP).min(u64::from(u32::MAX));
+    let mut groups = ceil_div(meta_end, BLOCKS_PER_GROUP).max(1);
+    let (total, ipg, tables_end) = loop {
+        let mut ipg = ceil_div(want_inodes, groups).next_multiple_of(u64::from(INODES_PER_BLOCK));
+        if ipg > BLOCKS_PER_GROUP {
+            groups = ceil_div(want_inodes, BLOCKS_PER_GROUP);
+            ipg = ceil_div(want_inodes, groups).next_multiple_of(u64::from(INODES_PER_BLOCK));
+        }
+        let table_blocks = ipg / u64::from(INODES_PER_BLOCK);
+        let tables_end = meta_end + groups * (2 + table_blocks);
+        let total = match opts.size {
+            Size::Auto { headroom_percent } => {
+                let t = tables_end + tables_end * u64::from(headroom_percent) / 100;
+                // Keep the last group from being a sliver of a few blocks.
+                t.max((ceil_div(t, BLOCKS_PER_GROUP) - 1) * BLOCKS_PER_GROUP + 1024)
+            }
+            Size::Fixed { bytes } => bytes / BLOCK_SIZE,
+        };
+        if total < tables_end {
+            return Err(Error::TooBig {
+                needed: tables_end,
+                limit: total,
+            });
+        }
+        if total > limit || groups > max_groups {
+            return Err(Error::TooBig {
+                needed: total,
+                limit,
+            });
+        }
+        let need_groups = ceil_div(total, BLOCKS_PER_GROUP);
+        if need_groups == groups {
+            break (total, ipg, tables_end);
+        }
+        groups = need_groups;
+    };
+    let gdt_blocks = ceil_div(groups * DESC_SIZE as u64, BLOCK_SIZE);
+    used.set_range(0, 1 + gdt_blocks);
+    used.set_range(meta_end, tables_end - meta_end);
+    used.set_range(total, groups * BLOCKS_PER_GROUP - total);
+    used.0.resize((groups * BLOCKS_PER_GROUP / 8) as usize, 0);
+
+    // Block bitmaps, inode bitmaps, inode tables: sequential after the metadata.
+    out.write_all(&used.0)?;
+    let used_in_group = |g: u64| -> u64 {
+        let first = g * ipg + 1;
+        (u64::from(last_ino) + 1).saturating_sub(first).min(ipg)
+    };
+    for g in 0..groups {
+        let mut bitmap = vec![0u8; BLOCK_SIZE as usize];
+        let mut b = Bitmap(Vec::new());
+        b.set_range(0, used_in_group(g));
+        b.set_range(ipg, BLOCKS_PER_GROUP - ipg);
+        bitmap.copy_from_slice(&b.0);
+        out.write_all(&bitmap)?;
+    }
+    out.write_all(&itable)?;
+    out.flush()?;
+    file.set_len(total * BLOCK_SIZE)?;
+
+    let mut gdt = vec![0u8; (gdt_blocks * BLOCK_SIZE) as usize];
+    let mut free_blocks_total = 0;
+    for g in 0..groups {
+        let group_blocks = &used.0[(g * BLOCKS_PER_GROUP / 8) as usize..][..BLOCK_SIZE as usize];
+        let free = group_blocks.iter().map(|b| b.count_zeros()).sum::<u32>();
+        free_blocks_total += u64::from(free);
+        let first = (g * ipg + 1) as u32;
+        let dirs = dir_inos
+            .iter()
+            .filter(|&&i| i >= first && u64::from(i) < u64::from(first) + ipg)
+            .count() as u32;
+        let table_blocks = ipg / u64::from(INODES_PER_BLOCK);
+        encode_group(
+            &mut gdt[g as usize * DESC_SIZE..],
+            &GroupFields {
+                block_bitmap: meta_end + g,
+                inode_bitmap: meta_end + groups + g,
+                inode_table: meta_end + 2 * groups + g * table_blocks,
+                free_blocks: free,
+                free_inodes: (ipg - used_in_group(g)) as u32,
+                dirs,
+            },
+        );
+    }
+    file.write_all_at(&gdt, BLOCK_SIZE)?;
+    let inodes = (groups * ipg) as u32;
+    let sb = encode_superblock(&SuperFields {
+        blocks: total,
+        free_blocks: free_blocks_total,
+        inodes,
+        free_inodes: inodes - last_ino,
+        inodes_per_group: ipg as u32,
+        uuid: uuid(names),
+        label: opts.label.as_bytes(),
+    });
+    file.write_all_at(&sb, 1024)?;
+
+    stats.used_blocks = total - free_blocks_total;
+    stats.image_bytes = total * BLOCK_SIZE;
+    stats.inodes = last_ino;
+    Ok(stats)
+}
+
+/// e2fsck insists on /lost+found; images rarely ship one.
+fn ensure_lost_found(tree: &mut Tree) -> NodeId {
+    let Kind::Dir(root) = &tree.nodes[ROOT].kind else {
+        unreachable!("the root is always a directory")
+    };
+    if let Some(child) = root.get(b"lost+found".as_slice()) {
+        if let Kind::Dir(_) = tree.nodes[child.node].kind {
+            return child.node;
+        }
+    }
+    tree.nodes.push(Node {
+        meta: Meta {
+            perm: 0o700,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            xattrs: Vec::new(),
+        },
+        kind: Kind::Dir(BTreeMap::new()),
+    });
+    let node = tree.nodes.len() - 1;
+    if let Kind::Dir(root) = &mut tree.nodes[ROOT].kind {
+        root.insert(b"lost+found".to_vec(), Child { node, layer: 0 });
+    }
+    node
+}
+
+fn file_type(n: &Node) -> u8 {
+    match n.kind {
+        Kind::Dir(_) => FT_DIR,
+        Kind::File { .. } => FT_REG,
+        Kind::Symlink(_) => FT_SYMLINK,
+        Kind::CharDev { .. } => FT_CHR,
+        Kind::BlockDev { .. } => FT_BLK,
+        Kind::Fifo => FT_FIFO,
+    }
+}
+
+fn contiguous(start: u64, count: u64) -> Vec<Extent> {
+    (0..count)
+        .step_by(MAX_EXTENT_LEN as usize)
+        .map(|off| Extent {
+            logical: off as u32,
+            start: start + off,
+            len: (count - off).min(u64::from(MAX_EXTENT_LEN)) as u32,
+        })
+        .collect()
+}
+
+/// The inode's i_block: up to four extents inline, else a tree of full leaf and index
+/// blocks. Returns the tree blocks written, which count in i_blocks.
+fn extent_tree(extents: &[Extent], meta: &mut MetaWriter) -> io::Result<([u8; 60], u64)> {
+    let mut root = [0u8; 60];
+    if extents.len() <= 4 {
+        extent_header(&mut root, extents.len(), 4, 0);
+        for (i, e) in extents.iter().enumerate() {
+            extent_leaf(&mut root[12 + 12 * i..], e);
+        }
+        return Ok((root, 0));
+    }
+    let mut tree_blocks = 0;
+    let mut level = Vec::new();
+    for chunk in extents.chunks(EXTENTS_PER_BLOCK) {
+        let mut block = vec![0u8; BLOCK_SIZE as usize];
+        extent_header(&mut block, chunk.len(), EXTENTS_PER_BLOCK, 0);
+        for (i, e) in chunk.iter().enumerate() {
+            extent_leaf(&mut block[12 + 12 * i..], e);
+        }
+        level.push((chunk[0].logical, meta.put(&block)?));
+        tree_blocks += 1;
+    }
+    let mut depth = 1;
+    while level.len() > 4 {
+        let mut next = Vec::new();
+        for chunk in level.chunks(EXTENTS_PER_BLOCK) {
+            let mut block = vec![0u8; BLOCK_SIZE as usize];
+            extent_header(&mut block, chunk.len(), EXTENTS_PER_BLOCK, depth);
+            for (i, (logical, child)) in chunk.iter().enumerate() {
+                extent_index(&mut block[12 + 12 * i..], *logical, *child);
+            }
+            next.push((chunk[0].0, meta.put(&block)?));
+            tree_blocks += 1;
+        }
+        level = next;
+        depth += 1;
+    }
+    extent_header(&mut root, level.len(), 4, depth);
+    for (i, (logical, child)) in level.iter().enumerate() {
+        extent_index(&mut root[12 + 12 * i..], *logical, *child);
+    }
+    Ok((root, tree_blocks))
+}
+
+/// Derived from the layer names (diff_ids): the same stack gives the same image.
+fn uuid(names: &[String]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, half) in out.chunks_mut(8).enumerate() {
+        let mut h = DefaultHasher::new();
+        (i, names).hash(&mut h);
+        half.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    out[6] = (out[6] & 0x0f) | 0x40;
+    out[8] = (out[8] & 0x3f) | 0x80;
+    out
+}
