@@ -68,7 +68,7 @@ fn read_config() -> Result<Map<String, Value>> {
             }),
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Map::new()),
-        Err(e) => Err(Error::Io { path, source: e }),
+        Err(e) => Err(Error::Io { path, cause: e }),
     }
 }
 

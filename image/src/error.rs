@@ -1,6 +1,8 @@
 //! One error type for the crate. Every variant that concerns an image names it, and every
 //! variant that concerns a layer names the layer too, so that a failed pull of a hostile or
-//! broken image reads as one line a person can act on.
+//! broken image reads as one line a person can act on. Underlying errors are part of the
+//! message (`cause`, deliberately not `#[source]`): the CLI prints error chains, and a cause
+//! both in the text and in the chain would print twice.
 
 use std::path::PathBuf;
 
@@ -19,11 +21,16 @@ pub enum Error {
         reason: String,
     },
 
-    #[error("{image}: {source}")]
+    #[error("{image}: {cause}")]
     Registry {
         image: String,
-        #[source]
-        source: oci_client::errors::OciDistributionError,
+        cause: oci_client::errors::OciDistributionError,
+    },
+
+    #[error("{image}: {cause}")]
+    Convert {
+        image: String,
+        cause: crate::ext4::Error,
     },
 
     #[error("{registry}: {reason}")]
@@ -41,11 +48,10 @@ pub enum Error {
     #[error("unsupported platform {0:?}: expected os/arch[/variant], e.g. linux/arm64")]
     InvalidPlatform(String),
 
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     #[error("store record {}: {reason}", path.display())]
@@ -55,6 +61,9 @@ pub enum Error {
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io { path, source }
+        move |source| Error::Io {
+            path,
+            cause: source,
+        }
     }
 }

@@ -10,11 +10,13 @@ pub mod auth;
 mod digest;
 mod error;
 pub mod ext4;
+mod layer;
 mod media;
 pub mod platform;
 pub mod progress;
 mod reference;
 mod registry;
+mod rootfs;
 mod store;
 
 pub use digest::Digest;
@@ -22,6 +24,7 @@ pub use error::Error;
 pub use platform::Platform;
 pub use reference::ImageRef;
 pub use registry::{login, pull, PullOptions};
+pub use rootfs::Rootfs;
 pub use store::{GcStats, Image, LayerInfo, Removed, Store};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -32,6 +32,9 @@ pub struct PullOptions {
     /// `Some(false)` talks plain HTTP to this registry, like podman's `--tls-verify=false`.
     /// `None` uses plain HTTP only for localhost and `HK_INSECURE_REGISTRIES`.
     pub tls_verify: Option<bool>,
+    /// Build the root filesystem before recording the name, as docker unpacks on pull: a
+    /// layer that cannot be converted then fails the pull instead of a later run.
+    pub convert: bool,
 }
 
 impl Default for PullOptions {
@@ -39,6 +42,7 @@ impl Default for PullOptions {
         PullOptions {
             platform: Platform::host(),
             tls_verify: None,
+            convert: true,
         }
     }
 }
@@ -126,7 +130,7 @@ impl Puller<'_> {
             .await
             .map_err(|source| Error::Registry {
                 image: self.image.clone(),
-                source,
+                cause: source,
             })?;
         if body.len() > MAX_MANIFEST {
             return Err(self.image_err(format!("manifest of {} bytes is too large", body.len())));
@@ -278,8 +282,7 @@ pub async fn pull(
             "not a container image: config media type {config_type:?}"
         )));
     }
-    let config_digest =
-        Digest::parse(config_desc.digest().as_ref()).map_err(|r| p.image_err(r))?;
+    let config_digest = Digest::parse(config_desc.digest().as_ref()).map_err(|r| p.image_err(r))?;
     if config_desc.size() > MAX_CONFIG {
         return Err(p.image_err(format!(
             "config of {} bytes is too large",
@@ -389,6 +392,10 @@ pub async fn pull(
     };
     store.put_blob(&top)?;
     store.put_blob(&manifest_bytes)?;
+    if opts.convert {
+        progress.event(Event::Converting);
+        store.rootfs(&image)?;
+    }
     store.record(&image, reference, &resolved)?;
     Ok(image)
 }

@@ -225,7 +225,7 @@ impl Store {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::Io {
                 path: path.to_path_buf(),
-                source: e,
+                cause: e,
             }),
         }
     }
@@ -421,10 +421,10 @@ impl Store {
             Ok(f) => match f.try_lock() {
                 Ok(()) => Ok(false),
                 Err(std::fs::TryLockError::WouldBlock) => Ok(true),
-                Err(std::fs::TryLockError::Error(e)) => Err(Error::Io { path, source: e }),
+                Err(std::fs::TryLockError::Error(e)) => Err(Error::Io { path, cause: e }),
             },
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(Error::Io { path, source: e }),
+            Err(e) => Err(Error::Io { path, cause: e }),
         }
     }
 
@@ -500,7 +500,7 @@ fn remove_path(path: &Path) -> Result<()> {
     match r {
         Err(e) if e.kind() != ErrorKind::NotFound => Err(Error::Io {
             path: path.to_path_buf(),
-            source: e,
+            cause: e,
         }),
         _ => Ok(()),
     }

@@ -26,6 +26,9 @@ pub struct PullArgs {
     /// Suppress verbose output
     #[arg(short, long)]
     quiet: bool,
+    /// Only download and verify; build the root filesystem at first use instead
+    #[arg(long)]
+    no_convert: bool,
 }
 
 #[derive(clap::Args)]
@@ -107,6 +110,13 @@ pub enum ImageCommand {
     Inspect(InspectArgs),
     /// Remove unused images
     Prune(PruneArgs),
+    /// Print the path of the image's ext4 root filesystem, building it on first use
+    Rootfs(RootfsArgs),
+}
+
+#[derive(clap::Args)]
+pub struct RootfsArgs {
+    image: String,
 }
 
 pub fn image(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
@@ -116,6 +126,7 @@ pub fn image(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
         ImageCommand::Rm(a) => rmi(a),
         ImageCommand::Inspect(a) => inspect(a),
         ImageCommand::Prune(a) => prune(a),
+        ImageCommand::Rootfs(a) => rootfs(a),
     }
 }
 
@@ -140,6 +151,7 @@ pub fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
     let opts = PullOptions {
         platform,
         tls_verify: args.tls_verify,
+        convert: !args.no_convert,
     };
     let store = store()?;
     let renderer = Renderer::new(args.quiet);
@@ -198,7 +210,12 @@ impl Renderer {
 impl Progress for Renderer {
     fn event(&self, event: Event<'_>) {
         match event {
-            Event::Resolved { .. } | Event::Converting => {}
+            Event::Resolved { .. } => {}
+            Event::Converting => {
+                if !self.quiet {
+                    println!("Building root filesystem");
+                }
+            }
             Event::Exists { layer } => {
                 if let Some(m) = &self.bars {
                     let bar = m.add(ProgressBar::new(0));
@@ -560,6 +577,14 @@ pub fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
         println!();
     }
     println!("Total reclaimed space: {}", human_size(stats.bytes));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn rootfs(args: RootfsArgs) -> anyhow::Result<ExitCode> {
+    let store = store()?;
+    let image = store.resolve(&args.image)?;
+    let rootfs = store.rootfs(&image)?;
+    println!("{}", rootfs.path.display());
     Ok(ExitCode::SUCCESS)
 }
 

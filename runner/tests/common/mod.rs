@@ -195,6 +195,89 @@ impl Registry {
     pub fn image_ref(&self, repo: &str, tag: &str) -> String {
         format!("{}/{repo}:{tag}", self.addr)
     }
+
+    /// Where the registry keeps a blob: tests that play a hostile registry rewrite it, and
+    /// the registry then serves the new bytes under the old digest.
+    pub fn blob_data(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.dir
+            .path()
+            .join("storage/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+/// A TCP proxy in front of a registry that can slow replies down to `rate` bytes per second
+/// (0: full speed), so that a test can catch a pull in the middle of a layer.
+pub struct Throttle {
+    pub addr: String,
+    pub rate: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Throttle {
+    pub fn start(upstream: &str, rate: u64) -> Throttle {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr").to_string();
+        let rate = Arc::new(AtomicU64::new(rate));
+        let upstream = upstream.to_string();
+        let r = rate.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (mut c_in, mut s_out) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_in, &mut s_out);
+                    let _ = s_out.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut s_in, mut c_out) = (server, client);
+                let rate = r.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 << 10];
+                    loop {
+                        let n = match std::io::Read::read(&mut s_in, &mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        let bps = rate.load(Ordering::Relaxed);
+                        if bps > 0 {
+                            std::thread::sleep(Duration::from_secs_f64(n as f64 / bps as f64));
+                        }
+                    }
+                    let _ = c_out.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Throttle { addr, rate }
+    }
+}
+
+/// Bytes that do not compress: layers big enough to take measurable time to move.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }
 
 impl Drop for Registry {

@@ -1,0 +1,101 @@
+//! Root filesystems: the layer stack of an image converted once into ext4 and cached under
+//! its ChainID, so every image sharing those layers shares the file.
+
+use crate::ext4;
+use crate::layer::LayerReader;
+use crate::store::{Image, Store};
+use crate::{Error, Result};
+use std::fs::{self, File};
+use std::path::PathBuf;
+
+/// A converted root filesystem, held open with a shared flock for as long as this value
+/// lives: garbage collection never deletes an image a VM is running on.
+pub struct Rootfs {
+    pub path: PathBuf,
+    _lock: File,
+}
+
+impl Store {
+    /// The image's root filesystem, converting it first if this layer stack never was.
+    /// Concurrent callers for the same stack wait for one conversion rather than racing.
+    pub fn rootfs(&self, image: &Image) -> Result<Rootfs> {
+        let name = image.display_name();
+        let chain = image.chain_id().ok_or_else(|| Error::Image {
+            image: name.clone(),
+            reason: "the image has no layers".into(),
+        })?;
+        let path = self.rootfs_path(&chain);
+        if let Some(r) = open_shared(&path)? {
+            return Ok(r);
+        }
+        let _writer = self.writer_lock()?;
+        let lock_path = path.with_extension("lock");
+        let lock = File::create(&lock_path).map_err(Error::io(&lock_path))?;
+        lock.lock().map_err(Error::io(&lock_path))?;
+        if let Some(r) = open_shared(&path)? {
+            return Ok(r);
+        }
+        let temp = self.temp_path("rootfs");
+        let result = self.convert(image, &name, &temp);
+        if let Err(e) = result {
+            let _ = fs::remove_file(&temp);
+            return Err(e);
+        }
+        fs::rename(&temp, &path).map_err(Error::io(&path))?;
+        open_shared(&path)?.ok_or_else(|| Error::Io {
+            path,
+            cause: std::io::ErrorKind::NotFound.into(),
+        })
+    }
+
+    fn convert(&self, image: &Image, name: &str, out: &std::path::Path) -> Result<ext4::Stats> {
+        let total = image.layers.len();
+        let mut readers = Vec::with_capacity(total);
+        let mut layers = Vec::with_capacity(total);
+        for (i, l) in image.layers.iter().enumerate() {
+            let label = format!("{} ({}/{total})", l.digest.short(), i + 1);
+            let blob = self.blob_path(&l.digest);
+            let reader = LayerReader::open(&blob, l).map_err(|e| Error::Layer {
+                image: name.to_string(),
+                layer: label.clone(),
+                reason: format!("cannot read {}: {e}", blob.display()),
+            })?;
+            readers.push((label.clone(), reader.clone()));
+            layers.push(ext4::Layer {
+                name: label,
+                tar: reader,
+            });
+        }
+        let stats = ext4::convert(layers, out, &ext4::Options::default()).map_err(|source| {
+            Error::Convert {
+                image: name.to_string(),
+                cause: source,
+            }
+        })?;
+        for (label, mut reader) in readers {
+            reader.finish().map_err(|e| Error::Layer {
+                image: name.to_string(),
+                layer: label,
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(stats)
+    }
+}
+
+fn open_shared(path: &std::path::Path) -> Result<Option<Rootfs>> {
+    match File::open(path) {
+        Ok(f) => {
+            f.lock_shared().map_err(Error::io(path))?;
+            Ok(Some(Rootfs {
+                path: path.to_path_buf(),
+                _lock: f,
+            }))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Io {
+            path: path.to_path_buf(),
+            cause: e,
+        }),
+    }
+}

@@ -1,0 +1,151 @@
+//! Store robustness: two `hk pull` processes of one image at once, and a pull killed with
+//! SIGKILL in the middle of a layer followed by a pull that must simply work.
+
+mod common;
+
+use common::*;
+use hk_image::Digest;
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+fn big_image(layers: usize, size: usize) -> TestImage {
+    TestImage::new(
+        (0..layers)
+            .map(|i| TestLayer {
+                tar: TarBuilder::new()
+                    .dir("data", 0o755)
+                    .file(&format!("data/{i}"), 0o644, &noise(size, i as u64 + 100))
+                    .finish(),
+                compression: if i % 2 == 0 {
+                    Compression::Gzip
+                } else {
+                    Compression::Zstd
+                },
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn two_pulls_of_one_image_at_once_leave_one_consistent_image() {
+    let reg = Registry::start();
+    let image = big_image(3, 4 << 20);
+    reg.push_image("big", "v1", &image);
+    // Slow enough that both processes are downloading the same layers at the same time.
+    let proxy = Throttle::start(&reg.addr, 4 << 20);
+    let name = format!("{}/big:v1", proxy.addr);
+    let hk = Hk::new();
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            hk.cmd(&["pull", "-q", &name])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn hk pull")
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    hk.assert_store_consistent();
+    assert_eq!(hk.store_files("images").len(), 1);
+    assert_eq!(hk.store_files("refs").len(), 1);
+    let rootfs: Vec<String> = hk
+        .store_files("rootfs")
+        .into_iter()
+        .filter(|f| f.ends_with(".ext4"))
+        .collect();
+    assert_eq!(rootfs.len(), 1, "{rootfs:?}");
+    // 3 layers, config, manifest.
+    assert_eq!(hk.store_files("blobs/sha256").len(), 5);
+    assert!(
+        hk.store_files("tmp").is_empty(),
+        "{:?}",
+        hk.store_files("tmp")
+    );
+    let json = hk.ok(&["images", "--format", "json"]);
+    assert_eq!(json.lines().count(), 1, "{json}");
+}
+
+#[test]
+fn pull_killed_mid_layer_leaves_nothing_a_new_pull_trips_over() {
+    let reg = Registry::start();
+    let image = big_image(1, 16 << 20);
+    reg.push_image("slow", "v1", &image);
+    let layer = Digest::of(&compress(&image.layers[0].tar, Compression::Gzip));
+    let proxy = Throttle::start(&reg.addr, 1 << 20);
+    let name = format!("{}/slow:v1", proxy.addr);
+    let hk = Hk::new();
+
+    let mut child = hk
+        .cmd(&["pull", "-q", &name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn hk pull");
+    // Wait until part of the layer is on disk, then kill without warning.
+    let tmp = hk.data.path().join("tmp");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let partial = std::fs::read_dir(&tmp)
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.metadata().map(|m| m.len() > (1 << 20)).unwrap_or(false))
+            })
+            .unwrap_or(false);
+        if partial {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the pull ended before it could be killed"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the pull never wrote a partial layer"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    assert!(hk.store_files("refs").is_empty());
+    assert!(hk.store_files("images").is_empty());
+    assert!(
+        !hk.store_files("blobs/sha256")
+            .contains(&layer.hex().to_string()),
+        "a partial layer must never sit under its digest"
+    );
+    assert!(
+        !hk.store_files("tmp").is_empty(),
+        "the killed pull's partial file is in tmp/"
+    );
+    hk.assert_store_consistent();
+
+    proxy.rate.store(0, Ordering::Relaxed);
+    hk.ok(&["pull", "-q", &name]);
+    hk.assert_store_consistent();
+    assert!(hk
+        .store_files("blobs/sha256")
+        .contains(&layer.hex().to_string()));
+    assert_eq!(hk.store_files("images").len(), 1);
+
+    // Garbage collection sweeps what the killed pull left in tmp/.
+    hk.ok(&["image", "prune", "-f"]);
+    assert!(
+        hk.store_files("tmp").is_empty(),
+        "{:?}",
+        hk.store_files("tmp")
+    );
+    assert_eq!(
+        hk.store_files("images").len(),
+        1,
+        "prune keeps tagged images"
+    );
+}
