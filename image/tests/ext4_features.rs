@@ -1,0 +1,354 @@
+//! Layer tars built here, converted to ext4, checked by `e2fsck -fn` and read back with
+//! debugfs against what the tars said.
+
+mod ext4_util;
+
+use ext4_util::*;
+use tar::EntryType;
+
+/// Deterministic, incompressible-looking bytes.
+fn noise(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn meta(mode: u32, uid: u64, gid: u64, mtime: u64) -> Meta {
+    Meta {
+        mode,
+        uid,
+        gid,
+        mtime,
+    }
+}
+
+#[test]
+fn every_kind_of_entry_keeps_its_metadata() {
+    let big = noise(3 << 20, 1);
+    let mut sparse = vec![b'a'; 4096];
+    sparse.extend(vec![0u8; 1 << 20]);
+    sparse.extend(vec![b'b'; 4096]);
+    sparse.extend(vec![0u8; 1 << 20]);
+    sparse.extend(vec![b'c'; 100]);
+    let long_target = format!("{}end", "d/".repeat(60));
+    let cap: &[u8] = &[
+        1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let long_name = "n".repeat(255);
+    let xbig = vec![b'x'; 1000];
+
+    let mut t = Tar::new();
+    t.dir("etc", &ROOT)
+        .file("etc/hostname", &meta(0o644, 0, 0, 1_600_000_001), b"hk\n")
+        .dir("home", &ROOT)
+        .dir("home/user", &meta(0o750, 1000, 1000, 1_600_000_000))
+        .file("empty", &meta(0o600, 5, 6, 1_600_000_002), b"")
+        .dir("bin", &ROOT)
+        .file("bin/su", &meta(0o4755, 0, 0, 1_600_000_003), b"su binary")
+        .file("bin/wall", &meta(0o2755, 0, 5, 1_600_000_004), b"wall")
+        .dir("tmp", &meta(0o1777, 0, 0, 1_600_000_005))
+        .file("big", &ROOT, &big)
+        .file("sparse", &ROOT, &sparse)
+        .symlink("bin/sh", "/bin/busybox")
+        .symlink("longlink", &long_target)
+        .hardlink("bin/su2", "bin/su")
+        .dir("dev", &ROOT)
+        .device("dev/null", EntryType::Char, &meta(0o666, 0, 0, 1), 1, 3)
+        .device("dev/sda", EntryType::Block, &meta(0o660, 0, 6, 1), 8, 0)
+        .device(
+            "dev/big",
+            EntryType::Char,
+            &meta(0o600, 0, 0, 1),
+            300,
+            70000,
+        )
+        .dir("run", &ROOT)
+        .device("run/fifo", EntryType::Fifo, &meta(0o644, 0, 0, 1), 0, 0)
+        .file("owned", &meta(0o644, 100_000, 200_000, 1), b"x")
+        .pax(&[
+            ("SCHILY.xattr.security.capability", cap),
+            ("SCHILY.xattr.user.comment", b"hello"),
+        ])
+        .file("bin/ping", &meta(0o755, 0, 0, 1), b"ping")
+        .pax(&[("SCHILY.xattr.user.big", &xbig)])
+        .file("xbig", &ROOT, b"")
+        .pax(&[("mtime", b"1700000000.123456789")])
+        .file("nanos", &ROOT, b"")
+        .dir("names", &ROOT)
+        .file(format!("names/{long_name}"), &ROOT, b"long")
+        .file(b"names/caf\xe9", &ROOT, b"latin1");
+    let dir = scratch();
+    let (img, stats) = convert_checked(&[t.finish()], dir.path());
+    assert_eq!(stats.files, 12);
+    assert_eq!(stats.hardlinks, 1);
+    assert_eq!(stats.symlinks, 2);
+    assert_eq!(stats.specials, 4);
+
+    let paths: Vec<Vec<u8>> = [
+        "/etc/hostname",
+        "/home/user",
+        "/empty",
+        "/bin/su",
+        "/bin/wall",
+        "/tmp",
+        "/big",
+        "/sparse",
+        "/bin/sh",
+        "/longlink",
+        "/bin/su2",
+        "/dev/null",
+        "/dev/sda",
+        "/dev/big",
+        "/run/fifo",
+        "/owned",
+        "/bin/ping",
+        "/xbig",
+        "/nanos",
+    ]
+    .iter()
+    .map(|p| p.as_bytes().to_vec())
+    .chain([
+        format!("/names/{long_name}").into_bytes(),
+        b"/names/caf\xe9".to_vec(),
+    ])
+    .collect();
+    let refs: Vec<&[u8]> = paths.iter().map(|p| p.as_slice()).collect();
+    let s: Vec<Stat> = stat_all(&img, &refs)
+        .into_iter()
+        .zip(&paths)
+        .map(|(s, p)| s.unwrap_or_else(|| panic!("{} missing", String::from_utf8_lossy(p))))
+        .collect();
+    let [hostname, user, empty, su, wall, tmp, bigs, sparses, sh, longlink, su2, null, sda, devbig, fifo, owned, ping, xbigs, nanos, longname, latin1] =
+        s.try_into().unwrap();
+
+    assert_eq!(
+        (hostname.kind.as_str(), hostname.mode, hostname.size),
+        ("regular", 0o644, 3)
+    );
+    assert_eq!(hostname.mtime, 1_600_000_001);
+    assert_eq!(
+        (user.kind.as_str(), user.mode, user.uid, user.gid),
+        ("directory", 0o750, 1000, 1000)
+    );
+    assert_eq!(user.mtime, 1_600_000_000);
+    assert_eq!(
+        (
+            empty.mode,
+            empty.uid,
+            empty.gid,
+            empty.size,
+            empty.blockcount
+        ),
+        (0o600, 5, 6, 0, 0)
+    );
+    assert_eq!((su.mode, su.links), (0o4755, 2));
+    assert_eq!(su.ino, su2.ino, "hardlink shares the inode");
+    assert_eq!((wall.mode, wall.gid), (0o2755, 5));
+    assert_eq!(tmp.mode, 0o1777);
+    assert_eq!(bigs.size, big.len() as u64);
+    assert_eq!(bigs.blockcount, (big.len() as u64 / 4096) * 8);
+    assert_eq!(sparses.size, sparse.len() as u64);
+    assert_eq!(sparses.blockcount, 3 * 8, "zero blocks are holes");
+    assert_eq!(sh.kind, "symlink");
+    assert_eq!(sh.fast_link.as_deref(), Some("/bin/busybox"));
+    assert_eq!(sh.flags & 0x80000, 0, "fast symlinks have no extents");
+    assert_eq!(
+        (longlink.kind.as_str(), longlink.size),
+        ("symlink", long_target.len() as u64)
+    );
+    assert_eq!(longlink.blockcount, 8);
+    assert_eq!(
+        (null.kind.as_str(), null.mode, null.device),
+        ("character special", 0o666, Some((1, 3)))
+    );
+    assert_eq!(
+        (sda.kind.as_str(), sda.gid, sda.device),
+        ("block special", 6, Some((8, 0)))
+    );
+    assert_eq!(devbig.device, Some((300, 70000)));
+    assert_eq!((fifo.kind.as_str(), fifo.mode), ("FIFO", 0o644));
+    assert_eq!((owned.uid, owned.gid), (100_000, 200_000));
+    assert!(
+        ping.xattrs
+            .iter()
+            .any(|x| x.starts_with("security.capability (20)")),
+        "{:?}",
+        ping.xattrs
+    );
+    assert!(
+        ping.xattrs
+            .iter()
+            .any(|x| x == "user.comment (5) = \"hello\""),
+        "{:?}",
+        ping.xattrs
+    );
+    assert!(
+        xbigs
+            .xattrs
+            .iter()
+            .any(|x| x.starts_with("user.big (1000)")),
+        "{:?}",
+        xbigs.xattrs
+    );
+    assert_eq!(xbigs.blockcount, 8, "a large xattr lives in its own block");
+    assert_eq!(
+        (nanos.mtime, nanos.mtime_extra),
+        (1_700_000_000, 123_456_789 << 2)
+    );
+    assert_eq!(longname.size, 4);
+    assert_eq!(latin1.size, 6);
+
+    assert_eq!(cat(&img, b"/etc/hostname"), b"hk\n");
+    assert_eq!(cat(&img, b"/big"), big);
+    assert_eq!(cat(&img, b"/sparse"), sparse);
+    assert_eq!(cat(&img, b"/longlink"), long_target.as_bytes());
+    assert_eq!(cat(&img, b"/names/caf\xe9"), b"latin1");
+    let ping_cap = debugfs(&img, &[b"ea_get -x /bin/ping security.capability".to_vec()]);
+    let hex: String = cap.iter().map(|b| format!("{b:02x} ")).collect();
+    assert!(
+        String::from_utf8_lossy(&ping_cap[0]).contains(hex.trim()),
+        "{:?}",
+        String::from_utf8_lossy(&ping_cap[0])
+    );
+    assert_eq!(
+        ls(&img, b"/names"),
+        vec![b"caf\xe9".to_vec(), long_name.into_bytes()]
+    );
+    let root = ls(&img, b"/");
+    assert!(root.contains(&b"lost+found".to_vec()));
+}
+
+#[test]
+fn whiteouts_and_opaque_directories_apply_across_layers() {
+    let mut l1 = Tar::new();
+    l1.dir("a", &ROOT)
+        .file("a/keep", &ROOT, b"keep")
+        .file("a/gone", &ROOT, b"gone")
+        .dir("b", &ROOT)
+        .file("b/old1", &ROOT, b"1")
+        .dir("b/olddir", &ROOT)
+        .file("b/olddir/f", &ROOT, b"f")
+        .dir("c", &ROOT)
+        .file("c/f", &ROOT, b"f")
+        .dir("d", &ROOT)
+        .dir("d/sub", &ROOT)
+        .file("d/sub/f", &ROOT, b"f")
+        .file("x", &ROOT, b"x was a file")
+        .dir("y", &ROOT)
+        .file("y/child", &ROOT, b"child")
+        .file("h1", &ROOT, b"old")
+        .hardlink("h2", "h1");
+    let mut l2 = Tar::new();
+    l2.dir("a", &meta(0o700, 0, 0, 5))
+        .file("a/.wh.gone", &ROOT, b"")
+        .file(".wh.c", &ROOT, b"")
+        .dir("b", &ROOT)
+        // Listed before the opaque marker: this layer's own entries survive it.
+        .file("b/new", &ROOT, b"new")
+        .file("b/.wh..wh..opq", &ROOT, b"")
+        .dir("x", &ROOT)
+        .file("x/inside", &ROOT, b"inside")
+        .file("y", &ROOT, b"y is a file now")
+        .file("h1", &ROOT, b"new")
+        .file("d/sub/.wh.f", &ROOT, b"")
+        .file(".wh.never-existed", &ROOT, b"");
+    let mut l3 = Tar::new();
+    l3.dir("c", &ROOT).file("c/again", &ROOT, b"again");
+    let dir = scratch();
+    let (img, _) = convert_checked(&[l1.finish(), l2.finish(), l3.finish()], dir.path());
+
+    let names = |p: &[u8]| -> Vec<String> {
+        ls(&img, p)
+            .into_iter()
+            .map(|n| String::from_utf8(n).unwrap())
+            .collect()
+    };
+    assert_eq!(
+        names(b"/"),
+        ["a", "b", "c", "d", "h1", "h2", "lost+found", "x", "y"]
+    );
+    assert_eq!(names(b"/a"), ["keep"]);
+    assert_eq!(
+        stat(&img, b"/a").unwrap().mode,
+        0o700,
+        "upper dir metadata wins"
+    );
+    assert_eq!(names(b"/b"), ["new"]);
+    assert_eq!(
+        names(b"/c"),
+        ["again"],
+        "a re-created dir does not bring back lower content"
+    );
+    assert!(names(b"/d/sub").is_empty());
+    assert_eq!(names(b"/x"), ["inside"]);
+    assert_eq!(stat(&img, b"/y").unwrap().kind, "regular");
+    assert_eq!(cat(&img, b"/h1"), b"new");
+    assert_eq!(cat(&img, b"/h2"), b"old");
+    assert_eq!(stat(&img, b"/h2").unwrap().links, 1);
+}
+
+#[test]
+fn thousands_of_files_make_a_multi_block_directory() {
+    let mut t = Tar::new();
+    t.dir("many", &ROOT);
+    let names: Vec<String> = (0..6000)
+        .map(|i| format!("file-{i:05}-{}", "x".repeat(i % 90)))
+        .collect();
+    for (i, n) in names.iter().enumerate() {
+        t.file(format!("many/{n}"), &ROOT, format!("{i}").as_bytes());
+    }
+    for i in 0..300 {
+        t.dir(format!("many/sub-{i:03}"), &ROOT);
+    }
+    let dir = scratch();
+    let (img, stats) = convert_checked(&[t.finish()], dir.path());
+    assert_eq!(stats.files, 6000);
+    let listed = ls(&img, b"/many");
+    assert_eq!(listed.len(), 6300);
+    let many = stat(&img, b"/many").unwrap();
+    assert!(
+        many.size > 20 * 4096,
+        "directory spans many blocks: {}",
+        many.size
+    );
+    assert_eq!(many.links, 2 + 300);
+    assert_eq!(
+        cat(&img, format!("/many/{}", names[5999]).as_bytes()),
+        b"5999"
+    );
+    assert_eq!(cat(&img, format!("/many/{}", names[0]).as_bytes()), b"0");
+}
+
+#[test]
+fn a_fragmented_file_gets_a_two_level_extent_tree() {
+    // 1500 data blocks separated by holes: 1500 extents, more than four leaf blocks hold
+    // (4 x 340), so the tree needs an index level below the inode.
+    let mut content = Vec::new();
+    for i in 0..1500u32 {
+        content.extend(noise(4096, i + 7));
+        content.extend(vec![0u8; 4096]);
+    }
+    let mut t = Tar::new();
+    t.file("frag", &ROOT, &content);
+    let dir = scratch();
+    let (img, _) = convert_checked(&[t.finish()], dir.path());
+    let s = stat(&img, b"/frag").unwrap();
+    assert_eq!(s.size, content.len() as u64);
+    // 1500 data blocks + 5 leaves + 1 index block.
+    assert_eq!(s.blockcount, (1500 + 6) * 8);
+    assert_eq!(cat(&img, b"/frag"), content);
+}
+
+#[test]
+fn a_stack_with_no_entries_is_an_empty_filesystem() {
+    let dir = scratch();
+    let (img, stats) = convert_checked(&[Tar::new().finish()], dir.path());
+    assert_eq!((stats.files, stats.dirs), (0, 2));
+    assert_eq!(ls(&img, b"/"), vec![b"lost+found".to_vec()]);
+}
