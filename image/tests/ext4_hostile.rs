@@ -1,0 +1,304 @@
+//! Malicious and broken layer tars: each gives its own error naming the layer and the entry,
+//! and leaves nothing in the output directory.
+
+mod ext4_util;
+
+use std::path::Path;
+
+use ext4_util::*;
+use hk_image::ext4::{EntryError, Error, Options, Size};
+use tar::EntryType;
+
+/// Converts into an empty directory, expects failure, and checks nothing was left behind.
+fn fails(tars: &[Vec<u8>], opts: &Options) -> Error {
+    let dir = scratch();
+    let out = dir.path().join("rootfs.ext4");
+    let err = try_convert(tars, &out, opts).expect_err("conversion must fail");
+    assert!(
+        dir_entries(dir.path()).is_empty(),
+        "left behind: {:?}",
+        dir_entries(dir.path())
+    );
+    // The message names the layer.
+    assert!(err.to_string().contains("(layer "), "{err}");
+    err
+}
+
+/// The entry error, after checking which layer and path it names.
+fn entry_err(err: Error, want_layer: &str, want_path: &str) -> EntryError {
+    match err {
+        Error::Entry { layer, path, kind } => {
+            assert_eq!(layer, want_layer);
+            assert_eq!(path, want_path);
+            kind
+        }
+        other => panic!("expected an entry error, got {other:?}"),
+    }
+}
+
+fn one(t: &mut Tar) -> Vec<Vec<u8>> {
+    vec![std::mem::take(t).finish()]
+}
+
+const L1: &str = "test (layer 1/1)";
+
+#[test]
+fn absolute_paths_are_refused() {
+    let err = fails(
+        &one(Tar::new().raw(EntryType::Regular, b"/etc/passwd", b"", 4, b"root")),
+        &Options::default(),
+    );
+    let kind = entry_err(err, L1, "/etc/passwd");
+    assert!(matches!(kind, EntryError::AbsolutePath), "{kind:?}");
+}
+
+#[test]
+fn dotdot_escapes_are_refused() {
+    for path in ["../escape", "a/../../escape"] {
+        let err = fails(
+            &one(Tar::new().raw(EntryType::Regular, path.as_bytes(), b"", 1, b"x")),
+            &Options::default(),
+        );
+        let kind = entry_err(err, L1, path);
+        assert!(matches!(kind, EntryError::DotDotEscape), "{path}: {kind:?}");
+    }
+}
+
+#[test]
+fn hardlinks_outside_the_root_are_refused() {
+    for target in ["/etc/shadow", "../etc/shadow"] {
+        let err = fails(
+            &one(Tar::new().raw(EntryType::Link, b"l", target.as_bytes(), 0, b"")),
+            &Options::default(),
+        );
+        match entry_err(err, L1, "l") {
+            EntryError::HardlinkOutside(t) => assert_eq!(t, target),
+            other => panic!("{target}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn hardlinks_to_missing_files_or_directories_are_refused() {
+    let err = fails(
+        &one(Tar::new().hardlink("l", "nothing")),
+        &Options::default(),
+    );
+    assert!(matches!(entry_err(err, L1, "l"), EntryError::HardlinkMissing(t) if t == "nothing"));
+    let err = fails(
+        &one(Tar::new().dir("d", &ROOT).hardlink("l", "d")),
+        &Options::default(),
+    );
+    assert!(matches!(entry_err(err, L1, "l"), EntryError::HardlinkToDir(t) if t == "d"));
+}
+
+#[test]
+fn entries_below_a_symlink_are_refused() {
+    // Across layers: the symlink comes from a lower layer.
+    let mut lower = Tar::new();
+    lower.symlink("evil", "/etc");
+    let mut upper = Tar::new();
+    upper.file("evil/passwd", &ROOT, b"root::0:0::/:/bin/sh\n");
+    let err = fails(&[lower.finish(), upper.finish()], &Options::default());
+    let kind = entry_err(err, "test (layer 2/2)", "evil/passwd");
+    assert!(
+        matches!(kind, EntryError::ThroughSymlink(ref p) if p == "evil"),
+        "{kind:?}"
+    );
+
+    // Within one layer, and for a hardlink target reached through a symlink.
+    let err = fails(
+        &one(Tar::new().symlink("lnk", "/").file("lnk/x", &ROOT, b"x")),
+        &Options::default(),
+    );
+    assert!(matches!(
+        entry_err(err, L1, "lnk/x"),
+        EntryError::ThroughSymlink(_)
+    ));
+    let err = fails(
+        &one(Tar::new()
+            .dir("d", &ROOT)
+            .file("d/f", &ROOT, b"f")
+            .symlink("s", "d")
+            .hardlink("h", "s/f")),
+        &Options::default(),
+    );
+    assert!(matches!(
+        entry_err(err, L1, "h"),
+        EntryError::ThroughSymlink(_)
+    ));
+}
+
+#[test]
+fn relative_symlinks_climbing_above_the_root_are_refused() {
+    let err = fails(
+        &one(Tar::new()
+            .dir("a", &ROOT)
+            .symlink("a/up", "../../etc/shadow")),
+        &Options::default(),
+    );
+    let kind = entry_err(err, L1, "a/up");
+    assert!(
+        matches!(kind, EntryError::SymlinkEscape(ref t) if t == "../../etc/shadow"),
+        "{kind:?}"
+    );
+}
+
+#[test]
+fn duplicate_entries_in_one_layer_are_refused() {
+    let err = fails(
+        &one(Tar::new().file("dup", &ROOT, b"1").file("dup", &ROOT, b"2")),
+        &Options::default(),
+    );
+    assert!(matches!(entry_err(err, L1, "dup"), EntryError::Duplicate));
+    let err = fails(
+        &one(Tar::new().file("dup", &ROOT, b"1").dir("dup", &ROOT)),
+        &Options::default(),
+    );
+    assert!(matches!(entry_err(err, L1, "dup"), EntryError::Duplicate));
+}
+
+fn file_tar(size: usize) -> Vec<u8> {
+    let mut t = Tar::new();
+    t.file("f", &ROOT, &vec![7u8; size]).file("g", &ROOT, b"g");
+    t.finish()
+}
+
+#[test]
+fn a_stream_cut_inside_file_data_is_truncated() {
+    let tar = file_tar(10_000);
+    let err = fails(&[tar[..512 + 5000].to_vec()], &Options::default());
+    let kind = entry_err(err, L1, "f");
+    assert!(
+        matches!(
+            kind,
+            EntryError::Truncated {
+                got: 5000,
+                size: 10_000
+            }
+        ),
+        "{kind:?}"
+    );
+}
+
+#[test]
+fn a_stream_cut_inside_a_header_is_corrupt() {
+    let tar = file_tar(1000);
+    let err = fails(&[tar[..512 + 1024 + 100].to_vec()], &Options::default());
+    assert!(
+        matches!(err, Error::Tar { ref layer, .. } if layer == L1),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_stream_cut_between_entries_lacks_its_end_marker() {
+    let tar = file_tar(1000);
+    let err = fails(&[tar[..512 + 1024].to_vec()], &Options::default());
+    assert!(
+        matches!(err, Error::MissingEnd { ref layer } if layer == L1),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn corrupt_headers_and_non_tar_data_are_refused() {
+    let mut tar = file_tar(10);
+    tar[0] ^= 0x20; // the name changes; the checksum no longer matches
+    let err = fails(&[tar], &Options::default());
+    assert!(matches!(err, Error::Tar { .. }), "{err:?}");
+    // A still-compressed layer (gzip magic) handed over as tar.
+    let mut gz = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+    gz.extend(vec![0x55; 2000]);
+    let err = fails(&[gz], &Options::default());
+    assert!(matches!(err, Error::Tar { .. }), "{err:?}");
+}
+
+#[test]
+fn absurd_sizes_are_refused_before_reading() {
+    // A header claiming 1 TiB followed by no data.
+    let mut t = Tar::new();
+    t.raw(EntryType::Regular, b"huge", b"", 1 << 40, b"");
+    let err = fails(&one(&mut t), &Options::default());
+    let kind = entry_err(err, L1, "huge");
+    assert!(
+        matches!(kind, EntryError::FileTooLarge { size, .. } if size == 1 << 40),
+        "{kind:?}"
+    );
+
+    let opts = Options {
+        max_total_size: 10_000,
+        ..Options::default()
+    };
+    let mut t = Tar::new();
+    t.file("a", &ROOT, &[1; 6000]).file("b", &ROOT, &[2; 6000]);
+    let kind = entry_err(fails(&one(&mut t), &opts), L1, "b");
+    assert!(
+        matches!(kind, EntryError::TotalTooLarge { limit: 10_000 }),
+        "{kind:?}"
+    );
+
+    let opts = Options {
+        max_entries: 3,
+        ..Options::default()
+    };
+    let mut t = Tar::new();
+    for i in 0..5 {
+        t.file(format!("f{i}"), &ROOT, b"");
+    }
+    let kind = entry_err(fails(&one(&mut t), &opts), L1, "f3");
+    assert!(
+        matches!(kind, EntryError::TooManyEntries { limit: 3 }),
+        "{kind:?}"
+    );
+}
+
+#[test]
+fn unknown_entry_types_and_bad_names_are_refused() {
+    let mut t = Tar::new();
+    t.raw(EntryType::new(b'Z'), b"weird", b"", 0, b"");
+    let kind = entry_err(fails(&one(&mut t), &Options::default()), L1, "weird");
+    assert!(matches!(kind, EntryError::Unsupported(_)), "{kind:?}");
+
+    let long = "n".repeat(256);
+    let mut t = Tar::new();
+    t.file(&long, &ROOT, b"");
+    let kind = entry_err(fails(&one(&mut t), &Options::default()), L1, &long);
+    assert!(matches!(kind, EntryError::NameTooLong), "{kind:?}");
+
+    let mut t = Tar::new();
+    t.pax(&[("SCHILY.xattr.bogus.name", b"v")])
+        .file("x", &ROOT, b"");
+    let kind = entry_err(fails(&one(&mut t), &Options::default()), L1, "x");
+    assert!(
+        matches!(kind, EntryError::Xattr { ref name, .. } if name == "bogus.name"),
+        "{kind:?}"
+    );
+}
+
+#[test]
+fn a_failed_conversion_keeps_the_previous_image() {
+    let dir = scratch();
+    let out = dir.path().join("rootfs.ext4");
+    std::fs::write(&out, b"previous").unwrap();
+    let bad = one(Tar::new().raw(EntryType::Regular, b"../x", b"", 0, b""));
+    try_convert(&bad, &out, &Options::default()).unwrap_err();
+    assert_eq!(std::fs::read(&out).unwrap(), b"previous");
+    assert_eq!(dir_entries(dir.path()), ["rootfs.ext4"]);
+}
+
+#[test]
+fn a_fixed_size_too_small_for_the_content_is_refused() {
+    let dir = scratch();
+    let out = dir.path().join("rootfs.ext4");
+    let mut t = Tar::new();
+    t.file("big", &ROOT, &vec![1u8; 1 << 20]);
+    let opts = Options {
+        size: Size::Fixed { bytes: 256 << 10 },
+        ..Options::default()
+    };
+    let err = try_convert(&one(&mut t), &out, &opts).unwrap_err();
+    assert!(matches!(err, Error::TooBig { .. }), "{err:?}");
+    assert!(dir_entries(dir.path()).is_empty());
+    assert!(!Path::new(&out).exists());
+}
