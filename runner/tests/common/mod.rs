@@ -555,3 +555,247 @@ impl Hk {
         }
     }
 }
+
+/// What a path should look like in the root filesystem, from the tar headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expected {
+    /// File type and permission bits, as `stat`'s st_mode.
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    /// Regular files' size and symlinks' target length.
+    pub size: Option<u64>,
+    /// Paths that share this inode (hardlinks) carry the same group number.
+    pub link_group: Option<usize>,
+}
+
+fn clean(path: &[u8]) -> String {
+    let s = String::from_utf8_lossy(path).into_owned();
+    let s = s.trim_start_matches("./").trim_end_matches('/');
+    s.trim_start_matches('/').to_string()
+}
+
+/// Applies layers (uncompressed tars, bottom first) as OCI says: later entries replace
+/// earlier ones, `.wh.NAME` deletes NAME of lower layers, `.wh..wh..opq` hides a directory's
+/// lower content. Implicit parent directories are not listed.
+pub fn expected_tree(layers: &[&[u8]]) -> std::collections::BTreeMap<String, Expected> {
+    use std::collections::BTreeMap;
+    let mut tree: BTreeMap<String, Expected> = BTreeMap::new();
+    let mut groups = 0usize;
+    let remove_under = |tree: &mut BTreeMap<String, Expected>, dir: &str, include_self: bool| {
+        let prefix = format!("{dir}/");
+        tree.retain(|k, _| !(k.starts_with(&prefix) || (include_self && k == dir)));
+    };
+    for layer in layers {
+        let mut archive = tar::Archive::new(*layer);
+        let mut entries = Vec::new();
+        for e in archive.entries().expect("tar") {
+            let e = e.expect("tar entry");
+            let h = e.header().clone();
+            let path = clean(&e.path_bytes());
+            let link = e.link_name_bytes().map(|l| clean(&l));
+            let raw_link = e.link_name_bytes().map(|l| l.len() as u64);
+            entries.push((path, h, link, raw_link));
+        }
+        // Whiteouts apply to the layers below, before this layer's own entries land.
+        for (path, _, _, _) in &entries {
+            let (dir, base) = match path.rsplit_once('/') {
+                Some((d, b)) => (d.to_string(), b),
+                None => (String::new(), path.as_str()),
+            };
+            if base == ".wh..wh..opq" {
+                if dir.is_empty() {
+                    tree.clear();
+                } else {
+                    remove_under(&mut tree, &dir, false);
+                }
+            } else if let Some(name) = base.strip_prefix(".wh.") {
+                let victim = if dir.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{dir}/{name}")
+                };
+                remove_under(&mut tree, &victim, true);
+            }
+        }
+        for (path, h, link, raw_link) in entries {
+            let base = path.rsplit('/').next().unwrap_or("");
+            if path.is_empty() || base.starts_with(".wh.") {
+                continue;
+            }
+            let perm = h.mode().expect("mode") & 0o7777;
+            let kind = h.entry_type();
+            let exp = match kind {
+                tar::EntryType::Link => {
+                    let target = link.expect("hardlink target");
+                    let t = tree
+                        .get_mut(&target)
+                        .unwrap_or_else(|| panic!("hardlink {path} to missing {target}"));
+                    let group = *t.link_group.get_or_insert_with(|| {
+                        groups += 1;
+                        groups
+                    });
+                    let mut e = t.clone();
+                    e.link_group = Some(group);
+                    e
+                }
+                _ => {
+                    let (fmt, size) = match kind {
+                        tar::EntryType::Regular | tar::EntryType::Continuous => {
+                            (0o100000, Some(h.size().expect("size")))
+                        }
+                        tar::EntryType::Directory => (0o040000, None),
+                        tar::EntryType::Symlink => (0o120000, raw_link),
+                        tar::EntryType::Char => (0o020000, None),
+                        tar::EntryType::Block => (0o060000, None),
+                        tar::EntryType::Fifo => (0o010000, None),
+                        other => panic!("unexpected tar entry type {other:?} for {path}"),
+                    };
+                    Expected {
+                        mode: fmt | if fmt == 0o120000 { 0o777 } else { perm },
+                        uid: h.uid().expect("uid"),
+                        gid: h.gid().expect("gid"),
+                        size,
+                        link_group: None,
+                    }
+                }
+            };
+            if exp.mode & 0o170000 != 0o040000 {
+                remove_under(&mut tree, &path, false);
+            }
+            tree.insert(path, exp);
+        }
+    }
+    tree
+}
+
+/// Runs `e2fsck -fn` on an image and insists on zero errors.
+pub fn assert_e2fsck_clean(image: &Path) {
+    let out = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(image)
+        .output()
+        .expect("run e2fsck (e2fsprogs)");
+    assert!(
+        out.status.success(),
+        "e2fsck -fn {} found problems:\n{}{}",
+        image.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Lists every directory of `expected` in the ext4 image with debugfs and checks that each
+/// directory holds exactly the expected names with the expected type, mode, owner and size,
+/// and that hardlinked names share one inode. Returns how many entries were checked.
+pub fn assert_tree_matches(
+    image: &Path,
+    expected: &std::collections::BTreeMap<String, Expected>,
+) -> usize {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut dirs: BTreeSet<String> = BTreeSet::from([String::new()]);
+    for path in expected.keys() {
+        let mut p = path.as_str();
+        while let Some((parent, _)) = p.rsplit_once('/') {
+            dirs.insert(parent.to_string());
+            p = parent;
+        }
+        if expected[path].mode & 0o170000 == 0o040000 {
+            dirs.insert(path.clone());
+        }
+    }
+    let cmds: String = dirs.iter().map(|d| format!("ls -p \"/{d}\"\n")).collect();
+    let cmd_file = tempfile::NamedTempFile::new().expect("tempfile");
+    std::fs::write(cmd_file.path(), cmds).expect("write debugfs commands");
+    let out = Command::new("debugfs")
+        .arg("-f")
+        .arg(cmd_file.path())
+        .arg(image)
+        .output()
+        .expect("run debugfs");
+    assert!(
+        out.status.success(),
+        "debugfs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut found: BTreeMap<String, (u64, u32, u64, u64, String)> = BTreeMap::new();
+    let mut seen_dirs = BTreeSet::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if let Some(cmd) = line.strip_prefix("debugfs: ls -p \"/") {
+            let d = cmd.trim_end_matches('"').to_string();
+            seen_dirs.insert(d.clone());
+            current = Some(d);
+            continue;
+        }
+        let Some(dir) = &current else { continue };
+        let fields: Vec<&str> = line.split('/').collect();
+        if fields.len() < 8 {
+            continue;
+        }
+        let name = fields[5..fields.len() - 2].join("/");
+        if name == "." || name == ".." || (dir.is_empty() && name == "lost+found") {
+            continue;
+        }
+        let path = if dir.is_empty() {
+            name
+        } else {
+            format!("{dir}/{name}")
+        };
+        found.insert(
+            path,
+            (
+                fields[1].parse().expect("inode"),
+                u32::from_str_radix(fields[2], 8).expect("mode"),
+                fields[3].parse().expect("uid"),
+                fields[4].parse().expect("gid"),
+                fields[fields.len() - 2].to_string(),
+            ),
+        );
+    }
+    assert_eq!(seen_dirs, dirs, "debugfs did not list every directory");
+    let mut problems = Vec::new();
+    let mut inode_of_group: BTreeMap<usize, u64> = BTreeMap::new();
+    for (path, want) in expected {
+        let Some((ino, mode, uid, gid, size)) = found.get(path) else {
+            problems.push(format!("{path}: missing"));
+            continue;
+        };
+        if *mode != want.mode {
+            problems.push(format!("{path}: mode {mode:o}, tar says {:o}", want.mode));
+        }
+        if (*uid, *gid) != (want.uid, want.gid) {
+            problems.push(format!(
+                "{path}: owner {uid}:{gid}, tar says {}:{}",
+                want.uid, want.gid
+            ));
+        }
+        if let Some(s) = want.size {
+            if size.parse::<u64>().ok() != Some(s) {
+                problems.push(format!("{path}: size {size}, tar says {s}"));
+            }
+        }
+        if let Some(g) = want.link_group {
+            let first = *inode_of_group.entry(g).or_insert(*ino);
+            if first != *ino {
+                problems.push(format!(
+                    "{path}: inode {ino} is not its hardlink group's {first}"
+                ));
+            }
+        }
+    }
+    let implicit: BTreeSet<&String> = dirs.iter().collect();
+    for path in found.keys() {
+        if !expected.contains_key(path) && !implicit.contains(path) {
+            problems.push(format!("{path}: in the image but not in the layers"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} differs from the tar metadata:\n{}",
+        image.display(),
+        problems.join("\n")
+    );
+    expected.len()
+}
