@@ -352,3 +352,53 @@ fn a_stack_with_no_entries_is_an_empty_filesystem() {
     assert_eq!((stats.files, stats.dirs), (0, 2));
     assert_eq!(ls(&img, b"/"), vec![b"lost+found".to_vec()]);
 }
+
+/// A GNU sparse entry (type 'S'): the map lists the data chunks; the rest is holes, which
+/// stay holes in the image.
+#[test]
+fn gnu_sparse_entries_stay_sparse() {
+    let chunks: [(u64, Vec<u8>); 3] = [
+        (0, vec![b'a'; 4096]),
+        (32 << 20, vec![b'b'; 8192]),
+        (64 << 20, vec![b'c'; 5]),
+    ];
+    let real_size = (64 << 20) + 5;
+    let stored: Vec<u8> = chunks.iter().flat_map(|(_, d)| d.clone()).collect();
+    let octal =
+        |field: &mut [u8; 12], v: u64| field.copy_from_slice(format!("{v:011o}\0").as_bytes());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(EntryType::GNUSparse);
+    h.set_path("holes").unwrap();
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1);
+    h.set_size(stored.len() as u64);
+    let gnu = h.as_gnu_mut().unwrap();
+    for (slot, (offset, data)) in gnu.sparse.iter_mut().zip(&chunks) {
+        octal(&mut slot.offset, *offset);
+        octal(&mut slot.numbytes, data.len() as u64);
+    }
+    octal(&mut gnu.realsize, real_size);
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, stored.as_slice()).unwrap();
+    let tar = b.into_inner().unwrap();
+
+    let dir = scratch();
+    let (img, _) = convert_checked(&[tar], dir.path());
+    let s = stat(&img, b"/holes").unwrap();
+    assert_eq!(s.size, real_size);
+    assert_eq!(
+        s.blockcount,
+        (1 + 2 + 1) * 8,
+        "only the data chunks take blocks"
+    );
+    let content = cat(&img, b"/holes");
+    assert_eq!(content.len() as u64, real_size);
+    for (offset, data) in &chunks {
+        assert_eq!(&content[*offset as usize..][..data.len()], data.as_slice());
+    }
+    let data_bytes: usize = chunks.iter().map(|(_, d)| d.len()).sum();
+    assert_eq!(content.iter().filter(|&&b| b != 0).count(), data_bytes);
+}
