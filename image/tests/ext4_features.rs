@@ -402,3 +402,83 @@ fn gnu_sparse_entries_stay_sparse() {
     let data_bytes: usize = chunks.iter().map(|(_, d)| d.len()).sum();
     assert_eq!(content.iter().filter(|&&b| b != 0).count(), data_bytes);
 }
+
+/// Sparse files as GNU tar writes them, in each of its formats. The PAX ones are never
+/// expanded, so a 5 GiB file (beyond 32-bit sizes) costs nothing to convert.
+#[test]
+fn gnu_tar_sparse_files_in_every_format() {
+    use std::os::unix::fs::FileExt;
+    let dir = scratch();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let chunks: [(u64, &[u8]); 3] = [(0, b"head"), (1 << 20, &[b'm'; 10000]), (3 << 20, b"tail")];
+    let small = std::fs::File::create(src.join("small")).unwrap();
+    for (offset, data) in chunks {
+        small.write_all_at(data, offset).unwrap();
+    }
+    let huge_size = (5u64 << 30) + 3;
+    let huge = std::fs::File::create(src.join("huge")).unwrap();
+    huge.write_all_at(b"start", 0).unwrap();
+    huge.write_all_at(b"end", huge_size - 3).unwrap();
+    drop((small, huge));
+
+    for (format, files) in [
+        (
+            &["--format=posix", "--sparse-version=1.0"][..],
+            &["small", "huge"][..],
+        ),
+        (
+            &["--format=posix", "--sparse-version=0.1"],
+            &["small", "huge"],
+        ),
+        (
+            &["--format=posix", "--sparse-version=0.0"],
+            &["small", "huge"],
+        ),
+        (&["--format=gnu"], &["small"]),
+    ] {
+        let tarball = dir.path().join("layer.tar");
+        let status = std::process::Command::new("tar")
+            .args(["--sparse", "--numeric-owner", "-C"])
+            .arg(&src)
+            .args(format)
+            .arg("-cf")
+            .arg(&tarball)
+            .args(files)
+            .status()
+            .expect("GNU tar");
+        assert!(status.success());
+        let out = dir.path().join(format!("{}.ext4", format.join("")));
+        let tar = std::fs::read(&tarball).unwrap();
+        try_convert(&[tar], &out, &hk_image::ext4::Options::default())
+            .unwrap_or_else(|e| panic!("{format:?}: {e}"));
+        fsck(&out);
+        let s = stat(&out, b"/small").unwrap();
+        assert_eq!(s.size, (3 << 20) + 4, "{format:?}");
+        // head, three blocks of m's (10000 bytes from 1 MiB), tail.
+        assert_eq!(s.blockcount, 5 * 8, "{format:?}");
+        let content = cat(&out, b"/small");
+        for (offset, data) in chunks {
+            assert_eq!(
+                &content[offset as usize..][..data.len()],
+                data,
+                "{format:?}"
+            );
+        }
+        assert_eq!(
+            content.iter().filter(|&&b| b != 0).count(),
+            10008,
+            "{format:?}"
+        );
+        if files.contains(&"huge") {
+            let s = stat(&out, b"/huge").unwrap();
+            assert_eq!((s.size, s.blockcount), (huge_size, 2 * 8), "{format:?}");
+            let tail = debugfs(&out, &[b"bd -f /huge 1310720".to_vec()]);
+            assert!(
+                String::from_utf8_lossy(&tail[0]).starts_with("0000  656e 6400 "),
+                "{format:?}: last block holds \"end\": {}",
+                String::from_utf8_lossy(&tail[0])
+            );
+        }
+    }
+}

@@ -302,3 +302,24 @@ fn a_fixed_size_too_small_for_the_content_is_refused() {
     assert!(dir_entries(dir.path()).is_empty());
     assert!(!Path::new(&out).exists());
 }
+
+#[test]
+fn forged_sparse_maps_are_refused() {
+    // Overlapping chunks; then a chunk beyond the real size; then a map claiming more data
+    // than the entry stores.
+    for (map, real) in [
+        ("0,10,5,10", "100"),
+        ("0,10,200,10", "100"),
+        ("0,10,50,10", "100"),
+    ] {
+        let mut t = Tar::new();
+        t.pax(&[
+            ("GNU.sparse.map", map.as_bytes()),
+            ("GNU.sparse.realsize", real.as_bytes()),
+            ("GNU.sparse.name", b"sparse"),
+        ])
+        .file("GNUSparseFile.0/sparse", &ROOT, &[b'x'; 10]);
+        let kind = entry_err(fails(&one(&mut t), &Options::default()), L1, "sparse");
+        assert!(matches!(kind, EntryError::BadHeader(_)), "{map}: {kind:?}");
+    }
+}

@@ -255,11 +255,12 @@ fn stored(xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Stored<'_>>, EntryError> 
 /// with 4-byte entries for the tags that carry no id.
 fn acl_to_disk(value: &[u8]) -> Option<Vec<u8>> {
     let (version, entries) = value.split_at_checked(4)?;
-    if u32::from_le_bytes(version.try_into().ok()?) != 2 || entries.len() % 8 != 0 {
+    let entries = entries.chunks_exact(8);
+    if u32::from_le_bytes(version.try_into().ok()?) != 2 || !entries.remainder().is_empty() {
         return None;
     }
     let mut out = 1u32.to_le_bytes().to_vec();
-    for e in entries.chunks_exact(8) {
+    for e in entries {
         let tag = u16::from_le_bytes([e[0], e[1]]);
         out.extend_from_slice(&e[..4]);
         match tag {

@@ -73,13 +73,16 @@ pub(super) struct Tree {
 pub(super) struct DataArea {
     pub out: BufWriter<File>,
     pub next_block: u64,
-    buf: Vec<u8>,
+    /// The file block being assembled: written out when complete unless all zero.
+    pending: Vec<u8>,
 }
 
 pub(super) struct Builder<'o> {
     tree: Tree,
     data: DataArea,
     opts: &'o Options,
+    /// Read buffer for file contents.
+    buf: Vec<u8>,
     entries: u64,
     total_data: u64,
     /// Names ever given to each multiply-linked node: an upper bound on its link count.
@@ -128,8 +131,9 @@ impl<'o> Builder<'o> {
             data: DataArea {
                 out,
                 next_block: FIRST_DATA_BLOCK,
-                buf: vec![0; 256 * 1024],
+                pending: vec![0; BLOCK_SIZE as usize],
             },
+            buf: vec![0; 256 * 1024],
             opts,
             entries: 0,
             total_data: 0,
@@ -152,7 +156,13 @@ impl<'o> Builder<'o> {
         });
         for entry in archive.entries().map_err(tar_err)? {
             let mut entry = entry.map_err(tar_err)?;
-            let path = entry.path_bytes().into_owned();
+            let pax = read_pax(&mut entry)
+                .map_err(|kind| entry_error(name, &entry.path_bytes(), kind))?;
+            // PAX sparse files carry their real name apart from the placeholder header name.
+            let path = match pax.sparse.as_ref().and_then(|s| s.name.clone()) {
+                Some(real) => real,
+                None => entry.path_bytes().into_owned(),
+            };
             self.entries += 1;
             if self.entries > self.opts.max_entries {
                 return Err(entry_error(
@@ -163,7 +173,7 @@ impl<'o> Builder<'o> {
                     },
                 ));
             }
-            self.apply_entry(layer, &path, &mut entry)
+            self.apply_entry(layer, &path, pax, &mut entry)
                 .map_err(|kind| entry_error(name, &path, kind))?;
         }
         if archive.into_inner().eof {
@@ -178,6 +188,7 @@ impl<'o> Builder<'o> {
         &mut self,
         layer: usize,
         raw_path: &[u8],
+        pax: Pax,
         entry: &mut tar::Entry<'_, R>,
     ) -> Result<(), EntryError> {
         let components = normalize(raw_path)?;
@@ -227,7 +238,8 @@ impl<'o> Builder<'o> {
             tar::EntryType::Fifo => New::Fifo,
             other => return Err(EntryError::Unsupported(format!("{other:?}"))),
         };
-        let meta = read_meta(entry)?;
+        let sparse = pax.sparse.clone();
+        let meta = read_meta(entry.header(), pax)?;
 
         let Some(name) = name else {
             // The root itself, "./": only its metadata can change.
@@ -267,20 +279,26 @@ impl<'o> Builder<'o> {
                 target_node
             }
             New::Dir => self.push(meta, Kind::Dir(BTreeMap::new())),
-            New::File { size } => {
-                if size > self.opts.max_file_size {
-                    return Err(EntryError::FileTooLarge {
-                        size,
-                        limit: self.opts.max_file_size,
-                    });
+            New::File { size: stored } => {
+                let size = match &sparse {
+                    Some(s) => s.real_size,
+                    None => stored,
+                };
+                // ext4 with 4 KiB blocks addresses 2^32 blocks per file.
+                let limit = self.opts.max_file_size.min((1 << 44) - BLOCK_SIZE);
+                if size > limit {
+                    return Err(EntryError::FileTooLarge { size, limit });
                 }
-                self.total_data = self.total_data.saturating_add(size);
+                self.total_data = self.total_data.saturating_add(stored);
                 if self.total_data > self.opts.max_total_size {
                     return Err(EntryError::TotalTooLarge {
                         limit: self.opts.max_total_size,
                     });
                 }
-                let extents = self.stream_file(entry, size)?;
+                let extents = match sparse {
+                    None => self.stream_file(entry, size)?,
+                    Some(s) => self.stream_sparse(entry, stored, s)?,
+                };
                 self.push(meta, Kind::File { size, extents })
             }
             New::Symlink(target) => {
@@ -371,61 +389,286 @@ impl<'o> Builder<'o> {
 
     /// Copies a file's contents into the data area; all-zero blocks become holes.
     fn stream_file(&mut self, entry: &mut impl Read, size: u64) -> Result<Vec<Extent>, EntryError> {
-        let data = &mut self.data;
-        let mut extents: Vec<Extent> = Vec::new();
-        let mut logical: u64 = 0;
+        let mut sink = FileSink::new(&mut self.data);
         let mut got: u64 = 0;
         while got < size {
-            let want = (size - got).min(data.buf.len() as u64) as usize;
-            let n = read_full(entry, &mut data.buf[..want]).map_err(EntryError::Read)?;
+            let want = (size - got).min(self.buf.len() as u64) as usize;
+            let n = read_full(entry, &mut self.buf[..want]).map_err(EntryError::Read)?;
             if n == 0 {
-                break;
+                return Err(EntryError::Truncated { got, size });
             }
+            sink.write_at(got, &self.buf[..n])
+                .map_err(EntryError::Read)?;
             got += n as u64;
-            let padded = n.div_ceil(BLOCK_SIZE as usize) * BLOCK_SIZE as usize;
-            data.buf[n..padded].fill(0);
-            let mut run_start = None;
-            for (i, block) in data.buf[..padded]
-                .chunks_exact(BLOCK_SIZE as usize)
-                .enumerate()
-            {
-                let zero = is_zero(block);
-                if !zero {
-                    let physical = data.next_block;
-                    data.next_block += 1;
-                    match extents.last_mut() {
-                        Some(e)
-                            if u64::from(e.logical) + u64::from(e.len) == logical
-                                && e.start + u64::from(e.len) == physical
-                                && e.len < MAX_EXTENT_LEN =>
-                        {
-                            e.len += 1
-                        }
-                        _ => extents.push(Extent {
-                            logical: logical as u32,
-                            start: physical,
-                            len: 1,
-                        }),
-                    }
-                    run_start.get_or_insert(i);
-                } else if let Some(start) = run_start.take() {
-                    data.out
-                        .write_all(&data.buf[start * BLOCK_SIZE as usize..i * BLOCK_SIZE as usize])
-                        .map_err(EntryError::Read)?;
-                }
-                logical += 1;
-            }
-            if let Some(start) = run_start {
-                data.out
-                    .write_all(&data.buf[start * BLOCK_SIZE as usize..padded])
-                    .map_err(EntryError::Read)?;
-            }
         }
-        if got < size {
-            return Err(EntryError::Truncated { got, size });
-        }
-        Ok(extents)
+        sink.finish().map_err(EntryError::Read)
     }
+
+    /// A PAX sparse file: only the mapped chunks are stored (format 1.0 puts the map at the
+    /// start of the data); the gaps become holes without ever being read.
+    fn stream_sparse(
+        &mut self,
+        entry: &mut impl Read,
+        stored: u64,
+        sparse: Sparse,
+    ) -> Result<Vec<Extent>, EntryError> {
+        let mut consumed = 0u64;
+        let map = if sparse.map_in_data {
+            read_sparse_map(entry, &mut consumed)?
+        } else {
+            sparse.map
+        };
+        let mut end = 0u64;
+        let mut data_len = 0u64;
+        for &(offset, len) in &map {
+            let chunk_end = offset.checked_add(len);
+            if offset < end || chunk_end.is_none_or(|e| e > sparse.real_size) {
+                return Err(EntryError::BadHeader(
+                    "sparse map out of order or out of range".into(),
+                ));
+            }
+            end = offset + len;
+            data_len += len;
+        }
+        if consumed + data_len != stored {
+            return Err(EntryError::BadHeader(format!(
+                "sparse map covers {data_len} bytes but the entry stores {}",
+                stored.saturating_sub(consumed)
+            )));
+        }
+        let mut sink = FileSink::new(&mut self.data);
+        for (offset, len) in map {
+            let mut done = 0u64;
+            while done < len {
+                let want = (len - done).min(self.buf.len() as u64) as usize;
+                let n = read_full(entry, &mut self.buf[..want]).map_err(EntryError::Read)?;
+                if n == 0 {
+                    return Err(EntryError::Truncated {
+                        got: consumed,
+                        size: stored,
+                    });
+                }
+                sink.write_at(offset + done, &self.buf[..n])
+                    .map_err(EntryError::Read)?;
+                done += n as u64;
+                consumed += n as u64;
+            }
+        }
+        sink.finish().map_err(EntryError::Read)
+    }
+}
+
+/// Places one file's bytes, given in increasing offsets, into data blocks: each block is
+/// assembled in `pending` and written when complete, unless it is all zero (a hole).
+struct FileSink<'a> {
+    data: &'a mut DataArea,
+    extents: Vec<Extent>,
+    /// Logical block held in `pending`.
+    block: u64,
+    dirty: bool,
+}
+
+impl<'a> FileSink<'a> {
+    fn new(data: &'a mut DataArea) -> Self {
+        Self {
+            data,
+            extents: Vec::new(),
+            block: 0,
+            dirty: false,
+        }
+    }
+
+    fn write_at(&mut self, mut offset: u64, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let block = offset / BLOCK_SIZE;
+            if block != self.block {
+                self.flush()?;
+                self.block = block;
+            }
+            let within = (offset % BLOCK_SIZE) as usize;
+            let n = (BLOCK_SIZE as usize - within).min(bytes.len());
+            self.data.pending[within..within + n].copy_from_slice(&bytes[..n]);
+            self.dirty = true;
+            offset += n as u64;
+            bytes = &bytes[n..];
+            if within + n == BLOCK_SIZE as usize {
+                self.flush()?;
+                self.block = block + 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        self.dirty = false;
+        if is_zero(&self.data.pending) {
+            return Ok(());
+        }
+        let physical = self.data.next_block;
+        self.data.next_block += 1;
+        self.data.out.write_all(&self.data.pending)?;
+        self.data.pending.fill(0);
+        let logical = self.block as u32;
+        match self.extents.last_mut() {
+            Some(e)
+                if e.logical + e.len == logical
+                    && e.start + u64::from(e.len) == physical
+                    && e.len < MAX_EXTENT_LEN =>
+            {
+                e.len += 1
+            }
+            _ => self.extents.push(Extent {
+                logical,
+                start: physical,
+                len: 1,
+            }),
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<Vec<Extent>> {
+        self.flush()?;
+        Ok(self.extents)
+    }
+}
+
+/// What a PAX header says beyond the ustar fields hk uses.
+struct Pax {
+    mtime: Option<(i64, u32)>,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    sparse: Option<Sparse>,
+}
+
+/// GNU tar's PAX sparse formats: 0.0 (offset/numbytes records), 0.1 (one `map` record) and
+/// 1.0 (the map in the data).
+#[derive(Clone)]
+struct Sparse {
+    name: Option<Vec<u8>>,
+    real_size: u64,
+    map: Vec<(u64, u64)>,
+    map_in_data: bool,
+}
+
+fn read_pax<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Pax, EntryError> {
+    let bad = |e: io::Error| EntryError::BadHeader(e.to_string());
+    let bad_sparse = || EntryError::BadHeader("bad GNU.sparse record".into());
+    let mut pax = Pax {
+        mtime: None,
+        xattrs: Vec::new(),
+        sparse: None,
+    };
+    let Some(exts) = entry.pax_extensions().map_err(bad)? else {
+        return Ok(pax);
+    };
+    let mut real_size = None;
+    let mut name = None;
+    let mut map = Vec::new();
+    let mut offset = None;
+    let mut map_in_data = false;
+    let mut is_sparse = false;
+    for ext in exts {
+        let ext = ext.map_err(bad)?;
+        let (key, value) = (ext.key_bytes(), ext.value_bytes());
+        let number = || -> Result<u64, EntryError> {
+            std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(bad_sparse)
+        };
+        if key == b"mtime" {
+            pax.mtime = Some(
+                parse_pax_time(value)
+                    .ok_or_else(|| EntryError::BadHeader("bad PAX mtime".into()))?,
+            );
+        } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+            pax.xattrs.push((name.to_vec(), value.to_vec()));
+        } else if let Some(field) = key.strip_prefix(b"GNU.sparse.") {
+            is_sparse = true;
+            match field {
+                b"name" => name = Some(value.to_vec()),
+                b"realsize" | b"size" => real_size = Some(number()?),
+                b"major" => map_in_data = number()? == 1,
+                b"offset" => offset = Some(number()?),
+                b"numbytes" => map.push((offset.take().ok_or_else(bad_sparse)?, number()?)),
+                b"map" => {
+                    let nums: Vec<u64> = std::str::from_utf8(value)
+                        .map_err(|_| bad_sparse())?
+                        .split(',')
+                        .map(|n| n.parse().map_err(|_| bad_sparse()))
+                        .collect::<Result<_, _>>()?;
+                    let pairs = nums.chunks_exact(2);
+                    if !pairs.remainder().is_empty() {
+                        return Err(bad_sparse());
+                    }
+                    map.extend(pairs.map(|c| (c[0], c[1])));
+                }
+                _ => {}
+            }
+        }
+    }
+    if is_sparse {
+        pax.sparse = Some(Sparse {
+            name,
+            real_size: real_size
+                .ok_or_else(|| EntryError::BadHeader("sparse file without a real size".into()))?,
+            map,
+            map_in_data,
+        });
+    }
+    Ok(pax)
+}
+
+/// The 1.0 map: decimal numbers, one per line (the count, then offset/size pairs), padded to
+/// a 512-byte boundary.
+fn read_sparse_map(
+    entry: &mut impl Read,
+    consumed: &mut u64,
+) -> Result<Vec<(u64, u64)>, EntryError> {
+    let mut number = || -> Result<u64, EntryError> {
+        let mut digits = Vec::new();
+        loop {
+            let mut byte = [0u8];
+            if read_full(entry, &mut byte).map_err(EntryError::Read)? == 0 {
+                return Err(EntryError::Truncated {
+                    got: *consumed,
+                    size: *consumed + 1,
+                });
+            }
+            *consumed += 1;
+            match byte[0] {
+                b'\n' => break,
+                d @ b'0'..=b'9' if digits.len() < 20 => digits.push(d),
+                _ => return Err(EntryError::BadHeader("bad sparse map".into())),
+            }
+        }
+        std::str::from_utf8(&digits)
+            .ok()
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(|| EntryError::BadHeader("bad sparse map".into()))
+    };
+    let count = number()?;
+    // Each pair takes at least four bytes of map: a bound that keeps a forged count from
+    // allocating.
+    if count > 1 << 24 {
+        return Err(EntryError::BadHeader("sparse map too long".into()));
+    }
+    let mut map = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        map.push((number()?, number()?));
+    }
+    let pad = consumed.next_multiple_of(512) - *consumed;
+    let mut skip = vec![0u8; pad as usize];
+    if read_full(entry, &mut skip).map_err(EntryError::Read)? != skip.len() {
+        return Err(EntryError::Truncated {
+            got: *consumed,
+            size: *consumed + pad,
+        });
+    }
+    *consumed += pad;
+    Ok(map)
 }
 
 fn entry_error(layer: &str, path: &[u8], kind: EntryError) -> Error {
@@ -511,37 +754,28 @@ fn device(header: &tar::Header) -> Result<(u32, u32), EntryError> {
     Ok((major, minor))
 }
 
-fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta, EntryError> {
-    let header = entry.header();
+fn read_meta(header: &tar::Header, pax: Pax) -> Result<Meta, EntryError> {
     let bad = |e: io::Error| EntryError::BadHeader(e.to_string());
     let perm = (header.mode().map_err(bad)? & 0o7777) as u16;
     let uid = u32::try_from(header.uid().map_err(bad)?)
         .map_err(|_| EntryError::BadHeader("uid beyond 32 bits".into()))?;
     let gid = u32::try_from(header.gid().map_err(bad)?)
         .map_err(|_| EntryError::BadHeader("gid beyond 32 bits".into()))?;
-    let mut mtime = i64::try_from(header.mtime().map_err(bad)?).unwrap_or(i64::MAX);
-    let mut mtime_nsec = 0;
-    let mut xattrs = Vec::new();
-    if let Some(pax) = entry.pax_extensions().map_err(bad)? {
-        for ext in pax {
-            let ext = ext.map_err(bad)?;
-            let key = ext.key_bytes();
-            if key == b"mtime" {
-                (mtime, mtime_nsec) = parse_pax_time(ext.value_bytes())
-                    .ok_or_else(|| EntryError::BadHeader("bad PAX mtime".into()))?;
-            } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
-            }
-        }
-    }
-    super::disk::check_xattrs(&xattrs)?;
+    let (mtime, mtime_nsec) = match pax.mtime {
+        Some(t) => t,
+        None => (
+            i64::try_from(header.mtime().map_err(bad)?).unwrap_or(i64::MAX),
+            0,
+        ),
+    };
+    super::disk::check_xattrs(&pax.xattrs)?;
     Ok(Meta {
         perm,
         uid,
         gid,
         mtime,
         mtime_nsec,
-        xattrs,
+        xattrs: pax.xattrs,
     })
 }
 
