@@ -323,3 +323,25 @@ fn forged_sparse_maps_are_refused() {
         assert!(matches!(kind, EntryError::BadHeader(_)), "{map}: {kind:?}");
     }
 }
+
+#[test]
+fn giant_pax_records_fail_before_being_buffered() {
+    let mut t = Tar::new();
+    t.pax(&[("comment", &vec![b'x'; 4 << 20])])
+        .file("f", &ROOT, b"");
+    let err = fails(&one(&mut t), &Options::default());
+    assert!(
+        matches!(err, Error::Tar { ref source, .. } if source.to_string().contains("extension records")),
+        "{err:?}"
+    );
+    // Large file contents are not metadata: 4 MiB of data passes.
+    let dir = scratch();
+    let mut t = Tar::new();
+    t.file("big", &ROOT, &vec![1u8; 4 << 20]);
+    try_convert(
+        &one(&mut t),
+        &dir.path().join("ok.ext4"),
+        &Options::default(),
+    )
+    .unwrap();
+}

@@ -1,9 +1,11 @@
 //! Applies layer tar streams to an in-memory tree of metadata, streaming file contents into
 //! the image's data area as they are read.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, Write};
+use std::rc::Rc;
 
 use super::disk::{Extent, BLOCK_SIZE, FIRST_DATA_BLOCK, LINK_MAX, MAX_EXTENT_LEN};
 use super::{EntryError, Error, Options};
@@ -87,21 +89,53 @@ pub(super) struct Builder<'o> {
     total_data: u64,
     /// Names ever given to each multiply-linked node: an upper bound on its link count.
     link_names: HashMap<NodeId, u32>,
+    /// The current layer's reader state, to mark file-content reads.
+    stream: Rc<StreamState>,
 }
 
-/// Tells whether the tar reader hit end-of-file: the tar crate treats EOF where a header
-/// should start as the end of the archive, which would accept a stream cut at an entry
-/// boundary.
-struct EofTracker<R> {
+/// Most bytes of headers, PAX records, GNU long names and skipped data accepted between two
+/// entries' contents. The tar crate reads PAX and long-name records into memory whole, so
+/// a forged multi-gigabyte record must fail before it is allocated.
+const META_LIMIT: u64 = 1 << 20;
+
+/// Shared between the builder and the reader under the tar crate.
+#[derive(Default)]
+struct StreamState {
+    /// The tar reader hit end-of-file: the tar crate treats EOF where a header should start
+    /// as the end of the archive, which would accept a stream cut at an entry boundary.
+    eof: Cell<bool>,
+    /// Set while file contents are read; otherwise reads are metadata.
+    in_data: Cell<bool>,
+    meta_bytes: Cell<u64>,
+}
+
+struct Guarded<R> {
     inner: R,
-    eof: bool,
+    state: Rc<StreamState>,
 }
 
-impl<R: Read> Read for EofTracker<R> {
+impl<R: Read> Read for Guarded<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let state = &self.state;
+        let buf = if state.in_data.get() {
+            buf
+        } else {
+            let left = META_LIMIT.saturating_sub(state.meta_bytes.get());
+            if left == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("more than {META_LIMIT} bytes of headers or extension records for one entry"),
+                ));
+            }
+            let len = buf.len().min(left as usize);
+            &mut buf[..len]
+        };
         let n = self.inner.read(buf)?;
         if n == 0 && !buf.is_empty() {
-            self.eof = true;
+            state.eof.set(true);
+        }
+        if !state.in_data.get() {
+            state.meta_bytes.set(state.meta_bytes.get() + n as u64);
         }
         Ok(n)
     }
@@ -138,6 +172,7 @@ impl<'o> Builder<'o> {
             entries: 0,
             total_data: 0,
             link_names: HashMap::new(),
+            stream: Rc::default(),
         })
     }
 
@@ -150,9 +185,11 @@ impl<'o> Builder<'o> {
             layer: name.to_string(),
             source,
         };
-        let mut archive = tar::Archive::new(EofTracker {
+        let state = Rc::new(StreamState::default());
+        self.stream = Rc::clone(&state);
+        let mut archive = tar::Archive::new(Guarded {
             inner: tar,
-            eof: false,
+            state: Rc::clone(&state),
         });
         for entry in archive.entries().map_err(tar_err)? {
             let mut entry = entry.map_err(tar_err)?;
@@ -175,8 +212,10 @@ impl<'o> Builder<'o> {
             }
             self.apply_entry(layer, &path, pax, &mut entry)
                 .map_err(|kind| entry_error(name, &path, kind))?;
+            state.meta_bytes.set(0);
         }
-        if archive.into_inner().eof {
+        drop(archive);
+        if state.eof.get() {
             return Err(Error::MissingEnd {
                 layer: name.to_string(),
             });
@@ -295,10 +334,13 @@ impl<'o> Builder<'o> {
                         limit: self.opts.max_total_size,
                     });
                 }
+                self.stream.in_data.set(true);
                 let extents = match sparse {
-                    None => self.stream_file(entry, size)?,
-                    Some(s) => self.stream_sparse(entry, stored, s)?,
+                    None => self.stream_file(entry, size),
+                    Some(s) => self.stream_sparse(entry, stored, s),
                 };
+                self.stream.in_data.set(false);
+                let extents = extents?;
                 self.push(meta, Kind::File { size, extents })
             }
             New::Symlink(target) => {
