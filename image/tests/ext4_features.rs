@@ -482,3 +482,47 @@ fn gnu_tar_sparse_files_in_every_format() {
         }
     }
 }
+
+#[test]
+fn replaced_files_leave_no_data_on_the_host() {
+    let mut lower = Tar::new();
+    lower
+        .file("replaced", &ROOT, &noise(1 << 20, 3))
+        .file("deleted", &ROOT, &noise(1 << 20, 4))
+        .file("kept", &ROOT, &noise(1 << 20, 5));
+    let mut upper = Tar::new();
+    upper
+        .file("replaced", &ROOT, b"small")
+        .file(".wh.deleted", &ROOT, b"");
+    let dir = scratch();
+    let (img, stats) = convert_checked(&[lower.finish(), upper.finish()], dir.path());
+    assert_eq!(stats.unused_data_blocks, 2 * 256);
+    assert_eq!(cat(&img, b"/replaced"), b"small");
+    assert_eq!(cat(&img, b"/kept"), noise(1 << 20, 5));
+    use std::os::unix::fs::MetadataExt;
+    let allocated = std::fs::metadata(&img).unwrap().blocks() * 512;
+    assert!(
+        allocated <= stats.used_blocks * 4096,
+        "{allocated} bytes allocated on the host for {} used blocks",
+        stats.used_blocks
+    );
+}
+
+#[test]
+fn the_same_layers_give_the_same_image() {
+    let build = || {
+        let mut t = Tar::new();
+        t.dir("d", &ROOT)
+            .file("d/f", &ROOT, &noise(100_000, 9))
+            .symlink("l", "d/f");
+        t.finish()
+    };
+    let dir = scratch();
+    let (a, _) = convert_checked(&[build()], dir.path());
+    let first = std::fs::read(&a).unwrap();
+    let (b, _) = convert_checked(&[build()], dir.path());
+    assert!(
+        first == std::fs::read(&b).unwrap(),
+        "conversion is deterministic"
+    );
+}

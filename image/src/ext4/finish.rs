@@ -293,17 +293,18 @@ pub(super) fn write(
     out.flush()?;
     file.set_len(total * BLOCK_SIZE)?;
 
+    stats.unused_data_blocks = punch_unused(file, &used, meta_start)?;
+
+    let mut dirs_in_group = vec![0u32; groups as usize];
+    for ino in dir_inos {
+        dirs_in_group[((u64::from(ino) - 1) / ipg) as usize] += 1;
+    }
     let mut gdt = vec![0u8; (gdt_blocks * BLOCK_SIZE) as usize];
     let mut free_blocks_total = 0;
     for g in 0..groups {
         let group_blocks = &used.0[(g * BLOCKS_PER_GROUP / 8) as usize..][..BLOCK_SIZE as usize];
         let free = group_blocks.iter().map(|b| b.count_zeros()).sum::<u32>();
         free_blocks_total += u64::from(free);
-        let first = (g * ipg + 1) as u32;
-        let dirs = dir_inos
-            .iter()
-            .filter(|&&i| i >= first && u64::from(i) < u64::from(first) + ipg)
-            .count() as u32;
         let table_blocks = ipg / u64::from(INODES_PER_BLOCK);
         encode_group(
             &mut gdt[g as usize * DESC_SIZE..],
@@ -313,7 +314,7 @@ pub(super) fn write(
                 inode_table: meta_end + 2 * groups + g * table_blocks,
                 free_blocks: free,
                 free_inodes: (ipg - used_in_group(g)) as u32,
-                dirs,
+                dirs: dirs_in_group[g as usize],
             },
         );
     }
@@ -334,6 +335,44 @@ pub(super) fn write(
     stats.image_bytes = total * BLOCK_SIZE;
     stats.inodes = last_ino;
     Ok(stats)
+}
+
+/// Data blocks no file references (written for files a later layer replaced or whited out)
+/// are free in the filesystem; punching them out of the image file returns the space to the
+/// host. Returns how many there were.
+fn punch_unused(file: &File, used: &Bitmap, data_end: u64) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let is_used = |b: u64| used.0[(b / 8) as usize] & (1 << (b % 8)) != 0;
+    let mut unused = 0;
+    let mut block = FIRST_DATA_BLOCK;
+    while block < data_end {
+        if is_used(block) {
+            block += 1;
+            continue;
+        }
+        let start = block;
+        while block < data_end && !is_used(block) {
+            block += 1;
+        }
+        unused += block - start;
+        // SAFETY: fallocate only reads its integer arguments; the fd is open for writing.
+        let rc = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                (start * BLOCK_SIZE) as libc::off_t,
+                ((block - start) * BLOCK_SIZE) as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            // Host filesystems without hole punching keep the bytes; the image is still valid.
+            if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                return Err(err);
+            }
+        }
+    }
+    Ok(unused)
 }
 
 /// e2fsck insists on /lost+found; images rarely ship one.

@@ -14,9 +14,10 @@
 //! - One pass over the layers. Regular-file data is streamed straight into the image at a
 //!   growing cursor (all-zero 4 KiB blocks become holes), so contents are never held in
 //!   memory; the tree of metadata (names, modes, extents, xattrs) is. Files replaced or
-//!   whited out by a later layer leave their blocks unreferenced (free in the bitmap): a
-//!   second pass over the tars would save that space at the cost of reading every layer
-//!   twice, and OCI stacks rarely rewrite much.
+//!   whited out by a later layer leave their blocks unreferenced: free in the bitmap, and
+//!   punched out of the image file so they cost no host disk. They still take room in the
+//!   filesystem's address space; a second pass over the tars would avoid that at the cost
+//!   of reading every layer twice, and OCI stacks rarely rewrite much.
 //! - Metadata last. After the final layer the writer knows every inode, so directories,
 //!   long symlinks, xattr blocks and extent-tree blocks follow the data, and then the block
 //!   and inode bitmaps and inode tables of all groups. `flex_bg` lets group metadata live
@@ -132,6 +133,9 @@ pub struct Stats {
     pub file_bytes: u64,
     /// Highest inode number in use (the ten reserved ones and /lost+found included).
     pub inodes: u32,
+    /// Data blocks written for files that a later layer replaced or whited out: free in the
+    /// filesystem and punched out of the image file.
+    pub unused_data_blocks: u64,
     /// Blocks in use, including metadata.
     pub used_blocks: u64,
     /// Size of the image, in bytes.
