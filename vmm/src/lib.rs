@@ -1,1 +1,93 @@
-//! hk-vmm: see the crate docs once the VMM lands.
+//! hk-vmm: hk's virtual machine monitor, a library. Its API is "a VM with these devices":
+//! give [`run`] a [`VmConfig`] (kernel, initrd, command line, CPUs, memory, disks) and it
+//! boots the guest and returns how the guest ended ([`Outcome`]).
+//!
+//! Layering (each a crate, dependencies pointing one way):
+//! - `hk-hypervisor`: the hypervisor boundary (traits `Vm`, `Vcpu`, `IrqLine`; see its
+//!   docs for how a Hypervisor.framework backend maps onto it) and the KVM backend.
+//! - `hk-devices`: device models; they see guest memory and an interrupt trigger only.
+//! - this crate: the x86_64 machine (memory layout, PVH boot, MP table, CPUID, MSRs,
+//!   registers), wiring devices to the hypervisor, and the run loop.
+//!
+//! Threads: one per vCPU (port and MMIO exits: serial, control page, virtio registers),
+//! plus the caller's thread, which runs an epoll loop over the virtio queue notifications
+//! (ioeventfds) and does all block and entropy I/O, so a slow disk never stalls a vCPU.
+
+mod machine;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
+
+pub use machine::run;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// What to boot.
+pub struct VmConfig {
+    /// ELF vmlinux with a PVH entry note.
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// The caller's kernel command line. The VMM adds its own devices, its control page
+    /// and the reboot settings its exit status relies on (docs/guest-abi.md), before any
+    /// `--` so init arguments stay last.
+    pub cmdline: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub disks: Vec<Disk>,
+    /// Offer a virtio-rng device.
+    pub rng: bool,
+    /// Where the serial console goes.
+    pub console: Box<dyn Write + Send>,
+    /// The instant boot time is measured from (the boot-timer marker); normally the start
+    /// of the process.
+    pub start: Instant,
+}
+
+/// A virtio-blk disk backed by a raw image file.
+pub struct Disk {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// How the guest ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestExit {
+    /// The guest wrote an exit status to the control page.
+    Status(u32),
+    /// A clean reboot (reboot(2), `reboot -f`): the VM stopped as asked.
+    Reboot,
+    /// The kernel panicked (it rebooted with the warm-reboot flag set).
+    Panic,
+    /// The guest powered off.
+    PowerOff,
+    /// The VM could not go on (an unexpected exit, a hypervisor error).
+    Crash(String),
+}
+
+/// What [`run`] returns.
+#[derive(Debug)]
+pub struct Outcome {
+    pub exit: GuestExit,
+    /// Time from [`VmConfig::start`] to the guest's boot-complete marker, if it wrote one.
+    pub boot_time: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Hypervisor(#[from] hk_hypervisor::Error),
+    #[error("guest memory: {0}")]
+    Memory(String),
+    #[error("kernel {0}: {1}")]
+    Kernel(PathBuf, String),
+    #[error("initrd {0}: {1}")]
+    Initrd(PathBuf, String),
+    #[error("kernel command line: {0}")]
+    Cmdline(String),
+    #[error(transparent)]
+    Disk(#[from] hk_devices::virtio::block::Error),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("{0}: {1}")]
+    Io(&'static str, #[source] std::io::Error),
+}

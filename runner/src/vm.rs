@@ -1,0 +1,177 @@
+//! `hk vm boot`: boot a kernel on hk's VMM directly, with no image and no agent protocol.
+//! For people who embed the VMM or debug a guest, and for the boot benchmark.
+
+use crate::host::{self, Kvm};
+use anyhow::{bail, Context};
+use hk_vmm::{Disk, GuestExit, VmConfig};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(clap::Subcommand)]
+pub enum VmCommand {
+    /// Boot a kernel (ELF vmlinux with a PVH note) with an initrd and disks; the console is
+    /// the serial port. Exits with the guest's status (docs/guest-abi.md)
+    Boot(BootArgs),
+}
+
+#[derive(clap::Args)]
+pub struct BootArgs {
+    /// Guest kernel [default: the kernel `hk info` shows]
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk (a cpio archive, gzip allowed)
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// A raw disk image as virtio-blk, `FILE` or `FILE,ro`; repeat for more disks
+    /// (/dev/vda, /dev/vdb, ...)
+    #[arg(long = "disk", value_name = "FILE[,ro]")]
+    disks: Vec<String>,
+    /// Kernel command line; hk adds its devices, its control page and the reboot settings
+    #[arg(long, default_value = "console=ttyS0")]
+    cmdline: String,
+    /// Number of vCPUs
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// Guest memory, in MiB or with a unit (512m, 1g)
+    #[arg(long, default_value = "256m")]
+    memory: String,
+    /// Write the serial console to this file instead of stdout
+    #[arg(long, value_name = "FILE")]
+    console: Option<PathBuf>,
+    /// Do not offer a virtio-rng device
+    #[arg(long)]
+    no_rng: bool,
+    /// Print, on stderr, the time from start until the guest's boot-complete marker
+    #[arg(long)]
+    boot_timer: bool,
+    /// Boot even on kvm-pvm, which runs only PVM-patched guest kernels
+    #[arg(long, env = "HK_ALLOW_PVM")]
+    allow_pvm: bool,
+}
+
+/// The exit status of a VM whose kernel panicked: 128 + SIGABRT, what a shell reports for a
+/// process that aborted, so it cannot be mistaken for a status the guest chose (0..=255 via
+/// the control page is the guest's own) only by convention; docs/guest-abi.md lists it.
+const EXIT_GUEST_PANIC: u8 = 134;
+
+pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        VmCommand::Boot(args) => boot(args),
+    }
+}
+
+fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
+    let start = Instant::now();
+    match Kvm::detect() {
+        Kvm::Hardware => {}
+        Kvm::Pvm if args.allow_pvm => {}
+        kvm => bail!("{}", kvm.explain()),
+    }
+    let kernel = match args.kernel {
+        Some(k) => k,
+        None => host::guest_kernel()
+            .context("no guest kernel: build one with kernel/build.sh guest, or pass --kernel")?,
+    };
+    let disks = args
+        .disks
+        .iter()
+        .map(|spec| parse_disk(spec))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let memory_mib = parse_memory(&args.memory)?;
+    let console: Box<dyn Write + Send> = match &args.console {
+        Some(path) => Box::new(std::io::LineWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create console log {}", path.display()))?,
+        )),
+        // Stdout is line-buffered: one write per console line, not per byte.
+        None => Box::new(std::io::stdout()),
+    };
+    let outcome = hk_vmm::run(VmConfig {
+        kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        cpus: args.cpus,
+        memory_mib,
+        disks,
+        rng: !args.no_rng,
+        console,
+        start,
+    })?;
+    if args.boot_timer {
+        match outcome.boot_time {
+            Some(t) => eprintln!(
+                "hk: boot-timer: guest init signalled after {:.1} ms",
+                t.as_secs_f64() * 1000.0
+            ),
+            None => eprintln!("hk: boot-timer: the guest never wrote the boot marker"),
+        }
+    }
+    Ok(match outcome.exit {
+        GuestExit::Status(status) => ExitCode::from((status & 0xff) as u8),
+        GuestExit::Reboot | GuestExit::PowerOff => ExitCode::SUCCESS,
+        GuestExit::Panic => {
+            eprintln!("hk: the guest kernel panicked");
+            ExitCode::from(EXIT_GUEST_PANIC)
+        }
+        GuestExit::Crash(why) => bail!("the VM stopped: {why}"),
+    })
+}
+
+fn parse_disk(spec: &str) -> anyhow::Result<Disk> {
+    let (path, read_only) = match spec.rsplit_once(',') {
+        Some((path, "ro")) => (path, true),
+        Some((path, "rw")) => (path, false),
+        Some((_, opt)) => bail!("--disk {spec}: unknown option `{opt}` (use FILE or FILE,ro)"),
+        None => (spec, false),
+    };
+    Ok(Disk {
+        path: PathBuf::from(path),
+        read_only,
+    })
+}
+
+/// "256" and "256m" are MiB; "1g" is GiB. Units are binary, as docker's --memory.
+fn parse_memory(text: &str) -> anyhow::Result<u64> {
+    let lower = text.trim().to_ascii_lowercase();
+    let lower = lower.strip_suffix("ib").unwrap_or(&lower);
+    let lower = lower.strip_suffix('b').unwrap_or(lower);
+    let (digits, factor) = match lower.as_bytes().last() {
+        Some(b'g') => (&lower[..lower.len() - 1], 1024),
+        Some(b'm') => (&lower[..lower.len() - 1], 1),
+        _ => (lower, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .filter(|&n| n > 0)
+        .with_context(|| format!("--memory {text}: expected a size such as 256m or 1g"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("256").unwrap(), 256);
+        assert_eq!(parse_memory("256m").unwrap(), 256);
+        assert_eq!(parse_memory("512MiB").unwrap(), 512);
+        assert_eq!(parse_memory("1g").unwrap(), 1024);
+        assert_eq!(parse_memory("2G").unwrap(), 2048);
+        assert!(parse_memory("lots").is_err());
+        assert!(parse_memory("0").is_err());
+        assert!(parse_memory("1t").is_err());
+    }
+
+    #[test]
+    fn disk_specs() {
+        let d = parse_disk("/a/b.img,ro").unwrap();
+        assert_eq!((d.path, d.read_only), (PathBuf::from("/a/b.img"), true));
+        let d = parse_disk("x.img").unwrap();
+        assert!(!d.read_only);
+        assert!(parse_disk("x.img,rx").is_err());
+    }
+}

@@ -1,0 +1,125 @@
+//! virtio-blk backed by a raw image file (virtio 1.x §5.2): read, write, flush, get-id.
+//!
+//! Requests run on the device thread with plain positioned file I/O: the image is a
+//! host file, so the page cache already does what a user-space cache would.
+
+mod request;
+
+use super::{read_config_bytes, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::GuestMemory;
+use request::Request;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueT};
+
+const VIRTIO_ID_BLOCK: u32 = 2;
+const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
+const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+
+pub const SECTOR_SIZE: u64 = 512;
+const QUEUE_SIZE: u16 = 256;
+/// Data segments per request; two more descriptors carry the header and the status.
+const SEG_MAX: u32 = 126;
+/// Length of the answer to GET_ID (VIRTIO_BLK_ID_BYTES).
+pub const ID_BYTES: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open disk image {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub struct Block {
+    file: File,
+    read_only: bool,
+    /// Whole sectors only: a trailing partial sector of the image is not addressable.
+    capacity_sectors: u64,
+    id: [u8; ID_BYTES],
+    config: [u8; 16],
+    /// Reused between requests so a request costs no allocation.
+    descriptors: Vec<Descriptor>,
+}
+
+impl Block {
+    /// Opens `path` as a disk. Its serial number (GET_ID) names the file by device and
+    /// inode, so the same image always answers the same id.
+    pub fn open(path: &Path, read_only: bool) -> Result<Block, Error> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(|source| Error::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let meta = file.metadata().map_err(|source| Error::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut id = [0u8; ID_BYTES];
+        let text = format!("hk{:x}-{:x}", meta.dev(), meta.ino());
+        let n = text.len().min(ID_BYTES);
+        id[..n].copy_from_slice(&text.as_bytes()[..n]);
+        Ok(Block::new(file, meta.len() / SECTOR_SIZE, read_only, id))
+    }
+
+    fn new(file: File, capacity_sectors: u64, read_only: bool, id: [u8; ID_BYTES]) -> Block {
+        let mut config = [0u8; 16];
+        config[..8].copy_from_slice(&capacity_sectors.to_le_bytes());
+        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        Block {
+            file,
+            read_only,
+            capacity_sectors,
+            id,
+            config,
+            descriptors: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn features(&self) -> u64 {
+        let ro = if self.read_only { VIRTIO_BLK_F_RO } else { 0 };
+        VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_FLUSH | ro
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data)
+    }
+
+    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool {
+        let mut used = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let mut descriptors = std::mem::take(&mut self.descriptors);
+            descriptors.clear();
+            descriptors.extend(chain);
+            let len = Request::parse(&descriptors, mem).map_or(0, |req| req.execute(self, mem));
+            self.descriptors = descriptors;
+            // A used ring outside guest memory means the queue is broken: stop serving it
+            // rather than spin on it.
+            if queue.add_used(mem, head, len).is_err() {
+                break;
+            }
+            used = true;
+        }
+        used && queue.needs_notification(mem).unwrap_or(true)
+    }
+}
+

@@ -1,0 +1,268 @@
+//! The virtio-mmio transport, version 2 (virtio 1.x §4.2.2). Register accesses come from
+//! vCPU threads; queue work runs on the device thread through [`MmioTransport::process`].
+//! The guest programs queue addresses freely: nothing is trusted until the driver says
+//! DRIVER_OK, and then virtio-queue validates the rings against guest memory before use.
+
+use super::{VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use crate::{BusDevice, GuestMemory};
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0x4b48_0000; // "\0\0HK"
+
+/// Register offsets.
+const REG_MAGIC: u64 = 0x000;
+const REG_VERSION: u64 = 0x004;
+const REG_DEVICE_ID: u64 = 0x008;
+const REG_VENDOR_ID: u64 = 0x00c;
+const REG_DEVICE_FEATURES: u64 = 0x010;
+const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
+const REG_DRIVER_FEATURES: u64 = 0x020;
+const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
+const REG_QUEUE_SEL: u64 = 0x030;
+const REG_QUEUE_NUM_MAX: u64 = 0x034;
+const REG_QUEUE_NUM: u64 = 0x038;
+const REG_QUEUE_READY: u64 = 0x044;
+/// Offset of QueueNotify; the VMM turns it into an ioeventfd where the hypervisor can.
+pub const REG_QUEUE_NOTIFY: u64 = 0x050;
+const REG_INTERRUPT_STATUS: u64 = 0x060;
+const REG_INTERRUPT_ACK: u64 = 0x064;
+const REG_STATUS: u64 = 0x070;
+const REG_QUEUE_DESC_LOW: u64 = 0x080;
+const REG_QUEUE_DESC_HIGH: u64 = 0x084;
+const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
+const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
+const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
+const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+const REG_CONFIG_GENERATION: u64 = 0x0fc;
+const REG_CONFIG: u64 = 0x100;
+
+/// Device status bits.
+const STATUS_FEATURES_OK: u32 = 0x08;
+const STATUS_DRIVER_OK: u32 = 0x04;
+const STATUS_FAILED: u32 = 0x80;
+
+/// Size of the MMIO window of one device.
+pub const MMIO_SIZE: u64 = 0x1000;
+
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemory,
+    interrupt: VirtioInterrupt,
+    /// Signalled on QueueNotify writes that reach the vCPU (no ioeventfd); the device thread
+    /// polls it either way.
+    notify: EventFd,
+    queues: Vec<Queue>,
+    queue_sel: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    status: u32,
+}
+
+impl MmioTransport {
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemory,
+        interrupt: VirtioInterrupt,
+        notify: EventFd,
+    ) -> Self {
+        let queues = device
+            .queue_max_sizes()
+            .iter()
+            .map(|&max| Queue::new(max).expect("device queue sizes are powers of two"))
+            .collect();
+        MmioTransport {
+            device,
+            mem,
+            interrupt,
+            notify,
+            queues,
+            queue_sel: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            status: 0,
+        }
+    }
+
+    pub fn device_type(&self) -> u32 {
+        self.device.device_type()
+    }
+
+    fn active(&self) -> bool {
+        self.status & STATUS_DRIVER_OK != 0 && self.status & STATUS_FAILED == 0
+    }
+
+    /// Handles available buffers on every ready queue. Called on the device thread when
+    /// the notify eventfd fires.
+    pub fn process(&mut self) {
+        if !self.active() {
+            return;
+        }
+        let mut used = false;
+        for (index, queue) in self.queues.iter_mut().enumerate() {
+            // A queue the driver set up with rings outside guest memory is never touched.
+            if queue.ready() && queue.is_valid(&self.mem) {
+                used |= self.device.process_queue(index, queue, &self.mem);
+            }
+        }
+        if used {
+            // The guest cannot be told anything if its interrupt line is gone; the VM is
+            // then stopping anyway.
+            let _ = self.interrupt.signal_used_queue();
+        }
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    fn reset(&mut self) {
+        for queue in &mut self.queues {
+            queue.reset();
+        }
+        self.queue_sel = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.driver_features = 0;
+        self.status = 0;
+        self.interrupt.ack(u32::MAX);
+    }
+
+    fn set_status(&mut self, status: u32) {
+        if status == 0 {
+            self.reset();
+            return;
+        }
+        let mut status = status;
+        if status & STATUS_FEATURES_OK != 0 && self.status & STATUS_FEATURES_OK == 0 {
+            let offered = self.device.features();
+            // A driver that accepts what was not offered, or refuses VERSION_1 (legacy),
+            // cannot use this device: FEATURES_OK stays clear and the driver gives up.
+            if self.driver_features & !offered != 0
+                || self.driver_features & VIRTIO_F_VERSION_1 == 0
+            {
+                status &= !STATUS_FEATURES_OK;
+            }
+        }
+        if status & STATUS_DRIVER_OK != 0 && status & STATUS_FEATURES_OK == 0 {
+            status = (status & !STATUS_DRIVER_OK) | STATUS_FAILED;
+        }
+        self.status = status;
+    }
+
+    fn read_u32(&self, offset: u64) -> u32 {
+        let queue = self.queues.get(self.queue_sel as usize);
+        match offset {
+            REG_MAGIC => MAGIC,
+            REG_VERSION => VERSION,
+            REG_DEVICE_ID => self.device.device_type(),
+            REG_VENDOR_ID => VENDOR_ID,
+            REG_DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.device.features() as u32,
+                1 => (self.device.features() >> 32) as u32,
+                _ => 0,
+            },
+            REG_QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
+            REG_QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
+            REG_INTERRUPT_STATUS => self.interrupt.status(),
+            REG_STATUS => self.status,
+            REG_CONFIG_GENERATION => 0,
+            _ => 0,
+        }
+    }
+
+    fn write_u32(&mut self, offset: u64, value: u32) {
+        // Queue layout may only change while the driver sets the device up.
+        let configuring = !self.active();
+        match offset {
+            REG_DEVICE_FEATURES_SEL => self.device_features_sel = value,
+            REG_DRIVER_FEATURES_SEL => self.driver_features_sel = value,
+            REG_DRIVER_FEATURES => {
+                let shift = match self.driver_features_sel {
+                    0 => 0,
+                    1 => 32,
+                    _ => return,
+                };
+                self.driver_features = (self.driver_features & !(0xffff_ffffu64 << shift))
+                    | (u64::from(value) << shift);
+            }
+            REG_QUEUE_SEL => self.queue_sel = value,
+            REG_QUEUE_NUM if configuring => {
+                if let Some(q) = self.selected_queue() {
+                    // virtio-queue rejects sizes that are zero, too large or not a power
+                    // of two: the queue then stays invalid and is never used.
+                    q.set_size(value.min(u32::from(u16::MAX)) as u16);
+                }
+            }
+            REG_QUEUE_READY if configuring => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(value == 1);
+                }
+            }
+            REG_QUEUE_NOTIFY => {
+                let _ = self.notify.write(1);
+            }
+            REG_INTERRUPT_ACK => self.interrupt.ack(value),
+            REG_STATUS => self.set_status(value),
+            REG_QUEUE_DESC_LOW if configuring => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_desc_table_address(Some(value), None)
+                }
+            }
+            REG_QUEUE_DESC_HIGH if configuring => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_desc_table_address(None, Some(value))
+                }
+            }
+            REG_QUEUE_DRIVER_LOW if configuring => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_avail_ring_address(Some(value), None)
+                }
+            }
+            REG_QUEUE_DRIVER_HIGH if configuring => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_avail_ring_address(None, Some(value))
+                }
+            }
+            REG_QUEUE_DEVICE_LOW if configuring => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_used_ring_address(Some(value), None)
+                }
+            }
+            REG_QUEUE_DEVICE_HIGH if configuring => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_used_ring_address(None, Some(value))
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= REG_CONFIG {
+            self.device.read_config(offset - REG_CONFIG, data);
+            return;
+        }
+        match <&mut [u8; 4]>::try_from(&mut *data) {
+            Ok(word) if offset.is_multiple_of(4) => *word = self.read_u32(offset).to_le_bytes(),
+            // Registers are 32-bit only (§4.2.2.2); anything else reads as 0.
+            _ => data.fill(0),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= REG_CONFIG {
+            // No device here has writable configuration.
+            return;
+        }
+        if let (Ok(word), 0) = (<[u8; 4]>::try_from(data), offset % 4) {
+            self.write_u32(offset, u32::from_le_bytes(word));
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! Building the VM from a [`VmConfig`] and running it until the guest ends.
+
+use crate::x86_64::{self, cpuid, layout, mptable, msrs, regs};
+use crate::{Error, GuestExit, Outcome, VmConfig};
+use hk_devices::control::{ControlEvent, ControlPage};
+use hk_devices::serial::Serial;
+use hk_devices::virtio::block::Block;
+use hk_devices::virtio::mmio::{MmioTransport, MMIO_SIZE, REG_QUEUE_NOTIFY};
+use hk_devices::virtio::rng::Rng;
+use hk_devices::virtio::{VirtioDevice, VirtioInterrupt};
+use hk_devices::{BusDevice, Interrupt};
+use hk_hypervisor::kvm::KvmVm;
+use hk_hypervisor::x86_64::{X86Vcpu, X86Vm};
+use hk_hypervisor::{IrqLine, Vcpu, VcpuExit, VcpuKick};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Boots `config` on KVM and runs it until the guest ends.
+pub fn run(config: VmConfig) -> Result<Outcome, Error> {
+    let vm = KvmVm::new()?;
+    Machine::build(vm, config)?.run()
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A device whose lock was poisoned by a panicking vCPU is still the best state there is.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An [`IrqLine`] of the hypervisor, seen by a device as its [`Interrupt`].
+struct Irq(Arc<dyn IrqLine>);
+
+impl Interrupt for Irq {
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.trigger()
+    }
+}
+
+type Shared<T> = Arc<Mutex<T>>;
+
+/// Devices at guest addresses (MMIO) or ports (PIO), looked up on each exit.
+#[derive(Default, Clone)]
+struct Bus {
+    ranges: Vec<(u64, u64, Shared<dyn BusDevice>)>,
+}
+
+impl Bus {
+    fn insert(&mut self, base: u64, len: u64, device: Shared<dyn BusDevice>) {
+        self.ranges.push((base, len, device));
+    }
+
+    fn find(&self, addr: u64) -> Option<(&Shared<dyn BusDevice>, u64)> {
+        self.ranges
+            .iter()
+            .find(|(base, len, _)| addr >= *base && addr - base < *len)
+            .map(|(base, _, dev)| (dev, addr - base))
+    }
+
+    fn read(&self, addr: u64, data: &mut [u8]) {
+        match self.find(addr) {
+            Some((dev, offset)) => lock(dev).read(offset, data),
+            // Nothing there: an open bus reads all ones, as on a PC.
+            None => data.fill(0xff),
+        }
+    }
+
+    fn write(&self, addr: u64, data: &[u8]) {
+        if let Some((dev, offset)) = self.find(addr) {
+            lock(dev).write(offset, data)
+        }
+    }
+}
+
+/// State the vCPU threads, the device loop and the control page share.
+struct Stop {
+    exit: Mutex<Option<GuestExit>>,
+    boot_time: Mutex<Option<Duration>>,
+    requested: AtomicBool,
+    event: EventFd,
+}
+
+impl Stop {
+    /// The first reason to stop wins; later ones (other vCPUs resetting too) are noise.
+    fn request(&self, exit: GuestExit) {
+        let mut slot = lock(&self.exit);
+        if slot.is_none() {
+            *slot = Some(exit);
+        }
+        self.requested.store(true, Ordering::SeqCst);
+        let _ = self.event.write(1);
+    }
+}
+
+struct Machine<V: X86Vm> {
+    vm: Arc<V>,
+    mem: GuestMemoryMmap,
+    vcpus: Vec<V::Vcpu>,
+    pio: Bus,
+    mmio: Bus,
+    serial: Arc<Mutex<Serial<Box<dyn Write + Send>>>>,
+    transports: Vec<(EventFd, Shared<MmioTransport>)>,
+    stop: Arc<Stop>,
+}
+
+impl<V> Machine<V>
+where
+    V: X86Vm + 'static,
+    V::Vcpu: X86Vcpu + 'static,
+{
+    fn build(vm: V, config: VmConfig) -> Result<Self, Error> {
+        if config.cpus == 0 || config.cpus > mptable::MAX_CPUS {
+            return Err(Error::Config(format!(
+                "cpus must be 1 to {}, not {}",
+                mptable::MAX_CPUS,
+                config.cpus
+            )));
+        }
+        let mem_bytes = config
+            .memory_mib
+            .checked_mul(1 << 20)
+            .filter(|&b| b >= 64 << 20)
+            .ok_or_else(|| Error::Config("memory must be at least 64 MiB".into()))?;
+
+        // Anonymous private mappings with MAP_NORESERVE: the host commits a page only when
+        // the guest first touches it, so a 1 GiB VM costs what the guest uses.
+        let mem = GuestMemoryMmap::from_ranges(&x86_64::ram_ranges(mem_bytes))
+            .map_err(|e| Error::Memory(e.to_string()))?;
+        for (slot, region) in mem.iter().enumerate() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(|e| Error::Memory(e.to_string()))?;
+            // SAFETY: `mem` is kept in the Machine and outlives the VM (the VM is dropped
+            // with it, after every vCPU thread has been joined).
+            unsafe {
+                vm.map_memory(
+                    slot as u32,
+                    region.start_addr().raw_value(),
+                    host as u64,
+                    region.len(),
+                )?;
+            }
+        }
+
+        let (mut loaded, kernel_end) = x86_64::load_kernel(&mem, &config.kernel)?;
+        if let Some(initrd) = &config.initrd {
+            x86_64::load_initrd(&mem, &mut loaded, kernel_end, initrd)?;
+        }
+
+        let stop = Arc::new(Stop {
+            exit: Mutex::new(None),
+            boot_time: Mutex::new(None),
+            requested: AtomicBool::new(false),
+            event: EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?,
+        });
+
+        let mut pio = Bus::default();
+        let mut mmio = Bus::default();
+        let serial_irq: Arc<dyn Interrupt> = Arc::new(Irq(vm.irq_line(layout::SERIAL_IRQ)?));
+        let serial = Arc::new(Mutex::new(Serial::new(serial_irq, config.console)));
+        pio.insert(u64::from(layout::SERIAL_PORT), 8, serial.clone());
+
+        let control = {
+            let stop = stop.clone();
+            let start = config.start;
+            ControlPage::new(move |event| match event {
+                ControlEvent::BootComplete => {
+                    let mut t = lock(&stop.boot_time);
+                    if t.is_none() {
+                        *t = Some(start.elapsed());
+                    }
+                }
+                ControlEvent::Exit(status) => stop.request(GuestExit::Status(status)),
+            })
+        };
+        mmio.insert(layout::CONTROL_PAGE, 0x1000, Arc::new(Mutex::new(control)));
+
+        let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+        for disk in &config.disks {
+            devices.push(Box::new(Block::open(&disk.path, disk.read_only)?));
+        }
+        if config.rng {
+            devices.push(Box::new(Rng::new()));
+        }
+        let mut cmdline = vec![
+            // The exit status depends on these (docs/guest-abi.md); they come first so the
+            // caller's command line can still override them.
+            "reboot=t,c,panic_w".to_string(),
+            "panic=-1".to_string(),
+        ];
+        let mut transports = Vec::new();
+        for (i, device) in devices.into_iter().enumerate() {
+            let base = layout::VIRTIO_MMIO_BASE + i as u64 * MMIO_SIZE;
+            let irq = layout::VIRTIO_FIRST_IRQ + i as u32;
+            if irq >= layout::IOAPIC_PINS {
+                return Err(Error::Config("too many devices".into()));
+            }
+            let line: Arc<dyn Interrupt> = Arc::new(Irq(vm.irq_line(irq)?));
+            let notify = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?;
+            vm.register_notifier(base + REG_QUEUE_NOTIFY, &notify)?;
+            let transport = MmioTransport::new(
+                device,
+                mem.clone(),
+                VirtioInterrupt::new(line),
+                notify.try_clone().map_err(|e| Error::Io("eventfd", e))?,
+            );
+            let transport = Arc::new(Mutex::new(transport));
+            mmio.insert(base, MMIO_SIZE, transport.clone());
+            transports.push((notify, transport));
+            cmdline.push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
+        }
+        cmdline.push(format!("hk.ctl={:#x}", layout::CONTROL_PAGE));
+        let cmdline = merge_cmdline(&config.cmdline, &cmdline.join(" "));
+        x86_64::write_cmdline(&mem, &cmdline)?;
+        x86_64::write_start_info(&mem, &loaded)?;
+        mptable::write(&mem, config.cpus).map_err(|e| Error::Memory(e.to_string()))?;
+        regs::write_tables(&mem).map_err(|e| Error::Memory(e.to_string()))?;
+
+        let supported = vm.supported_cpuid()?;
+        let mut vcpus = Vec::new();
+        for index in 0..config.cpus {
+            let vcpu = vm.create_vcpu(index)?;
+            vcpu.set_cpuid(&cpuid::for_vcpu(&supported, index, config.cpus))?;
+            vcpu.set_msrs(&msrs::boot_msrs())?;
+            vcpu.set_fpu(&regs::fpu())?;
+            // Application processors wait for INIT/SIPI from the boot CPU (in-kernel
+            // local APIC); only the boot CPU starts at the PVH entry.
+            if index == 0 {
+                vcpu.set_regs(&regs::regs(loaded.entry))?;
+                vcpu.set_sregs(&regs::sregs(vcpu.sregs()?))?;
+            }
+            vcpu.set_lint()?;
+            vcpus.push(vcpu);
+        }
+
+        Ok(Machine {
+            vm: Arc::new(vm),
+            mem,
+            vcpus,
+            pio,
+            mmio,
+            serial,
+            transports,
+            stop,
+        })
+    }
+
+    fn run(self) -> Result<Outcome, Error> {
+        let Machine {
+            vm,
+            mem,
+            vcpus,
+            pio,
+            mmio,
+            serial,
+            transports,
+            stop,
+        } = self;
+        let epoll = Epoll::new().map_err(|e| Error::Io("epoll", e))?;
+        const STOP_TOKEN: u64 = u64::MAX;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                std::os::fd::AsRawFd::as_raw_fd(&stop.event),
+                EpollEvent::new(EventSet::IN, STOP_TOKEN),
+            )
+            .map_err(|e| Error::Io("epoll_ctl", e))?;
+        for (i, (notify, _)) in transports.iter().enumerate() {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    std::os::fd::AsRawFd::as_raw_fd(notify),
+                    EpollEvent::new(EventSet::IN, i as u64),
+                )
+                .map_err(|e| Error::Io("epoll_ctl", e))?;
+        }
+
+        let mut kickers: Vec<Arc<dyn VcpuKick>> = Vec::new();
+        let mut threads = Vec::new();
+        for (index, mut vcpu) in vcpus.into_iter().enumerate() {
+            kickers.push(vcpu.kicker());
+            let (pio, mmio, stop, mem) = (pio.clone(), mmio.clone(), stop.clone(), mem.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                // vCPU threads only decode exits: a small stack keeps the VMM small.
+                .stack_size(256 << 10)
+                .spawn(move || run_vcpu(&mut vcpu, &pio, &mmio, &stop, &mem))
+                .map_err(|e| Error::Io("spawning a vCPU thread", e))?;
+            threads.push(thread);
+        }
+
+        let mut events = vec![EpollEvent::default(); transports.len() + 1];
+        'run: loop {
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    stop.request(GuestExit::Crash(format!("epoll_wait: {e}")));
+                    break;
+                }
+            };
+            for event in &events[..n] {
+                let token = event.data();
+                if token == STOP_TOKEN {
+                    break 'run;
+                }
+                if let Some((notify, transport)) = transports.get(token as usize) {
+                    let _ = notify.read();
+                    lock(transport).process();
+                }
+            }
+        }
+
+        // Kick until every vCPU thread is out: a kick can land before a vCPU's first run,
+        // and an application processor never started by the guest sits in KVM_RUN.
+        while threads.iter().any(|t| !t.is_finished()) {
+            for k in &kickers {
+                k.kick();
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        let _ = lock(&serial).flush();
+        drop(transports);
+        drop(vm);
+        let exit = lock(&stop.exit)
+            .take()
+            .unwrap_or_else(|| GuestExit::Crash("stopped without a reason".into()));
+        let boot_time = *lock(&stop.boot_time);
+        Ok(Outcome { exit, boot_time })
+    }
+}
+
+fn run_vcpu<C: Vcpu>(vcpu: &mut C, pio: &Bus, mmio: &Bus, stop: &Stop, mem: &GuestMemoryMmap) {
+    while !stop.requested.load(Ordering::SeqCst) {
+        let exit = match vcpu.run() {
+            Ok(exit) => exit,
+            Err(e) => {
+                stop.request(GuestExit::Crash(e.to_string()));
+                return;
+            }
+        };
+        match exit {
+            VcpuExit::IoIn { port, data } => pio.read(u64::from(port), data),
+            VcpuExit::IoOut { port, data } => pio.write(u64::from(port), data),
+            VcpuExit::MmioRead { addr, data } => mmio.read(addr, data),
+            VcpuExit::MmioWrite { addr, data } => mmio.write(addr, data),
+            VcpuExit::Interrupted => {}
+            VcpuExit::Reset => {
+                // Linux writes the BIOS reset flag before any reboot; the command line
+                // makes panics warm and everything else cold (docs/guest-abi.md).
+                let flag: u16 = mem
+                    .read_obj(GuestAddress(layout::BIOS_RESET_FLAG))
+                    .unwrap_or(0);
+                let exit = if flag == layout::WARM_REBOOT {
+                    GuestExit::Panic
+                } else {
+                    GuestExit::Reboot
+                };
+                stop.request(exit);
+                return;
+            }
+            VcpuExit::Shutdown => {
+                stop.request(GuestExit::PowerOff);
+                return;
+            }
+            VcpuExit::Fatal(why) => {
+                stop.request(GuestExit::Crash(why));
+                return;
+            }
+        }
+    }
+}
+
+/// Puts the VMM's parameters before the caller's (so the caller can override them) and
+/// keeps everything after a `--` (init's arguments) last.
+fn merge_cmdline(user: &str, vmm: &str) -> String {
+    let padded = format!(" {} ", user.trim());
+    let (kernel, init) = match padded.find(" -- ") {
+        Some(i) => (&padded[..i], Some(&padded[i + 4..])),
+        None => (&padded[..], None),
+    };
+    let mut out = vmm.to_string();
+    if !kernel.trim().is_empty() {
+        out.push(' ');
+        out.push_str(kernel.trim());
+    }
+    if let Some(init) = init {
+        out.push_str(" --");
+        if !init.trim().is_empty() {
+            out.push(' ');
+            out.push_str(init.trim());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_cmdline;
+
+    #[test]
+    fn vmm_parameters_come_before_the_callers_and_before_init_arguments() {
+        assert_eq!(merge_cmdline("console=ttyS0", "a=1"), "a=1 console=ttyS0");
+        assert_eq!(merge_cmdline("", "a=1"), "a=1");
+        assert_eq!(
+            merge_cmdline("console=ttyS0 -- sh -c 'x -- y'", "a=1"),
+            "a=1 console=ttyS0 -- sh -c 'x -- y'"
+        );
+        assert_eq!(merge_cmdline("-- init", "a=1"), "a=1 -- init");
+    }
+}
