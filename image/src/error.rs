@@ -14,10 +14,11 @@ pub enum Error {
     #[error("{image}: {reason}")]
     Image { image: String, reason: String },
 
-    #[error("{image}: layer {layer}: {reason}")]
-    Layer {
+    /// A blob of the image: `part` reads `layer abcd12345678 (2/5)` or `config abcd12345678`.
+    #[error("{image}: {part}: {reason}")]
+    Blob {
         image: String,
-        layer: String,
+        part: String,
         reason: String,
     },
 

@@ -149,9 +149,9 @@ impl Puller<'_> {
         if self.store.has_blob(digest) {
             return Ok(());
         }
-        let fail = |reason: String| Error::Layer {
+        let fail = |reason: String| Error::Blob {
             image: self.image.clone(),
-            layer: what.to_string(),
+            part: what.to_string(),
             reason,
         };
         let desc = OciDescriptor {
@@ -290,14 +290,14 @@ pub async fn pull(
         )));
     }
     let total = manifest.layers().len();
-    let layer_name = |i: usize, d: &Digest| format!("{} ({}/{total})", d.short(), i + 1);
+    let layer_name = |i: usize, d: &Digest| format!("layer {} ({}/{total})", d.short(), i + 1);
     let mut layers = Vec::with_capacity(total);
     for (i, l) in manifest.layers().iter().enumerate() {
         let digest = Digest::parse(l.digest().as_ref()).map_err(|r| p.image_err(r))?;
         let media_type = l.media_type().to_string();
-        let fail = |reason: String| Error::Layer {
+        let fail = |reason: String| Error::Blob {
             image: p.image.clone(),
-            layer: layer_name(i, &digest),
+            part: layer_name(i, &digest),
             reason,
         };
         if media::layer_compression(&media_type).is_none() {

@@ -55,9 +55,9 @@ impl Store {
         for (i, l) in image.layers.iter().enumerate() {
             let label = format!("{} ({}/{total})", l.digest.short(), i + 1);
             let blob = self.blob_path(&l.digest);
-            let reader = LayerReader::open(&blob, l).map_err(|e| Error::Layer {
+            let reader = LayerReader::open(&blob, l).map_err(|e| Error::Blob {
                 image: name.to_string(),
-                layer: label.clone(),
+                part: format!("layer {label}"),
                 reason: format!("cannot read {}: {e}", blob.display()),
             })?;
             readers.push((label.clone(), reader.clone()));
@@ -73,9 +73,9 @@ impl Store {
             }
         })?;
         for (label, mut reader) in readers {
-            reader.finish().map_err(|e| Error::Layer {
+            reader.finish().map_err(|e| Error::Blob {
                 image: name.to_string(),
-                layer: label,
+                part: format!("layer {label}"),
                 reason: e.to_string(),
             })?;
         }
