@@ -526,3 +526,17 @@ fn the_same_layers_give_the_same_image() {
         "conversion is deterministic"
     );
 }
+
+/// Past 65000 subdirectories ext4's dir_nlink reports a link count of 1 (e2fsck agrees).
+#[test]
+fn a_directory_with_more_than_65000_subdirectories() {
+    let mut t = Tar::new();
+    for i in 0..65_010 {
+        t.dir(format!("wide/{i}"), &ROOT);
+    }
+    let dir = scratch();
+    let (img, stats) = convert_checked(&[t.finish()], dir.path());
+    assert_eq!(stats.dirs, 65_010 + 3);
+    assert_eq!(stat(&img, b"/wide").unwrap().links, 1);
+    assert_eq!(stat(&img, b"/wide/65009").unwrap().links, 2);
+}

@@ -345,3 +345,25 @@ fn giant_pax_records_fail_before_being_buffered() {
     )
     .unwrap();
 }
+
+#[test]
+fn more_hard_links_than_ext4_allows_are_refused() {
+    let mut t = Tar::new();
+    t.file("f", &ROOT, b"f");
+    for i in 1..65_000 {
+        t.hardlink(format!("l{i}"), "f");
+    }
+    // 65000 names are fine...
+    let ok = t.finish();
+    let dir = scratch();
+    let (img, _) = convert_checked(std::slice::from_ref(&ok), dir.path());
+    assert_eq!(stat(&img, b"/l64999").unwrap().links, 65_000);
+    // ...one more is not.
+    let mut t = Tar::new();
+    t.file("f", &ROOT, b"f");
+    for i in 1..=65_000 {
+        t.hardlink(format!("l{i}"), "f");
+    }
+    let kind = entry_err(fails(&one(&mut t), &Options::default()), L1, "l65000");
+    assert!(matches!(kind, EntryError::TooManyLinks), "{kind:?}");
+}
