@@ -216,6 +216,8 @@ pub enum EntryError {
     Xattr { name: String, reason: &'static str },
     #[error("reading its data: {0}")]
     Read(io::Error),
+    #[error("writing its data into the image: {0}")]
+    Write(io::Error),
 }
 
 /// Converts `layers` (bottom first) into an ext4 image at `out`. The image is built in a

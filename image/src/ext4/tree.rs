@@ -440,10 +440,10 @@ impl<'o> Builder<'o> {
                 return Err(EntryError::Truncated { got, size });
             }
             sink.write_at(got, &self.buf[..n])
-                .map_err(EntryError::Read)?;
+                .map_err(EntryError::Write)?;
             got += n as u64;
         }
-        sink.finish().map_err(EntryError::Read)
+        sink.finish().map_err(EntryError::Write)
     }
 
     /// A PAX sparse file: only the mapped chunks are stored (format 1.0 puts the map at the
@@ -491,12 +491,12 @@ impl<'o> Builder<'o> {
                     });
                 }
                 sink.write_at(offset + done, &self.buf[..n])
-                    .map_err(EntryError::Read)?;
+                    .map_err(EntryError::Write)?;
                 done += n as u64;
                 consumed += n as u64;
             }
         }
-        sink.finish().map_err(EntryError::Read)
+        sink.finish().map_err(EntryError::Write)
     }
 }
 
