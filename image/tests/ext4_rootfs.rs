@@ -226,3 +226,101 @@ fn debootstrapped_debian_matches_its_tarball() {
     }
     assert!(compared > 3000, "{compared} files compared");
 }
+
+/// Unmounts on drop, so a failing assertion does not leave the loop mount behind.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The Linux kernel itself (not only e2fsprogs) reads the image: mounted read-only through
+/// a loop device, every entry of the tarball is there with its metadata and contents.
+/// Needs root and loop devices, like the CI has; elsewhere it fails and says so.
+#[test]
+fn the_kernel_mounts_the_debian_image() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let tar = test_rootfs("debian");
+    let dir = scratch();
+    let img = convert_file(&tar, dir.path());
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = std::process::Command::new("mount")
+        .args(["-t", "ext4", "-o", "loop,ro"])
+        .arg(&img)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mounting the image needs root and loop devices: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _mount = Mount(mnt.clone());
+
+    let mut inodes: HashMap<Vec<u8>, u64> = HashMap::new();
+    let mut archive = tar::Archive::new(BufReader::new(File::open(&tar).unwrap()));
+    let mut checked = 0;
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let rel = image_path(&e.path_bytes());
+        let path =
+            mnt.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&rel[1..]));
+        let m = std::fs::symlink_metadata(&path)
+            .unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+        let h = e.header().clone();
+        let name = path.display().to_string();
+        if h.entry_type() == EntryType::Link {
+            let target = image_path(&e.link_name_bytes().unwrap());
+            assert_eq!(Some(&m.ino()), inodes.get(&target), "{name} is a hardlink");
+            continue;
+        }
+        inodes.insert(rel.clone(), m.ino());
+        assert_eq!(m.mode() & 0o7777, h.mode().unwrap() & 0o7777, "{name}");
+        assert_eq!(
+            (u64::from(m.uid()), u64::from(m.gid())),
+            (h.uid().unwrap(), h.gid().unwrap()),
+            "{name}"
+        );
+        assert_eq!(m.mtime() as u64, h.mtime().unwrap(), "{name}");
+        let ft = m.file_type();
+        match h.entry_type() {
+            EntryType::Directory => assert!(ft.is_dir(), "{name}"),
+            EntryType::Regular => {
+                assert!(ft.is_file(), "{name}");
+                let mut want = Vec::new();
+                e.read_to_end(&mut want).unwrap();
+                assert!(std::fs::read(&path).unwrap() == want, "{name} contents");
+            }
+            EntryType::Symlink => {
+                assert!(ft.is_symlink(), "{name}");
+                let target = std::fs::read_link(&path).unwrap();
+                assert_eq!(
+                    target.as_os_str().as_encoded_bytes(),
+                    &*e.link_name_bytes().unwrap(),
+                    "{name}"
+                );
+            }
+            EntryType::Char | EntryType::Block => {
+                assert!(ft.is_char_device() || ft.is_block_device(), "{name}");
+                let rdev = m.rdev();
+                let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+                let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+                assert_eq!(
+                    (major as u32, minor as u32),
+                    (
+                        h.device_major().unwrap().unwrap(),
+                        h.device_minor().unwrap().unwrap()
+                    ),
+                    "{name}"
+                );
+            }
+            EntryType::Fifo => assert!(ft.is_fifo(), "{name}"),
+            other => panic!("{name}: unexpected {other:?}"),
+        }
+        checked += 1;
+    }
+    assert!(checked > 5000, "{checked} entries checked");
+}
