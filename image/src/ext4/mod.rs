@@ -2,14 +2,22 @@
 //! userspace: no root, no mount, no loop device.
 //!
 //! # Why our own writer and not `ext4_rs`
-//! The design card named `ext4_rs` (1.3.3). Read before choosing: it is a driver for an
-//! *existing* filesystem (mount, open, create_file, write_file over a `BlockDevice` trait);
-//! it has no mkfs, so an image would first need `mke2fs` (the tool we must not depend on),
-//! then every file would go through per-block allocation, bitmap and inode updates.
-//! It also cannot express what a container root needs: no xattrs (`security.capability`),
-//! uid/gid only 16 bits, names are `&str` (no non-UTF-8 names), no device nodes outside its
-//! FUSE shim. So, like Apple's containerization `EXT4.Formatter`, hk writes a focused
-//! formatter that only ever *creates* a filesystem, which makes it both simpler and faster:
+//! The design card named `ext4_rs` (1.3.3). Evaluated before choosing:
+//! - It does not build on stable Rust (`#![feature(error_in_core)]`, E0554); hk builds on
+//!   stable.
+//! - It drives an *existing* filesystem (open, create, write_at over a `BlockDevice` that
+//!   returns a fresh `Vec` per block read); it has no mkfs, so an image would first need
+//!   `mke2fs`, the tool this writer replaces.
+//! - It cannot express a container root: no xattrs (`security.capability`), 16-bit uid/gid,
+//!   `&str` names (no non-UTF-8 names), no device nodes outside its FUSE shim.
+//! - Measured (built with RUSTC_BOOTSTRAP=1, on a fresh `mke2fs -t ext4` image, writing only
+//!   the directories and regular files of the Debian bookworm minbase tarball, nothing of
+//!   their metadata): 2.6 s and 71 MiB peak RSS, against 0.3 s and 7 MiB for this writer
+//!   doing the whole tree; and `e2fsck -fn` rejects its result (exit 4: wrong directory
+//!   entry file types, free block and inode counts).
+//!
+//! So, like Apple's containerization `EXT4.Formatter`, hk has a focused formatter that only
+//! ever *creates* a filesystem, which makes it both simpler and faster:
 //!
 //! - One pass over the layers. Regular-file data is streamed straight into the image at a
 //!   growing cursor (all-zero 4 KiB blocks become holes), so contents are never held in
@@ -31,8 +39,10 @@
 //!   one go, and it keeps the writer small). Directories are linear (any number of blocks;
 //!   no htree), which `e2fsck -fn` accepts and the kernel reads correctly.
 //!
-//! Measured (BENCHMARKS.md, `## ext4 conversion`): converting a debootstrapped Debian
-//! bookworm rootfs against `mke2fs -d` on the extracted tree of the same tarball.
+//! Measured (BENCHMARKS.md, `## ext4 conversion`, `scripts/bench-ext4`): a debootstrapped
+//! Debian bookworm (200 MiB, 6.8k entries) converts 3-5x faster than `mke2fs -d` builds the
+//! same filesystem from the already extracted tree; the time is mostly writing and fsyncing
+//! the data (under 0.15 s of CPU).
 //!
 //! # Layer semantics (OCI image-spec, "Applying changesets")
 //! Later layers override earlier ones; `.wh.NAME` removes NAME of lower layers and
@@ -41,9 +51,19 @@
 //! same path is an error unless both are directories (then the last metadata wins).
 //! Other `.wh..wh.*` names (aufs bookkeeping such as `.wh..wh.plnk`) are skipped.
 //!
+//! Sparse files: GNU (`S`) and PAX (GNU.sparse 0.0, 0.1, 1.0) entries keep their holes;
+//! PAX ones are never expanded. POSIX ACL xattrs are converted to ext4's on-disk form. A
+//! non-directory `/lost+found` is replaced by the directory e2fsck requires.
+//!
 //! # Hostile input
-//! Each rejected entry yields [`Error::Entry`] naming the layer and the path in the tar; the
-//! temporary image is removed, so nothing half-written is left next to `out`.
+//! Refused: absolute paths; `..` climbing above the root; any path through a symlink (the
+//! tree is built without following one); hardlinks to missing entries, directories or paths
+//! outside the root; relative symlink targets climbing above the root (absolute targets are
+//! kept: they resolve inside the guest); duplicates within a layer; sizes, totals, entry
+//! counts and per-entry tar metadata beyond [`Options`]' limits; streams cut short or
+//! without their end-of-archive marker. Each yields [`Error::Entry`] (or [`Error::Tar`],
+//! [`Error::MissingEnd`]) naming the layer and the path in the tar; the temporary image is
+//! removed, so nothing half-written is left next to `out`.
 
 mod disk;
 mod finish;
