@@ -540,3 +540,40 @@ fn a_directory_with_more_than_65000_subdirectories() {
     assert_eq!(stat(&img, b"/wide").unwrap().links, 1);
     assert_eq!(stat(&img, b"/wide/65009").unwrap().links, 2);
 }
+
+/// POSIX ACLs arrive as `system.posix_acl_access` in the xattr format and are stored in
+/// ext4's own; e2fsprogs converts back, which must give the original bytes.
+#[test]
+fn posix_acls_round_trip() {
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 6u16, u32::MAX),
+        (0x02, 4, 1000),
+        (0x04, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&id.to_le_bytes());
+    }
+    let mut t = Tar::new();
+    t.pax(&[("SCHILY.xattr.system.posix_acl_access", &acl)])
+        .file("shared", &meta(0o640, 0, 0, 1), b"x");
+    let dir = scratch();
+    let (img, _) = convert_checked(&[t.finish()], dir.path());
+    let dump = dir.path().join("acl");
+    let mut cmd = b"ea_get -f ".to_vec();
+    cmd.extend_from_slice(dump.as_os_str().as_encoded_bytes());
+    cmd.extend_from_slice(b" /shared system.posix_acl_access");
+    debugfs(&img, &[cmd]);
+    // Entries without an id (owner, group, mask, other) are stored without one; e2fsprogs
+    // reports their id as 0 where the kernel says -1, and both ignore it.
+    let mut want = acl.clone();
+    for entry in want[4..].chunks_exact_mut(8) {
+        if ![0x02, 0x08].contains(&entry[0]) {
+            entry[4..].fill(0);
+        }
+    }
+    assert_eq!(std::fs::read(&dump).unwrap(), want);
+}
