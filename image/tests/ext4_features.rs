@@ -345,6 +345,41 @@ fn a_fragmented_file_gets_a_two_level_extent_tree() {
     assert_eq!(cat(&img, b"/frag"), content);
 }
 
+/// `git archive` output starts with a global PAX header: not a file, ignored.
+#[test]
+fn git_archive_layers_with_a_global_pax_header() {
+    let dir = scratch();
+    let repo = dir.path().join("repo");
+    let git = |args: &[&str]| {
+        let o = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(args)
+            .output()
+            .expect("git");
+        assert!(o.status.success(), "git {args:?}: {o:?}");
+        o.stdout
+    };
+    std::fs::create_dir(&repo).unwrap();
+    git(&["init", "-q"]);
+    std::fs::write(repo.join("hello"), b"hello\n").unwrap();
+    git(&["add", "hello"]);
+    git(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-qm",
+        "x",
+    ]);
+    let tar = git(&["archive", "--format=tar", "HEAD"]);
+    assert_eq!(&tar[156], &b'g', "git archive starts with a global header");
+    let (img, stats) = convert_checked(&[tar], dir.path());
+    assert_eq!(stats.files, 1);
+    assert_eq!(cat(&img, b"/hello"), b"hello\n");
+}
+
 #[test]
 fn a_stack_with_no_entries_is_an_empty_filesystem() {
     let dir = scratch();

@@ -230,9 +230,13 @@ impl<'o> Builder<'o> {
         pax: Pax,
         entry: &mut tar::Entry<'_, R>,
     ) -> Result<(), EntryError> {
-        let components = normalize(raw_path)?;
         let header = entry.header();
         let kind = header.entry_type();
+        // A global PAX header (`git archive` writes one) is not a file; like Docker, ignore it.
+        if kind == tar::EntryType::XGlobalHeader {
+            return Ok(());
+        }
+        let components = normalize(raw_path)?;
         let (parent_path, name) = match components.split_last() {
             Some((name, parent)) => (parent, Some(name.as_slice())),
             None => (&components[..0], None),
