@@ -393,7 +393,12 @@ pub async fn pull(
     store.put_blob(&top)?;
     store.put_blob(&manifest_bytes)?;
     if opts.convert {
-        progress.event(Event::Converting);
+        if !image
+            .chain_id()
+            .is_some_and(|c| store.rootfs_path(&c).exists())
+        {
+            progress.event(Event::Converting);
+        }
         store.rootfs(&image)?;
     }
     store.record(&image, reference, &resolved)?;

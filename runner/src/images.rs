@@ -154,6 +154,10 @@ pub fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
         convert: !args.no_convert,
     };
     let store = store()?;
+    let before = store
+        .resolve(&reference.canonical())
+        .ok()
+        .map(|i| i.manifest);
     let renderer = Renderer::new(args.quiet);
     if !args.quiet {
         let tag = match reference.digest() {
@@ -169,7 +173,11 @@ pub fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
         if let Some(d) = image.repo_digests.first().and_then(|d| d.split_once('@')) {
             println!("Digest: {}", d.1);
         }
-        println!("Status: Downloaded image for {reference}");
+        if before.as_ref() == Some(&image.manifest) {
+            println!("Status: Image is up to date for {reference}");
+        } else {
+            println!("Status: Downloaded newer image for {reference}");
+        }
     }
     println!("{}", reference.canonical());
     Ok(ExitCode::SUCCESS)
@@ -211,11 +219,13 @@ impl Progress for Renderer {
     fn event(&self, event: Event<'_>) {
         match event {
             Event::Resolved { .. } => {}
-            Event::Converting => {
-                if !self.quiet {
-                    println!("Building root filesystem");
+            Event::Converting => match &self.bars {
+                Some(m) => {
+                    let _ = m.println("Building root filesystem");
                 }
-            }
+                None if !self.quiet => println!("Building root filesystem"),
+                None => {}
+            },
             Event::Exists { layer } => {
                 if let Some(m) = &self.bars {
                     let bar = m.add(ProgressBar::new(0));

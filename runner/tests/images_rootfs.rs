@@ -242,3 +242,51 @@ fn images_with_the_same_layers_share_one_root_filesystem() {
     hk.ok(&["rmi", &reg.image_ref("b", "1")]);
     assert!(!first.exists(), "collected with the last image using it");
 }
+
+#[test]
+fn a_root_filesystem_in_use_survives_garbage_collection() {
+    let reg = Registry::start();
+    reg.push_image(
+        "busy",
+        "1",
+        &TestImage::new(vec![TestLayer {
+            tar: TarBuilder::new().file("f", 0o644, b"f\n").finish(),
+            compression: Compression::Gzip,
+        }]),
+    );
+    let hk = Hk::new();
+    let name = reg.image_ref("busy", "1");
+    hk.ok(&["pull", "-q", &name]);
+    let ext4 = rootfs(&hk, &name);
+    // What a running VM does with hk_image::Rootfs: hold a shared flock on the image.
+    let mut vm = Command::new("flock")
+        .args(["-s", "-o"]) // -o: the lock stays with flock, so killing it releases the lock
+        .arg(&ext4)
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("flock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::File::open(&ext4).unwrap().try_lock().is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flock never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    let out = hk.ok(&["image", "prune", "-a", "-f"]);
+    assert!(
+        !out.contains("deleted:"),
+        "prune -a keeps an image in use: {out}"
+    );
+    hk.ok(&["rmi", &name]);
+    assert!(
+        ext4.exists(),
+        "the running VM's root filesystem was deleted"
+    );
+
+    vm.kill().unwrap();
+    vm.wait().unwrap();
+    hk.ok(&["image", "prune", "-f"]);
+    assert!(!ext4.exists(), "collected once no VM uses it");
+}
