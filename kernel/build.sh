@@ -42,8 +42,6 @@ else
 	if [[ ! -f $src ]]; then
 		log "Debian's linux-source-6.1 is not installed; downloading $kernelorg_url"
 		curl -fL --progress-bar -o "$src.part" "$kernelorg_url"
-		echo "$kernelorg_sha256  $src.part" | sha256sum -c --quiet - ||
-			{ rm -f "$src.part"; log "checksum mismatch for $kernelorg_url"; exit 1; }
 		mv "$src.part" "$src"
 	fi
 	src_id="kernel.org:$kernelorg_sha256"
@@ -52,8 +50,9 @@ fi
 key=$({
 	echo "$src_id"
 	cc --version | head -1
-	cat "$here/build.sh"
-	for f in "${fragments[@]}"; do cat "$here/$f"; done
+	# Comments change no kernel, so editing them costs no rebuild.
+	grep -v '^[[:space:]]*#' "$here/build.sh"
+	for f in "${fragments[@]}"; do grep -v '^[[:space:]]*#' "$here/$f"; done
 } | sha256sum | cut -c1-16)
 out=$cache/$flavor-$key
 latest=$cache/$flavor
@@ -71,6 +70,13 @@ if [[ -f $out/vmlinux ]]; then
 	ln -sfn "$out" "$latest"
 	echo "$out/vmlinux"
 	exit 0
+fi
+
+# A tarball that lay in the cache could have been truncated or replaced since its download.
+if [[ $src_id == kernel.org:* ]] && ! echo "$kernelorg_sha256  $src" | sha256sum -c --quiet - 2>/dev/null; then
+	rm -f "$src"
+	log "$src does not match the pinned sha256 $kernelorg_sha256; removed it, run again to download"
+	exit 1
 fi
 
 work=$(mktemp -d "$cache/.build-$flavor-XXXXXX")
