@@ -324,3 +324,57 @@ fn the_kernel_mounts_the_debian_image() {
     }
     assert!(checked > 5000, "{checked} entries checked");
 }
+
+/// A directory too big for one index block gets a two-level htree; e2fsck checks its
+/// structure and hashes, and the kernel must find every name through it (a lookup reads
+/// the root, one index node and one leaf). Needs root and loop devices, like the test above.
+#[test]
+fn the_kernel_finds_every_name_in_a_two_level_htree() {
+    use std::os::unix::fs::MetadataExt;
+    let names: Vec<String> = (0..25_000)
+        .map(|i| format!("{i:06}-{}", "n".repeat(88)))
+        .collect();
+    let mut t = Tar::new();
+    t.dir("big", &ROOT);
+    for (i, n) in names.iter().enumerate() {
+        t.file(
+            format!("big/{n}"),
+            &ROOT,
+            if i % 1000 == 0 { b"x" } else { b"" },
+        );
+    }
+    let dir = scratch();
+    let (img, _) = convert_checked(&[t.finish()], dir.path());
+    let htree = debugfs(&img, &[b"htree /big".to_vec()]).pop().unwrap();
+    let htree = String::from_utf8_lossy(&htree);
+    assert!(
+        htree.contains("Indirect levels: 1"),
+        "{}",
+        &htree[..htree.len().min(2000)]
+    );
+
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = std::process::Command::new("mount")
+        .args(["-t", "ext4", "-o", "loop,ro"])
+        .arg(&img)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mounting the image needs root and loop devices: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _mount = Mount(mnt.clone());
+    for (i, n) in names.iter().enumerate() {
+        let m = std::fs::symlink_metadata(mnt.join("big").join(n))
+            .unwrap_or_else(|e| panic!("the kernel cannot find {n}: {e}"));
+        assert_eq!(m.size(), u64::from(i % 1000 == 0), "{n}");
+    }
+    assert!(std::fs::symlink_metadata(mnt.join("big/not-there")).is_err());
+    assert_eq!(
+        std::fs::read_dir(mnt.join("big")).unwrap().count(),
+        names.len()
+    );
+}

@@ -25,7 +25,9 @@ pub(super) const FIRST_INO: u32 = 11;
 /// reports 1.
 pub(super) const LINK_MAX: u32 = 65000;
 
-const EXTENTS_FL: u32 = 0x80000;
+pub(super) const EXTENTS_FL: u32 = 0x80000;
+/// A hashed-tree (htree) directory.
+pub(super) const INDEX_FL: u32 = 0x1000;
 const EXT_MAGIC: u16 = 0xF30A;
 const XATTR_MAGIC: u32 = 0xEA02_0000;
 /// Extent entries per tree block after the 12-byte header.
@@ -93,7 +95,7 @@ pub(super) struct InodeFields<'a> {
     pub mtime_nsec: u32,
     /// In 512-byte sectors, as i_blocks counts without huge_file.
     pub sectors: u64,
-    pub extents: bool,
+    pub flags: u32,
     pub i_block: &'a [u8; 60],
     pub xattr_block: u64,
     /// The inline xattr area (magic included), or empty.
@@ -119,7 +121,7 @@ pub(super) fn encode_inode(buf: &mut [u8], f: &InodeFields) {
     put16(buf, 0x18, f.gid as u16);
     put16(buf, 0x1A, f.links);
     put32(buf, 0x1C, f.sectors as u32);
-    put32(buf, 0x20, if f.extents { EXTENTS_FL } else { 0 });
+    put32(buf, 0x20, f.flags);
     buf[0x28..0x64].copy_from_slice(f.i_block);
     put32(buf, 0x68, f.xattr_block as u32);
     put32(buf, 0x6C, (f.size >> 32) as u32);
@@ -163,10 +165,13 @@ impl DirPacker {
         }
     }
 
-    pub fn add(&mut self, ino: u32, file_type: u8, name: &[u8]) {
+    /// Appends an entry; true when it had to start a new block.
+    pub fn add(&mut self, ino: u32, file_type: u8, name: &[u8]) -> bool {
         let len = (8 + name.len()).next_multiple_of(4);
         let bs = BLOCK_SIZE as usize;
-        if self.bytes.len() + len > self.bytes.len().next_multiple_of(bs) || self.bytes.is_empty() {
+        let new_block =
+            self.bytes.len() + len > self.bytes.len().next_multiple_of(bs) || self.bytes.is_empty();
+        if new_block {
             self.close_block();
         }
         let off = self.bytes.len();
@@ -178,6 +183,7 @@ impl DirPacker {
         e[7] = file_type;
         e[8..8 + name.len()].copy_from_slice(name);
         self.last = off;
+        new_block
     }
 
     /// Pads the current block by stretching its last entry.
@@ -194,6 +200,191 @@ impl DirPacker {
         self.close_block();
         self.bytes
     }
+}
+
+/// dx_root_info.hash_version: half-MD4; with EXT2_FLAGS_UNSIGNED_HASH in the superblock,
+/// names hash as unsigned bytes on every architecture.
+const DX_HASH_HALF_MD4: u8 = 1;
+/// dx entries in the root block (after "." / ".." and the 8-byte info) and in an index node
+/// (after a fake empty entry).
+const DX_ROOT_LIMIT: usize = (BLOCK_SIZE as usize - 32) / 8;
+const DX_NODE_LIMIT: usize = (BLOCK_SIZE as usize - 8) / 8;
+
+/// The kernel's half_md4_transform (fs/ext4/hash.c): MD4's three rounds over 8 words.
+fn half_md4(buf: &mut [u32; 4], input: &[u32; 8]) {
+    let f = |x: u32, y: u32, z: u32| z ^ (x & (y ^ z));
+    let g = |x: u32, y: u32, z: u32| (x & y).wrapping_add((x ^ y) & z);
+    let h = |x: u32, y: u32, z: u32| x ^ y ^ z;
+    const K2: u32 = 0o13240474631;
+    const K3: u32 = 0o15666365641;
+    let [mut a, mut b, mut c, mut d] = *buf;
+    macro_rules! round {
+        ($f:ident, $a:ident, $b:ident, $c:ident, $d:ident, $x:expr, $s:expr) => {
+            $a = $a
+                .wrapping_add($f($b, $c, $d))
+                .wrapping_add($x)
+                .rotate_left($s)
+        };
+    }
+    let i = input;
+    round!(f, a, b, c, d, i[0], 3);
+    round!(f, d, a, b, c, i[1], 7);
+    round!(f, c, d, a, b, i[2], 11);
+    round!(f, b, c, d, a, i[3], 19);
+    round!(f, a, b, c, d, i[4], 3);
+    round!(f, d, a, b, c, i[5], 7);
+    round!(f, c, d, a, b, i[6], 11);
+    round!(f, b, c, d, a, i[7], 19);
+    round!(g, a, b, c, d, i[1].wrapping_add(K2), 3);
+    round!(g, d, a, b, c, i[3].wrapping_add(K2), 5);
+    round!(g, c, d, a, b, i[5].wrapping_add(K2), 9);
+    round!(g, b, c, d, a, i[7].wrapping_add(K2), 13);
+    round!(g, a, b, c, d, i[0].wrapping_add(K2), 3);
+    round!(g, d, a, b, c, i[2].wrapping_add(K2), 5);
+    round!(g, c, d, a, b, i[4].wrapping_add(K2), 9);
+    round!(g, b, c, d, a, i[6].wrapping_add(K2), 13);
+    round!(h, a, b, c, d, i[3].wrapping_add(K3), 3);
+    round!(h, d, a, b, c, i[7].wrapping_add(K3), 9);
+    round!(h, c, d, a, b, i[2].wrapping_add(K3), 11);
+    round!(h, b, c, d, a, i[6].wrapping_add(K3), 15);
+    round!(h, a, b, c, d, i[1].wrapping_add(K3), 3);
+    round!(h, d, a, b, c, i[5].wrapping_add(K3), 9);
+    round!(h, c, d, a, b, i[0].wrapping_add(K3), 11);
+    round!(h, b, c, d, a, i[4].wrapping_add(K3), 15);
+    buf[0] = buf[0].wrapping_add(a);
+    buf[1] = buf[1].wrapping_add(b);
+    buf[2] = buf[2].wrapping_add(c);
+    buf[3] = buf[3].wrapping_add(d);
+}
+
+/// The kernel's ext4fs_dirhash for DX_HASH_HALF_MD4_UNSIGNED: 32-byte chunks of the name
+/// (big-endian words, padded with the length) through half-MD4, seeded by s_hash_seed.
+pub(super) fn dx_hash(name: &[u8], seed: &[u32; 4]) -> u32 {
+    let mut buf = if seed.iter().any(|&w| w != 0) {
+        *seed
+    } else {
+        [0x6745_2301, 0xefcd_ab89, 0x98ba_dcfe, 0x1032_5476]
+    };
+    let mut rest = name;
+    let mut left = name.len() as u32;
+    while !rest.is_empty() {
+        let pad = (left | (left << 8)) | ((left | (left << 8)) << 16);
+        let chunk = &rest[..rest.len().min(32)];
+        let mut input = [pad; 8];
+        let mut words = chunk.chunks_exact(4);
+        let mut n = 0;
+        for w in words.by_ref() {
+            input[n] = u32::from_be_bytes([w[0], w[1], w[2], w[3]]);
+            n += 1;
+        }
+        if n < 8 {
+            input[n] = words
+                .remainder()
+                .iter()
+                .fold(pad, |val, &byte| u32::from(byte).wrapping_add(val << 8));
+        }
+        half_md4(&mut buf, &input);
+        rest = &rest[chunk.len()..];
+        left = left.saturating_sub(32);
+    }
+    let hash = buf[1] & !1;
+    if hash == 0x7fff_ffff << 1 {
+        (0x7fff_ffff - 1) << 1
+    } else {
+        hash
+    }
+}
+
+fn put_dx_entries(buf: &mut [u8], limit: usize, entries: &[(u32, u32)]) {
+    put16(buf, 0, limit as u16);
+    put16(buf, 2, entries.len() as u16);
+    put32(buf, 4, entries[0].1);
+    for (k, &(hash, block)) in entries[1..].iter().enumerate() {
+        put32(buf, 8 + 8 * k, hash);
+        put32(buf, 12 + 8 * k, block);
+    }
+}
+
+/// A directory as an htree: a root block (".", "..", index), at most one level of index
+/// nodes, then leaf blocks of ordinary entries sorted by name hash, so the kernel finds a
+/// name by reading two or three blocks instead of scanning them all. `None` when even two
+/// levels cannot index it (then it stays linear).
+pub(super) fn htree_dir(
+    ino: u32,
+    parent: u32,
+    entries: &[(u32, u8, &[u8])],
+    seed: &[u32; 4],
+) -> Option<Vec<u8>> {
+    let mut order: Vec<(u32, usize)> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (dx_hash(e.2, seed), i))
+        .collect();
+    order.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| entries[a.1].2.cmp(entries[b.1].2))
+    });
+    let mut leaves = DirPacker::new();
+    let mut starts: Vec<u32> = Vec::new();
+    let mut prev = None;
+    for &(hash, i) in &order {
+        let (child, file_type, name) = entries[i];
+        if leaves.add(child, file_type, name) {
+            // A leaf that begins inside a run of equal hashes says so in its low bit, so a
+            // lookup goes on into it.
+            let collision = u32::from(prev == Some(hash));
+            starts.push(if starts.is_empty() {
+                0
+            } else {
+                hash | collision
+            });
+        }
+        prev = Some(hash);
+    }
+    let leaves = leaves.finish();
+    let nodes = if starts.len() <= DX_ROOT_LIMIT {
+        0
+    } else {
+        starts.len().div_ceil(DX_NODE_LIMIT)
+    };
+    if nodes > DX_ROOT_LIMIT {
+        return None;
+    }
+    let bs = BLOCK_SIZE as usize;
+    let first_leaf = 1 + nodes as u32;
+    let leaf_entries: Vec<(u32, u32)> = starts
+        .iter()
+        .enumerate()
+        .map(|(j, &h)| (h, first_leaf + j as u32))
+        .collect();
+    let mut out = vec![0u8; (1 + nodes) * bs];
+    put32(&mut out, 0, ino);
+    put16(&mut out, 4, 12);
+    out[6] = 1;
+    out[7] = FT_DIR;
+    out[8] = b'.';
+    put32(&mut out, 12, parent);
+    put16(&mut out, 16, (bs - 12) as u16);
+    out[18] = 2;
+    out[19] = FT_DIR;
+    out[20..22].copy_from_slice(b"..");
+    out[28] = DX_HASH_HALF_MD4;
+    out[29] = 8; // info_length
+    out[30] = u8::from(nodes > 0); // indirect_levels
+    if nodes == 0 {
+        put_dx_entries(&mut out[32..bs], DX_ROOT_LIMIT, &leaf_entries);
+    } else {
+        let mut root_entries = Vec::with_capacity(nodes);
+        for (k, chunk) in leaf_entries.chunks(DX_NODE_LIMIT).enumerate() {
+            let node = &mut out[(1 + k) * bs..(2 + k) * bs];
+            put16(node, 4, bs as u16); // a fake empty entry spanning the block
+            put_dx_entries(&mut node[8..], DX_NODE_LIMIT, chunk);
+            root_entries.push((chunk[0].0, 1 + k as u32));
+        }
+        put_dx_entries(&mut out[32..bs], DX_ROOT_LIMIT, &root_entries);
+    }
+    out.extend_from_slice(&leaves);
+    Some(out)
 }
 
 /// Attribute name prefixes and their on-disk index (the kernel's xattr handlers).
@@ -364,6 +555,7 @@ pub(super) fn encode_xattrs(xattrs: &[(Vec<u8>, Vec<u8>)]) -> XattrPlace {
 
 /// Filesystem-wide values for the superblock.
 pub(super) struct SuperFields<'a> {
+    pub hash_seed: [u32; 4],
     pub blocks: u64,
     pub free_blocks: u64,
     pub inodes: u32,
@@ -374,6 +566,8 @@ pub(super) struct SuperFields<'a> {
 }
 
 const COMPAT_EXT_ATTR: u32 = 0x8;
+const COMPAT_DIR_INDEX: u32 = 0x20;
+const FLAGS_UNSIGNED_HASH: u32 = 0x2;
 const COMPAT_SPARSE_SUPER2: u32 = 0x200;
 const INCOMPAT_FILETYPE: u32 = 0x2;
 const INCOMPAT_EXTENTS: u32 = 0x40;
@@ -402,7 +596,11 @@ pub(super) fn encode_superblock(f: &SuperFields) -> [u8; 1024] {
     put32(&mut b, 0x4C, 1); // dynamic revision
     put32(&mut b, 0x54, FIRST_INO);
     put16(&mut b, 0x58, INODE_SIZE as u16);
-    put32(&mut b, 0x5C, COMPAT_EXT_ATTR | COMPAT_SPARSE_SUPER2);
+    put32(
+        &mut b,
+        0x5C,
+        COMPAT_EXT_ATTR | COMPAT_DIR_INDEX | COMPAT_SPARSE_SUPER2,
+    );
     put32(
         &mut b,
         0x60,
@@ -415,6 +613,11 @@ pub(super) fn encode_superblock(f: &SuperFields) -> [u8; 1024] {
     );
     b[0x68..0x78].copy_from_slice(&f.uuid);
     b[0x78..0x78 + f.label.len()].copy_from_slice(f.label);
+    for (i, w) in f.hash_seed.iter().enumerate() {
+        put32(&mut b, 0xEC + 4 * i, *w);
+    }
+    b[0xFC] = DX_HASH_HALF_MD4; // s_def_hash_version
+    put32(&mut b, 0x160, FLAGS_UNSIGNED_HASH);
     put16(&mut b, 0x15C, EXTRA_ISIZE); // s_min_extra_isize
     put16(&mut b, 0x15E, EXTRA_ISIZE); // s_want_extra_isize
     b[0x174] = 4; // s_log_groups_per_flex

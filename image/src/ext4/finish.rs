@@ -66,6 +66,9 @@ pub(super) fn write(
     names: &[String],
 ) -> Result<Stats, Error> {
     let lost_found = ensure_lost_found(&mut tree);
+    let uuid = uuid(names);
+    let hash_seed: [u32; 4] =
+        std::array::from_fn(|i| u32::from_le_bytes(uuid[4 * i..4 * i + 4].try_into().unwrap()));
     let nodes = &tree.nodes;
 
     // Inode numbers, breadth first so a directory's entries sit close in the inode table.
@@ -116,19 +119,30 @@ pub(super) fn write(
         let slot = &mut itable[(ino - 1) * INODE_SIZE..ino * INODE_SIZE];
         let ino = ino as u32;
         let mut i_block = [0u8; 60];
-        let mut extents_flag = true;
+        let mut flags = EXTENTS_FL;
         let mut sectors = 0u64;
         let (mode, size) = match &n.kind {
             Kind::Dir(children) => {
                 dir_inos.push(ino);
                 stats.dirs += 1;
+                let entries: Vec<(u32, u8, &[u8])> = children
+                    .iter()
+                    .map(|(name, c)| (ino_of[c.node], file_type(&nodes[c.node]), name.as_slice()))
+                    .collect();
                 let mut p = DirPacker::new();
                 p.add(ino, FT_DIR, b".");
                 p.add(parent_of[node], FT_DIR, b"..");
-                for (name, child) in children {
-                    p.add(ino_of[child.node], file_type(&nodes[child.node]), name);
+                for &(child, ft, name) in &entries {
+                    p.add(child, ft, name);
                 }
-                let bytes = p.finish();
+                let mut bytes = p.finish();
+                // Past one block, index it as the kernel would.
+                if bytes.len() > BLOCK_SIZE as usize {
+                    if let Some(tree) = htree_dir(ino, parent_of[node], &entries, &hash_seed) {
+                        bytes = tree;
+                        flags |= INDEX_FL;
+                    }
+                }
                 let count = bytes.len() as u64 / BLOCK_SIZE;
                 let start = meta.put(&bytes)?;
                 let (root, tree_blocks) = extent_tree(&contiguous(start, count), &mut meta)?;
@@ -156,7 +170,7 @@ pub(super) fn write(
                 // Shorter than i_block: a "fast" symlink stored in the inode itself.
                 if target.len() < 60 {
                     i_block[..target.len()].copy_from_slice(target);
-                    extents_flag = false;
+                    flags = 0;
                 } else {
                     let mut block = vec![0u8; BLOCK_SIZE as usize];
                     block[..target.len()].copy_from_slice(target);
@@ -171,7 +185,7 @@ pub(super) fn write(
                 stats.specials += 1;
                 stats.hardlinks += u64::from(links[node] - 1);
                 i_block = encode_device(*major, *minor);
-                extents_flag = false;
+                flags = 0;
                 let mode = if matches!(n.kind, Kind::CharDev { .. }) {
                     S_IFCHR
                 } else {
@@ -182,7 +196,7 @@ pub(super) fn write(
             Kind::Fifo => {
                 stats.specials += 1;
                 stats.hardlinks += u64::from(links[node] - 1);
-                extents_flag = false;
+                flags = 0;
                 (S_IFIFO, 0)
             }
         };
@@ -213,7 +227,7 @@ pub(super) fn write(
                 mtime: n.meta.mtime,
                 mtime_nsec: n.meta.mtime_nsec,
                 sectors,
-                extents: extents_flag,
+                flags,
                 i_block: &i_block,
                 xattr_block,
                 inline_xattrs: inline,
@@ -326,7 +340,8 @@ pub(super) fn write(
         inodes,
         free_inodes: inodes - last_ino,
         inodes_per_group: ipg as u32,
-        uuid: uuid(names),
+        uuid,
+        hash_seed,
         label: opts.label.as_bytes(),
     });
     file.write_all_at(&sb, 1024)?;
