@@ -169,3 +169,36 @@ fn credential_helper_from_cred_helpers_and_creds_store() {
     hk.ok(&["logout", &reg.addr]);
     assert!(!store.exists(), "logout erases through the helper");
 }
+
+#[test]
+fn token_auth_through_a_token_server() {
+    let reg = Registry::start_with_token_server(USER, PASSWORD);
+    reg.push_image(
+        "private/tok",
+        "1",
+        &TestImage::new(vec![TestLayer {
+            tar: TarBuilder::new().file("t", 0o644, b"token\n").finish(),
+            compression: Compression::Zstd,
+        }]),
+    );
+    let name = reg.image_ref("private/tok", "1");
+    let hk = Hk::new();
+    let err = hk.fails(&["pull", "-q", &name], 125);
+    assert!(err.contains("private/tok:1"), "{err}");
+
+    let out = login(&hk, &reg.addr, "wrong");
+    assert_eq!(
+        out.status.code(),
+        Some(125),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = login(&hk, &reg.addr, PASSWORD);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    hk.ok(&["pull", "-q", &name]);
+    assert_eq!(hk.store_files("images").len(), 1);
+}

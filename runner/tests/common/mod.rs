@@ -44,15 +44,21 @@ fn free_port() -> u16 {
 
 impl Registry {
     pub fn start() -> Registry {
-        Registry::launch(None)
+        Registry::launch(None, false)
     }
 
     /// A registry that wants HTTP basic auth (htpasswd) from every client.
     pub fn start_with_htpasswd(user: &str, password: &str) -> Registry {
-        Registry::launch(Some((user, password)))
+        Registry::launch(Some((user, password)), false)
     }
 
-    fn launch(auth: Option<(&str, &str)>) -> Registry {
+    /// A registry that wants bearer tokens from a token server (distribution's token auth,
+    /// as Docker Hub does); the token server wants `user`/`password` as basic auth.
+    pub fn start_with_token_server(user: &str, password: &str) -> Registry {
+        Registry::launch(Some((user, password)), true)
+    }
+
+    fn launch(auth: Option<(&str, &str)>, token: bool) -> Registry {
         let bin = "/usr/bin/docker-registry";
         assert!(
             Path::new(bin).exists(),
@@ -65,7 +71,13 @@ impl Registry {
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.path().join("storage").display()
         );
-        if let Some((user, password)) = auth {
+        if let (Some((user, password)), true) = (auth, token) {
+            let (realm, cert) = token_server(dir.path(), user, password);
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                cert.display()
+            ));
+        } else if let Some((user, password)) = auth {
             let hash = bcrypt::hash(password, 4).expect("bcrypt");
             let htpasswd = dir.path().join("htpasswd");
             std::fs::write(&htpasswd, format!("{user}:{hash}\n")).expect("write htpasswd");
@@ -207,6 +219,133 @@ impl Registry {
             .join(hex)
             .join("data")
     }
+}
+
+const TOKEN_SERVICE: &str = "hk-test-registry";
+const TOKEN_ISSUER: &str = "hk-test-issuer";
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().expect("run openssl");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A minimal token server (distribution's token auth): checks basic auth and answers with an
+/// ES256 JWT granting what the scope asks, signed by a throwaway key whose self-signed
+/// certificate the registry trusts. Returns the realm URL and the certificate path.
+fn token_server(dir: &Path, user: &str, password: &str) -> (String, PathBuf) {
+    use base64::Engine as _;
+    use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let key = dir.join("token-key.der");
+    let cert = dir.join("token-cert.pem");
+    let cert_der = dir.join("token-cert.der");
+    // ring generates the key: it reads only its own PKCS#8 layout, and openssl reads that.
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
+    std::fs::write(&key, pkcs8.as_ref()).expect("write key");
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-new",
+                "-keyform",
+                "DER",
+                "-subj",
+                "/CN=hk-test-token",
+                "-days",
+                "2",
+                "-key",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&cert)
+            .arg("-out")
+            .arg(&cert_der),
+    );
+    let pair = EcdsaKeyPair::from_pkcs8(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        &std::fs::read(&key).unwrap(),
+        &rng,
+    )
+    .expect("ES256 key");
+    let x5c = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&cert_der).unwrap());
+    let expected = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind token server");
+    let realm = format!("http://{}/token", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        for mut conn in listener.incoming().flatten() {
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match std::io::Read::read(&mut conn, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let req = String::from_utf8_lossy(&req).into_owned();
+            let authorized = req.lines().any(|l| {
+                let Some((name, value)) = l.split_once(':') else {
+                    return false;
+                };
+                let mut parts = value.split_whitespace();
+                name.eq_ignore_ascii_case("authorization")
+                    && parts
+                        .next()
+                        .is_some_and(|s| s.eq_ignore_ascii_case("basic"))
+                    && parts.next() == Some(expected.as_str())
+            });
+            let target = req.split_whitespace().nth(1).unwrap_or("").to_string();
+            let query = target.split_once('?').map(|x| x.1).unwrap_or("");
+            let access: Vec<serde_json::Value> = query
+                .split('&')
+                .filter_map(|kv| kv.strip_prefix("scope="))
+                .map(|s| s.replace("%3A", ":").replace("%3a", ":").replace("%2C", ",").replace("%2c", ",").replace("%2F", "/").replace("%2f", "/"))
+                .filter_map(|s| {
+                    let (kind, rest) = s.split_once(':')?;
+                    let (name, actions) = rest.rsplit_once(':')?;
+                    Some(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+                })
+                .collect();
+            let response = if authorized {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [x5c]});
+                let claims = serde_json::json!({
+                    "iss": TOKEN_ISSUER, "sub": "hkuser", "aud": TOKEN_SERVICE,
+                    "exp": now + 600, "nbf": now - 60, "iat": now, "jti": format!("{now}-{}", access.len()),
+                    "access": access,
+                });
+                let signing_input = format!(
+                    "{}.{}",
+                    b64.encode(header.to_string()),
+                    b64.encode(claims.to_string())
+                );
+                let sig = pair.sign(&rng, signing_input.as_bytes()).expect("sign");
+                let token = format!("{signing_input}.{}", b64.encode(sig.as_ref()));
+                let body =
+                    serde_json::json!({"token": token, "access_token": token, "expires_in": 600})
+                        .to_string();
+                format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+            } else {
+                "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string()
+            };
+            let _ = conn.write_all(response.as_bytes());
+        }
+    });
+    (realm, cert)
 }
 
 /// A TCP proxy in front of a registry that can slow replies down to `rate` bytes per second
