@@ -22,7 +22,7 @@ pub enum Error {
         reason: String,
     },
 
-    #[error("{image}: {cause}")]
+    #[error("{image}: {}", chain(cause))]
     Registry {
         image: String,
         cause: oci_client::errors::OciDistributionError,
@@ -57,6 +57,22 @@ pub enum Error {
 
     #[error("store record {}: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
+}
+
+/// An error with its sources, skipping those whose text the outer message already holds:
+/// "error sending request" alone does not say that the connection was refused.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let m = cause.to_string();
+        if !text.contains(&m) {
+            text.push_str(": ");
+            text.push_str(&m);
+        }
+        next = cause.source();
+    }
+    text
 }
 
 impl Error {

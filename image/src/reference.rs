@@ -13,9 +13,17 @@ pub struct ImageRef {
 
 impl ImageRef {
     pub fn parse(s: &str) -> Result<ImageRef> {
-        let inner: Reference = s.parse().map_err(|e| Error::InvalidReference {
-            reference: s.to_string(),
-            reason: format!("{e}"),
+        let inner: Reference = s.parse().map_err(|e: oci_client::ParseError| {
+            let reason = match e.to_string() {
+                generic if generic == "invalid reference format" => {
+                    "expected [registry[:port]/]name[:tag][@sha256:digest], in lowercase".into()
+                }
+                specific => specific,
+            };
+            Error::InvalidReference {
+                reference: s.to_string(),
+                reason,
+            }
         })?;
         if let Some(d) = inner.digest() {
             Digest::parse(d).map_err(|reason| Error::InvalidReference {

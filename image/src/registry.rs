@@ -4,6 +4,7 @@
 
 use crate::auth::{self, Credentials};
 use crate::digest::Hasher;
+use crate::error::chain;
 use crate::media;
 use crate::progress::{Event, Progress};
 use crate::store::{Image, LayerInfo, Store};
@@ -164,7 +165,7 @@ impl Puller<'_> {
             .client
             .pull_blob_stream(self.reference.oci(), &desc)
             .await
-            .map_err(|e| fail(format!("download failed: {e}")))?;
+            .map_err(|e| fail(format!("download failed: {}", chain(&e))))?;
         if let Some(announced) = stream.content_length.filter(|&n| n != size) {
             return Err(fail(format!(
                 "size mismatch: registry announces {announced} bytes, manifest declares {size}"
@@ -182,7 +183,7 @@ impl Puller<'_> {
         while let Some(chunk) = stream
             .try_next()
             .await
-            .map_err(|e| fail(format!("download failed: {e}")))?
+            .map_err(|e| fail(format!("download failed: {}", chain(&e))))?
         {
             if hasher.len + chunk.len() as u64 > size {
                 return Err(fail(format!(
