@@ -612,3 +612,28 @@ fn posix_acls_round_trip() {
     }
     assert_eq!(std::fs::read(&dump).unwrap(), want);
 }
+
+/// Conversions racing to the same output each build their own temporary file; the image
+/// left behind is a whole one.
+#[test]
+fn concurrent_conversions_to_one_output() {
+    let dir = scratch();
+    let out = dir.path().join("rootfs.ext4");
+    let tars: Vec<Vec<Vec<u8>>> = (0..4u32)
+        .map(|i| {
+            let mut t = Tar::new();
+            t.file("f", &ROOT, &noise(300_000, i));
+            vec![t.finish()]
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for t in &tars {
+            let out = &out;
+            s.spawn(move || try_convert(t, out, &hk_image::ext4::Options::default()).unwrap());
+        }
+    });
+    fsck(&out);
+    let content = cat(&out, b"/f");
+    assert!((0..4).any(|i| content == noise(300_000, i)));
+    assert_eq!(dir_entries(dir.path()), ["rootfs.ext4"]);
+}

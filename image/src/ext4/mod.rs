@@ -301,7 +301,11 @@ impl TempFile {
         })?;
         let mut tmp_name = std::ffi::OsString::from(".");
         tmp_name.push(name);
-        tmp_name.push(format!(".tmp-{}", std::process::id()));
+        // Unique per process and per call: two conversions to the same `out` (threads or
+        // processes) never write the same temporary file; the rename decides the winner.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tmp_name.push(format!(".tmp-{}-{n}", std::process::id()));
         Ok(Self {
             path: out.with_file_name(tmp_name),
             done: false,
