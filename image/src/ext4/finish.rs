@@ -281,6 +281,12 @@ pub(super) fn write(
         if need_groups == groups {
             break (total, ipg, tables_end);
         }
+        if need_groups < groups && matches!(opts.size, Size::Auto { .. }) {
+            // Fewer groups would shrink the tables and need more groups again: keep these
+            // and grow the filesystem into the last one, so the loop only ever moves up.
+            let total = (groups - 1) * BLOCKS_PER_GROUP + 1024;
+            break (total, ipg, tables_end);
+        }
         groups = need_groups;
     };
     let gdt_blocks = ceil_div(groups * DESC_SIZE as u64, BLOCK_SIZE);
