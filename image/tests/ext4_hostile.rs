@@ -267,6 +267,11 @@ fn unknown_entry_types_and_bad_names_are_refused() {
     assert!(matches!(kind, EntryError::NameTooLong), "{kind:?}");
 
     let mut t = Tar::new();
+    t.pax(&[("path", b"etc/pass\0wd")]).file("x", &ROOT, b"");
+    let kind = entry_err(fails(&one(&mut t), &Options::default()), L1, "etc/pass\0wd");
+    assert!(matches!(kind, EntryError::NulInPath), "{kind:?}");
+
+    let mut t = Tar::new();
     t.pax(&[("SCHILY.xattr.bogus.name", b"v")])
         .file("x", &ROOT, b"");
     let kind = entry_err(fails(&one(&mut t), &Options::default()), L1, "x");

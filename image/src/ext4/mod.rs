@@ -201,6 +201,8 @@ pub enum EntryError {
     DotDotEscape,
     #[error("a name component is longer than 255 bytes")]
     NameTooLong,
+    #[error("NUL byte in the path")]
+    NulInPath,
     #[error("parent {0:?} is a symlink; refusing to follow it")]
     ThroughSymlink(String),
     #[error("parent {0:?} is not a directory")]

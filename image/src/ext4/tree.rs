@@ -743,6 +743,8 @@ fn normalize(path: &[u8]) -> Result<Vec<Vec<u8>>, EntryError> {
                 out.pop().ok_or(EntryError::DotDotEscape)?;
             }
             name if name.len() > MAX_NAME => return Err(EntryError::NameTooLong),
+            // Only a PAX path can carry one; no filesystem name may.
+            name if name.contains(&0) => return Err(EntryError::NulInPath),
             name => out.push(name.to_vec()),
         }
     }
