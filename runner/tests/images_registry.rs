@@ -44,7 +44,10 @@ fn pull_busybox_list_inspect_and_remove() {
 
     let missing = reg.image_ref("tools/busybox", "nope");
     let err = hk.fails(&["pull", &missing], 125);
-    assert!(err.contains("tools/busybox:nope") && err.contains("manifest unknown"), "{err}");
+    assert!(
+        err.contains("tools/busybox:nope") && err.contains("manifest unknown"),
+        "{err}"
+    );
 
     let config_id = Digest::of(&image.config());
     let table = hk.ok(&["images"]);
