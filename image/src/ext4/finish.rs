@@ -70,48 +70,171 @@ pub(super) fn write(
     let hash_seed: [u32; 4] =
         std::array::from_fn(|i| u32::from_le_bytes(uuid[4 * i..4 * i + 4].try_into().unwrap()));
     let nodes = &tree.nodes;
-
-    // Inode numbers, breadth first so a directory's entries sit close in the inode table.
-    let mut ino_of = vec![0u32; nodes.len()];
-    let mut links = vec![0u32; nodes.len()];
-    let mut parent_of = vec![0u32; nodes.len()];
-    let mut by_ino: Vec<Option<NodeId>> = vec![None; FIRST_INO as usize + 1];
-    ino_of[ROOT] = ROOT_INO;
-    by_ino[ROOT_INO as usize] = Some(ROOT);
-    ino_of[lost_found] = LOST_FOUND_INO;
-    by_ino[LOST_FOUND_INO as usize] = Some(lost_found);
-    parent_of[ROOT] = ROOT_INO;
-    let mut queue = VecDeque::from([ROOT]);
-    while let Some(dir) = queue.pop_front() {
-        let Kind::Dir(children) = &nodes[dir].kind else {
-            continue;
-        };
-        let mut subdirs = 0;
-        for child in children.values() {
-            links[child.node] += 1;
-            if ino_of[child.node] == 0 {
-                ino_of[child.node] = by_ino.len() as u32;
-                by_ino.push(Some(child.node));
-            }
-            if let Kind::Dir(_) = nodes[child.node].kind {
-                subdirs += 1;
-                parent_of[child.node] = ino_of[dir];
-                queue.push_back(child.node);
-            }
-        }
-        links[dir] = 2 + subdirs;
-    }
-    let last_ino = (by_ino.len() - 1) as u32;
+    let numbers = Numbering::new(nodes, lost_found);
+    let last_ino = numbers.last_ino();
 
     let mut out = data.out;
     let meta_start = data.next_block;
     let mut used = Bitmap(Vec::new());
+    let mut stats = Stats::default();
     let mut meta = MetaWriter {
         out: &mut out,
         next: meta_start,
     };
-    let mut itable = vec![0u8; last_ino as usize * INODE_SIZE];
-    let mut stats = Stats::default();
+    let inodes = encode_inodes(
+        nodes, &numbers, &hash_seed, &mut meta, &mut used, &mut stats,
+    )?;
+    let meta_end = meta.next;
+    used.set_range(meta_start, meta_end - meta_start);
+
+    let Layout {
+        groups,
+        ipg,
+        total,
+        tables_end,
+    } = Layout::new(meta_end, last_ino, opts)?;
+    let gdt_blocks = ceil_div(groups * DESC_SIZE as u64, BLOCK_SIZE);
+    used.set_range(0, 1 + gdt_blocks);
+    used.set_range(meta_end, tables_end - meta_end);
+    used.set_range(total, groups * BLOCKS_PER_GROUP - total);
+    used.0.resize((groups * BLOCKS_PER_GROUP / 8) as usize, 0);
+
+    // Block bitmaps, inode bitmaps, inode tables: sequential after the metadata.
+    out.write_all(&used.0)?;
+    let used_in_group = |g: u64| -> u64 {
+        let first = g * ipg + 1;
+        (u64::from(last_ino) + 1).saturating_sub(first).min(ipg)
+    };
+    for g in 0..groups {
+        let mut bitmap = vec![0u8; BLOCK_SIZE as usize];
+        let mut b = Bitmap(Vec::new());
+        b.set_range(0, used_in_group(g));
+        b.set_range(ipg, BLOCKS_PER_GROUP - ipg);
+        bitmap.copy_from_slice(&b.0);
+        out.write_all(&bitmap)?;
+    }
+    out.write_all(&inodes.itable)?;
+    out.flush()?;
+    file.set_len(total * BLOCK_SIZE)?;
+
+    stats.unused_data_blocks = punch_unused(file, &used, meta_start)?;
+
+    let mut dirs_in_group = vec![0u32; groups as usize];
+    for ino in inodes.dir_inos {
+        dirs_in_group[((u64::from(ino) - 1) / ipg) as usize] += 1;
+    }
+    let mut gdt = vec![0u8; (gdt_blocks * BLOCK_SIZE) as usize];
+    let mut free_blocks_total = 0;
+    for g in 0..groups {
+        let group_blocks = &used.0[(g * BLOCKS_PER_GROUP / 8) as usize..][..BLOCK_SIZE as usize];
+        let free = group_blocks.iter().map(|b| b.count_zeros()).sum::<u32>();
+        free_blocks_total += u64::from(free);
+        let table_blocks = ipg / u64::from(INODES_PER_BLOCK);
+        encode_group(
+            &mut gdt[g as usize * DESC_SIZE..],
+            &GroupFields {
+                block_bitmap: meta_end + g,
+                inode_bitmap: meta_end + groups + g,
+                inode_table: meta_end + 2 * groups + g * table_blocks,
+                free_blocks: free,
+                free_inodes: (ipg - used_in_group(g)) as u32,
+                dirs: dirs_in_group[g as usize],
+            },
+        );
+    }
+    file.write_all_at(&gdt, BLOCK_SIZE)?;
+    let inode_count = (groups * ipg) as u32;
+    let sb = encode_superblock(&SuperFields {
+        blocks: total,
+        free_blocks: free_blocks_total,
+        inodes: inode_count,
+        free_inodes: inode_count - last_ino,
+        inodes_per_group: ipg as u32,
+        uuid,
+        hash_seed,
+        label: opts.label.as_bytes(),
+    });
+    file.write_all_at(&sb, 1024)?;
+
+    stats.used_blocks = total - free_blocks_total;
+    stats.image_bytes = total * BLOCK_SIZE;
+    stats.inodes = last_ino;
+    Ok(stats)
+}
+
+/// Inode numbers and link counts of every reachable node.
+struct Numbering {
+    ino_of: Vec<u32>,
+    links: Vec<u32>,
+    parent_of: Vec<u32>,
+    /// Node of each inode number; `None` for the reserved ones.
+    by_ino: Vec<Option<NodeId>>,
+}
+
+impl Numbering {
+    /// Breadth first from the root, so a directory's entries sit close in the inode table;
+    /// nodes no name reaches (replaced or whited out) get no inode.
+    fn new(nodes: &[Node], lost_found: NodeId) -> Self {
+        let mut ino_of = vec![0u32; nodes.len()];
+        let mut links = vec![0u32; nodes.len()];
+        let mut parent_of = vec![0u32; nodes.len()];
+        let mut by_ino: Vec<Option<NodeId>> = vec![None; FIRST_INO as usize + 1];
+        ino_of[ROOT] = ROOT_INO;
+        by_ino[ROOT_INO as usize] = Some(ROOT);
+        ino_of[lost_found] = LOST_FOUND_INO;
+        by_ino[LOST_FOUND_INO as usize] = Some(lost_found);
+        parent_of[ROOT] = ROOT_INO;
+        let mut queue = VecDeque::from([ROOT]);
+        while let Some(dir) = queue.pop_front() {
+            let Kind::Dir(children) = &nodes[dir].kind else {
+                continue;
+            };
+            let mut subdirs = 0;
+            for child in children.values() {
+                links[child.node] += 1;
+                if ino_of[child.node] == 0 {
+                    ino_of[child.node] = by_ino.len() as u32;
+                    by_ino.push(Some(child.node));
+                }
+                if let Kind::Dir(_) = nodes[child.node].kind {
+                    subdirs += 1;
+                    parent_of[child.node] = ino_of[dir];
+                    queue.push_back(child.node);
+                }
+            }
+            links[dir] = 2 + subdirs;
+        }
+        Self {
+            ino_of,
+            links,
+            parent_of,
+            by_ino,
+        }
+    }
+
+    fn last_ino(&self) -> u32 {
+        (self.by_ino.len() - 1) as u32
+    }
+}
+
+/// The inode table (inodes 1..=last), the inode numbers of the directories, and, written
+/// through `meta`, every block the inodes point to besides file data: directories, long
+/// symlinks, xattr blocks, extent-tree blocks.
+fn encode_inodes(
+    nodes: &[Node],
+    numbers: &Numbering,
+    hash_seed: &[u32; 4],
+    meta: &mut MetaWriter,
+    used: &mut Bitmap,
+    stats: &mut Stats,
+) -> io::Result<EncodedInodes> {
+    let Numbering {
+        ino_of,
+        links,
+        parent_of,
+        by_ino,
+    } = numbers;
+    let mut itable = vec![0u8; numbers.last_ino() as usize * INODE_SIZE];
     let mut dir_inos = Vec::new();
     for (ino, node) in by_ino.iter().enumerate() {
         let Some(node) = *node else { continue };
@@ -138,14 +261,14 @@ pub(super) fn write(
                 let mut bytes = p.finish();
                 // Past one block, index it as the kernel would.
                 if bytes.len() > BLOCK_SIZE as usize {
-                    if let Some(tree) = htree_dir(ino, parent_of[node], &entries, &hash_seed) {
+                    if let Some(tree) = htree_dir(ino, parent_of[node], &entries, hash_seed) {
                         bytes = tree;
                         flags |= INDEX_FL;
                     }
                 }
                 let count = bytes.len() as u64 / BLOCK_SIZE;
                 let start = meta.put(&bytes)?;
-                let (root, tree_blocks) = extent_tree(&contiguous(start, count), &mut meta)?;
+                let (root, tree_blocks) = extent_tree(&contiguous(start, count), meta)?;
                 i_block = root;
                 sectors = (count + tree_blocks) * 8;
                 (S_IFDIR, count * BLOCK_SIZE)
@@ -159,7 +282,7 @@ pub(super) fn write(
                     used.set_range(e.start, u64::from(e.len));
                     data_blocks += u64::from(e.len);
                 }
-                let (root, tree_blocks) = extent_tree(extents, &mut meta)?;
+                let (root, tree_blocks) = extent_tree(extents, meta)?;
                 i_block = root;
                 sectors = (data_blocks + tree_blocks) * 8;
                 (S_IFREG, *size)
@@ -175,7 +298,7 @@ pub(super) fn write(
                     let mut block = vec![0u8; BLOCK_SIZE as usize];
                     block[..target.len()].copy_from_slice(target);
                     let start = meta.put(&block)?;
-                    let (root, _) = extent_tree(&contiguous(start, 1), &mut meta)?;
+                    let (root, _) = extent_tree(&contiguous(start, 1), meta)?;
                     i_block = root;
                     sectors = 8;
                 }
@@ -234,128 +357,87 @@ pub(super) fn write(
             },
         );
     }
-    let meta_end = meta.next;
-    used.set_range(meta_start, meta_end - meta_start);
+    Ok(EncodedInodes { itable, dir_inos })
+}
 
-    // Group layout: bitmaps and inode tables follow the metadata (flex_bg lets them live
-    // outside their group). Their size depends on the group count, which depends on the
-    // total size: iterate to the fixed point.
-    let want_inodes = match opts.inodes {
-        Inodes::Auto { headroom_percent } => {
-            u64::from(last_ino) + u64::from(last_ino) * u64::from(headroom_percent) / 100
-        }
-        Inodes::Fixed { count } => u64::from(count).max(u64::from(last_ino)),
-    };
-    let max_groups = GDT_RESERVED_BLOCKS * BLOCK_SIZE / DESC_SIZE as u64;
-    let limit = (max_groups * BLOCKS_PER_GROUP).min(u64::from(u32::MAX));
-    let mut groups = ceil_div(meta_end, BLOCKS_PER_GROUP).max(1);
-    let (total, ipg, tables_end) = loop {
-        let mut ipg = ceil_div(want_inodes, groups).next_multiple_of(u64::from(INODES_PER_BLOCK));
-        if ipg > BLOCKS_PER_GROUP {
-            groups = ceil_div(want_inodes, BLOCKS_PER_GROUP);
-            ipg = ceil_div(want_inodes, groups).next_multiple_of(u64::from(INODES_PER_BLOCK));
-        }
-        let table_blocks = ipg / u64::from(INODES_PER_BLOCK);
-        let tables_end = meta_end + groups * (2 + table_blocks);
-        let total = match opts.size {
-            Size::Auto { headroom_percent } => {
-                let t = tables_end + tables_end * u64::from(headroom_percent) / 100;
-                // Keep the last group from being a sliver of a few blocks.
-                t.max((ceil_div(t, BLOCKS_PER_GROUP) - 1) * BLOCKS_PER_GROUP + 1024)
+struct EncodedInodes {
+    itable: Vec<u8>,
+    dir_inos: Vec<u32>,
+}
+
+/// Where the group metadata goes and how big the filesystem is.
+struct Layout {
+    groups: u64,
+    /// Inodes per group.
+    ipg: u64,
+    /// Blocks in the filesystem.
+    total: u64,
+    /// End of the inode tables: everything after is free.
+    tables_end: u64,
+}
+
+impl Layout {
+    /// Bitmaps and inode tables follow the metadata (flex_bg lets them live outside their
+    /// group). Their size depends on the group count, which depends on the total size:
+    /// iterate to the fixed point.
+    fn new(meta_end: u64, last_ino: u32, opts: &Options) -> Result<Self, Error> {
+        let want_inodes = match opts.inodes {
+            Inodes::Auto { headroom_percent } => {
+                u64::from(last_ino) + u64::from(last_ino) * u64::from(headroom_percent) / 100
             }
-            Size::Fixed { bytes } => bytes / BLOCK_SIZE,
+            Inodes::Fixed { count } => u64::from(count).max(u64::from(last_ino)),
         };
-        if total < tables_end {
-            return Err(Error::TooBig {
-                needed: tables_end,
-                limit: total,
-            });
-        }
-        if total > limit || groups > max_groups {
-            return Err(Error::TooBig {
-                needed: total,
-                limit,
-            });
-        }
-        let need_groups = ceil_div(total, BLOCKS_PER_GROUP);
-        if need_groups == groups {
-            break (total, ipg, tables_end);
-        }
-        if need_groups < groups && matches!(opts.size, Size::Auto { .. }) {
-            // Fewer groups would shrink the tables and need more groups again: keep these
-            // and grow the filesystem into the last one, so the loop only ever moves up.
-            let total = (groups - 1) * BLOCKS_PER_GROUP + 1024;
-            break (total, ipg, tables_end);
-        }
-        groups = need_groups;
-    };
-    let gdt_blocks = ceil_div(groups * DESC_SIZE as u64, BLOCK_SIZE);
-    used.set_range(0, 1 + gdt_blocks);
-    used.set_range(meta_end, tables_end - meta_end);
-    used.set_range(total, groups * BLOCKS_PER_GROUP - total);
-    used.0.resize((groups * BLOCKS_PER_GROUP / 8) as usize, 0);
-
-    // Block bitmaps, inode bitmaps, inode tables: sequential after the metadata.
-    out.write_all(&used.0)?;
-    let used_in_group = |g: u64| -> u64 {
-        let first = g * ipg + 1;
-        (u64::from(last_ino) + 1).saturating_sub(first).min(ipg)
-    };
-    for g in 0..groups {
-        let mut bitmap = vec![0u8; BLOCK_SIZE as usize];
-        let mut b = Bitmap(Vec::new());
-        b.set_range(0, used_in_group(g));
-        b.set_range(ipg, BLOCKS_PER_GROUP - ipg);
-        bitmap.copy_from_slice(&b.0);
-        out.write_all(&bitmap)?;
+        let max_groups = GDT_RESERVED_BLOCKS * BLOCK_SIZE / DESC_SIZE as u64;
+        let limit = (max_groups * BLOCKS_PER_GROUP).min(u64::from(u32::MAX));
+        let mut groups = ceil_div(meta_end, BLOCKS_PER_GROUP).max(1);
+        let (total, ipg, tables_end) = loop {
+            let mut ipg =
+                ceil_div(want_inodes, groups).next_multiple_of(u64::from(INODES_PER_BLOCK));
+            if ipg > BLOCKS_PER_GROUP {
+                groups = ceil_div(want_inodes, BLOCKS_PER_GROUP);
+                ipg = ceil_div(want_inodes, groups).next_multiple_of(u64::from(INODES_PER_BLOCK));
+            }
+            let table_blocks = ipg / u64::from(INODES_PER_BLOCK);
+            let tables_end = meta_end + groups * (2 + table_blocks);
+            let total = match opts.size {
+                Size::Auto { headroom_percent } => {
+                    let t = tables_end + tables_end * u64::from(headroom_percent) / 100;
+                    // Keep the last group from being a sliver of a few blocks.
+                    t.max((ceil_div(t, BLOCKS_PER_GROUP) - 1) * BLOCKS_PER_GROUP + 1024)
+                }
+                Size::Fixed { bytes } => bytes / BLOCK_SIZE,
+            };
+            if total < tables_end {
+                return Err(Error::TooBig {
+                    needed: tables_end,
+                    limit: total,
+                });
+            }
+            if total > limit || groups > max_groups {
+                return Err(Error::TooBig {
+                    needed: total,
+                    limit,
+                });
+            }
+            let need_groups = ceil_div(total, BLOCKS_PER_GROUP);
+            if need_groups == groups {
+                break (total, ipg, tables_end);
+            }
+            if need_groups < groups && matches!(opts.size, Size::Auto { .. }) {
+                // Fewer groups would shrink the tables and need more groups again: keep these
+                // and grow the filesystem into the last one, so the loop only ever moves up.
+                let total = (groups - 1) * BLOCKS_PER_GROUP + 1024;
+                break (total, ipg, tables_end);
+            }
+            groups = need_groups;
+        };
+        Ok(Self {
+            groups,
+            ipg,
+            total,
+            tables_end,
+        })
     }
-    out.write_all(&itable)?;
-    out.flush()?;
-    file.set_len(total * BLOCK_SIZE)?;
-
-    stats.unused_data_blocks = punch_unused(file, &used, meta_start)?;
-
-    let mut dirs_in_group = vec![0u32; groups as usize];
-    for ino in dir_inos {
-        dirs_in_group[((u64::from(ino) - 1) / ipg) as usize] += 1;
-    }
-    let mut gdt = vec![0u8; (gdt_blocks * BLOCK_SIZE) as usize];
-    let mut free_blocks_total = 0;
-    for g in 0..groups {
-        let group_blocks = &used.0[(g * BLOCKS_PER_GROUP / 8) as usize..][..BLOCK_SIZE as usize];
-        let free = group_blocks.iter().map(|b| b.count_zeros()).sum::<u32>();
-        free_blocks_total += u64::from(free);
-        let table_blocks = ipg / u64::from(INODES_PER_BLOCK);
-        encode_group(
-            &mut gdt[g as usize * DESC_SIZE..],
-            &GroupFields {
-                block_bitmap: meta_end + g,
-                inode_bitmap: meta_end + groups + g,
-                inode_table: meta_end + 2 * groups + g * table_blocks,
-                free_blocks: free,
-                free_inodes: (ipg - used_in_group(g)) as u32,
-                dirs: dirs_in_group[g as usize],
-            },
-        );
-    }
-    file.write_all_at(&gdt, BLOCK_SIZE)?;
-    let inodes = (groups * ipg) as u32;
-    let sb = encode_superblock(&SuperFields {
-        blocks: total,
-        free_blocks: free_blocks_total,
-        inodes,
-        free_inodes: inodes - last_ino,
-        inodes_per_group: ipg as u32,
-        uuid,
-        hash_seed,
-        label: opts.label.as_bytes(),
-    });
-    file.write_all_at(&sb, 1024)?;
-
-    stats.used_blocks = total - free_blocks_total;
-    stats.image_bytes = total * BLOCK_SIZE;
-    stats.inodes = last_ino;
-    Ok(stats)
 }
 
 /// Data blocks no file references (written for files a later layer replaced or whited out)
