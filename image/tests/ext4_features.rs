@@ -243,7 +243,9 @@ fn whiteouts_and_opaque_directories_apply_across_layers() {
         .dir("y", &ROOT)
         .file("y/child", &ROOT, b"child")
         .file("h1", &ROOT, b"old")
-        .hardlink("h2", "h1");
+        .hardlink("h2", "h1")
+        .dir("m", &ROOT)
+        .file("m/old", &ROOT, b"old");
     let mut l2 = Tar::new();
     l2.dir("a", &meta(0o700, 0, 0, 5))
         .file("a/.wh.gone", &ROOT, b"")
@@ -257,7 +259,10 @@ fn whiteouts_and_opaque_directories_apply_across_layers() {
         .file("y", &ROOT, b"y is a file now")
         .file("h1", &ROOT, b"new")
         .file("d/sub/.wh.f", &ROOT, b"")
-        .file(".wh.never-existed", &ROOT, b"");
+        .file(".wh.never-existed", &ROOT, b"")
+        // Re-created before its whiteout in the same tar: a fresh, empty directory.
+        .dir("m", &ROOT)
+        .file(".wh.m", &ROOT, b"");
     let mut l3 = Tar::new();
     l3.dir("c", &ROOT).file("c/again", &ROOT, b"again");
     let dir = scratch();
@@ -271,8 +276,9 @@ fn whiteouts_and_opaque_directories_apply_across_layers() {
     };
     assert_eq!(
         names(b"/"),
-        ["a", "b", "c", "d", "h1", "h2", "lost+found", "x", "y"]
+        ["a", "b", "c", "d", "h1", "h2", "lost+found", "m", "x", "y"]
     );
+    assert!(names(b"/m").is_empty());
     assert_eq!(names(b"/a"), ["keep"]);
     assert_eq!(
         stat(&img, b"/a").unwrap().mode,

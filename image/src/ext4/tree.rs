@@ -253,10 +253,16 @@ impl<'o> Builder<'o> {
                     return Ok(());
                 }
                 if let Ok(dir) = self.walk(parent_path, layer, false) {
-                    if let Kind::Dir(children) = &mut self.tree.nodes[dir].kind {
-                        if children.get(hidden).is_some_and(|c| c.layer < layer) {
-                            children.remove(hidden);
+                    match self.child(dir, hidden) {
+                        Some(c) if c.layer < layer => {
+                            if let Kind::Dir(children) = &mut self.tree.nodes[dir].kind {
+                                children.remove(hidden);
+                            }
                         }
+                        // This layer already re-created it (the tar listed it before its
+                        // whiteout): only what lower layers put inside goes.
+                        Some(c) => self.make_opaque(c.node, layer),
+                        None => {}
                     }
                 }
                 return Ok(());
