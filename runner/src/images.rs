@@ -33,6 +33,8 @@ pub struct PullArgs {
 
 #[derive(clap::Args)]
 pub struct ImagesArgs {
+    /// Only images of this repository (and tag, if given), e.g. alpine or alpine:3.20
+    repository: Option<String>,
     /// Show only image IDs
     #[arg(short, long)]
     quiet: bool,
@@ -379,7 +381,18 @@ fn rows(images: &[Image]) -> Vec<Row<'_>> {
 pub fn images(args: ImagesArgs) -> anyhow::Result<ExitCode> {
     let store = store()?;
     let images = store.images()?;
-    let rows = rows(&images);
+    let mut rows = rows(&images);
+    if let Some(filter) = &args.repository {
+        // docker matches the repository exactly and the tag only when one is given.
+        let (repo, tag) = match filter.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
+            Some((r, t)) => (r, Some(t)),
+            None => (filter.as_str(), None),
+        };
+        let repo = ImageRef::parse(repo)
+            .map(|r| r.familiar_name())
+            .unwrap_or_else(|_| repo.to_string());
+        rows.retain(|r| r.repository == repo && tag.is_none_or(|t| r.tag == t));
+    }
     let id = |i: &Image| {
         if args.no_trunc {
             i.config.to_string()

@@ -248,6 +248,10 @@ fn moved_tag_leaves_a_dangling_image_that_prune_removes() {
 
     let out = hk.ok(&["image", "prune", "-f"]);
     assert!(out.contains(&format!("deleted: {old_id}")), "{out}");
+    let filtered = hk.ok(&["images", "-q", &format!("{}/app", reg.addr)]);
+    assert_eq!(filtered.trim(), Digest::of(&v2.config()).short());
+    let filtered = hk.ok(&["images", "-q", &format!("{}/app:other", reg.addr)]);
+    assert_eq!(filtered.trim(), "");
     assert!(out.contains("Total reclaimed space:"), "{out}");
     let table = hk.ok(&["images"]);
     assert!(!table.contains(old_id.short()), "{table}");
