@@ -149,3 +149,62 @@ fn pull_killed_mid_layer_leaves_nothing_a_new_pull_trips_over() {
         "prune keeps tagged images"
     );
 }
+
+#[test]
+fn pull_killed_while_building_the_root_filesystem() {
+    let reg = Registry::start();
+    let image = big_image(4, 32 << 20);
+    reg.push_image("conv", "v1", &image);
+    let name = reg.image_ref("conv", "v1");
+    let hk = Hk::new();
+    let mut child = hk
+        .cmd(&["pull", "-q", &name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn hk pull");
+    // The conversion writes its image under tmp/ (hk's and the ext4 writer's temp names both
+    // say "rootfs"): kill as soon as one appears.
+    let tmp = hk.data.path().join("tmp");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let converting = std::fs::read_dir(&tmp)
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().contains("rootfs"))
+            })
+            .unwrap_or(false);
+        if converting {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the pull ended before it could be killed"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the pull never started converting"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    assert!(hk.store_files("refs").is_empty());
+    assert!(hk.store_files("images").is_empty());
+    assert!(!hk
+        .store_files("rootfs")
+        .iter()
+        .any(|f| f.ends_with(".ext4")));
+    hk.assert_store_consistent();
+
+    hk.ok(&["pull", "-q", &name]);
+    let ext4 = std::path::PathBuf::from(hk.ok(&["image", "rootfs", &name]).trim());
+    assert_e2fsck_clean(&ext4);
+    hk.ok(&["image", "prune", "-f"]);
+    assert!(
+        hk.store_files("tmp").is_empty(),
+        "{:?}",
+        hk.store_files("tmp")
+    );
+}
