@@ -93,12 +93,15 @@ fn registry_auth(registry: &str) -> Result<RegistryAuth> {
 }
 
 /// Removes a temp file unless it was committed to the store.
-struct TempFile(Option<PathBuf>);
+struct TempFile {
+    path: PathBuf,
+    committed: bool,
+}
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -147,7 +150,7 @@ impl Puller<'_> {
 
     /// Streams one blob into the store, checking size as it comes and digest at the end.
     async fn blob(&self, what: &str, digest: &Digest, size: u64, media_type: &str) -> Result<()> {
-        if self.store.has_blob(digest) {
+        if self.store.has_blob_sized(digest, size) {
             return Ok(());
         }
         let fail = |reason: String| Error::Blob {
@@ -171,8 +174,11 @@ impl Puller<'_> {
                 "size mismatch: registry announces {announced} bytes, manifest declares {size}"
             )));
         }
-        let temp = TempFile(Some(self.store.temp_path("blob")));
-        let path = temp.0.clone().expect("temp path");
+        let mut temp = TempFile {
+            path: self.store.temp_path("blob"),
+            committed: false,
+        };
+        let path = temp.path.clone();
         let mut file = std::io::BufWriter::with_capacity(
             1 << 20,
             File::create(&path).map_err(Error::io(&path))?,
@@ -213,8 +219,7 @@ impl Puller<'_> {
             return Err(fail(format!("digest mismatch: content is {actual}")));
         }
         self.store.commit_blob(&path, digest)?;
-        let mut temp = temp;
-        temp.0 = None;
+        temp.committed = true;
         Ok(())
     }
 }
@@ -341,7 +346,7 @@ pub async fn pull(
     }
 
     for (digest, _, size) in &layers {
-        if store.has_blob(digest) {
+        if store.has_blob_sized(digest, *size) {
             progress.event(Event::Exists { layer: digest });
         } else {
             progress.event(Event::Waiting {
@@ -355,7 +360,7 @@ pub async fn pull(
             let p = &p;
             let name = layer_name(i, digest);
             async move {
-                if p.store.has_blob(digest) {
+                if p.store.has_blob_sized(digest, *size) {
                     return Ok(());
                 }
                 p.blob(&name, digest, *size, media_type).await?;

@@ -109,7 +109,9 @@ pub struct GcStats {
 }
 
 /// A held flock on the store; dropping it releases the lock.
-pub(crate) struct StoreLock(#[allow(dead_code)] File);
+pub(crate) struct StoreLock {
+    _file: File,
+}
 
 impl Store {
     /// Opens (creating if needed) the store at `root`.
@@ -147,7 +149,7 @@ impl Store {
             .open(&path)
             .map_err(Error::io(&path))?;
         if exclusive { f.lock() } else { f.lock_shared() }.map_err(Error::io(&path))?;
-        Ok(StoreLock(f))
+        Ok(StoreLock { _file: f })
     }
 
     pub(crate) fn writer_lock(&self) -> Result<StoreLock> {
@@ -173,6 +175,13 @@ impl Store {
 
     pub(crate) fn has_blob(&self, digest: &Digest) -> bool {
         self.blob_path(digest).is_file()
+    }
+
+    /// Whether the blob is here with its full size. Blobs are not fsynced (a pull would pay
+    /// for it on every layer); after a power loss a renamed blob can come back short, and
+    /// this makes the next pull fetch it again instead of trusting it.
+    pub(crate) fn has_blob_sized(&self, digest: &Digest, size: u64) -> bool {
+        fs::metadata(self.blob_path(digest)).is_ok_and(|m| m.is_file() && m.len() == size)
     }
 
     /// Moves a verified temp file to its content address.

@@ -41,6 +41,30 @@ fn pull_busybox_list_inspect_and_remove() {
         again.contains(&format!("{}: Already exists", layer.short())),
         "{again}"
     );
+    assert!(
+        again.contains(&format!("Status: Image is up to date for {name}")),
+        "{again}"
+    );
+    assert!(
+        !again.contains("Building root filesystem"),
+        "already built: {again}"
+    );
+    assert!(
+        out.contains(&format!("Status: Downloaded newer image for {name}")),
+        "{out}"
+    );
+    assert!(out.contains("Building root filesystem"), "{out}");
+
+    // A blob that came back short (power loss after the rename) is fetched again.
+    let blob = hk.data.path().join("blobs/sha256").join(layer.hex());
+    let full = std::fs::read(&blob).unwrap();
+    std::fs::write(&blob, &full[..100]).unwrap();
+    let third = hk.ok(&["pull", &name]);
+    assert!(
+        third.contains(&format!("{}: Pull complete", layer.short())),
+        "{third}"
+    );
+    assert_eq!(std::fs::read(&blob).unwrap(), full);
 
     let missing = reg.image_ref("tools/busybox", "nope");
     let err = hk.fails(&["pull", &missing], 125);
