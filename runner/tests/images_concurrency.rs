@@ -208,3 +208,27 @@ fn pull_killed_while_building_the_root_filesystem() {
         hk.store_files("tmp")
     );
 }
+
+#[test]
+fn layers_download_three_at_a_time() {
+    let reg = Registry::start();
+    reg.push_image("wide", "v1", &big_image(5, 2 << 20));
+    // Slow enough (2 MiB/s per connection) that downloads overlap if they run concurrently.
+    let proxy = Throttle::start(&reg.addr, 2 << 20);
+    let hk = Hk::new();
+    hk.ok(&[
+        "pull",
+        "-q",
+        "--no-convert",
+        &format!("{}/wide:v1", proxy.addr),
+    ]);
+    // One connection per download in flight (HTTP/1.1), docker's limit of three, plus at
+    // most the one that fetched manifest and config: five at once would mean no limit.
+    let max = proxy.max_open.load(Ordering::SeqCst);
+    assert!((3..=4).contains(&max), "{max} connections at once");
+    assert_eq!(
+        hk.store_files("blobs/sha256").len(),
+        7,
+        "5 layers, config, manifest"
+    );
+}

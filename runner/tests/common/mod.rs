@@ -353,22 +353,30 @@ fn token_server(dir: &Path, user: &str, password: &str) -> (String, PathBuf) {
 pub struct Throttle {
     pub addr: String,
     pub rate: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The most client connections that were open at the same time.
+    pub max_open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Throttle {
     pub fn start(upstream: &str, rate: u64) -> Throttle {
-        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
         use std::sync::Arc;
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr").to_string();
         let rate = Arc::new(AtomicU64::new(rate));
         let upstream = upstream.to_string();
         let r = rate.clone();
+        let max_open = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let max = max_open.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let Ok(server) = TcpStream::connect(&upstream) else {
                     continue;
                 };
+                let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                max.fetch_max(now, Ordering::SeqCst);
+                let open = open.clone();
                 let (mut c_in, mut s_out) = (
                     client.try_clone().expect("clone"),
                     server.try_clone().expect("clone"),
@@ -395,10 +403,15 @@ impl Throttle {
                         }
                     }
                     let _ = c_out.shutdown(std::net::Shutdown::Write);
+                    open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
-        Throttle { addr, rate }
+        Throttle {
+            addr,
+            rate,
+            max_open,
+        }
     }
 }
 
