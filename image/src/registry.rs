@@ -48,10 +48,15 @@ impl Default for PullOptions {
     }
 }
 
-/// Whether to speak plain HTTP to `registry` (`host[:port]`): loopback always, as docker
-/// does, plus what the user listed in `HK_INSECURE_REGISTRIES` (comma-separated hosts, with
-/// or without port).
+/// Whether to speak plain HTTP to `registry` (`host[:port]`): loopback (`localhost`,
+/// 127.0.0.0/8, `::1`) by default, as docker does, plus what the user listed in
+/// `HK_INSECURE_REGISTRIES` (comma-separated hosts, with or without port).
 pub(crate) fn plain_http(registry: &str, tls_verify: Option<bool>) -> bool {
+    let listed = std::env::var("HK_INSECURE_REGISTRIES").unwrap_or_default();
+    plain_http_with(registry, tls_verify, &listed)
+}
+
+fn plain_http_with(registry: &str, tls_verify: Option<bool>, listed: &str) -> bool {
     if let Some(verify) = tls_verify {
         return !verify;
     }
@@ -59,14 +64,16 @@ pub(crate) fn plain_http(registry: &str, tls_verify: Option<bool>) -> bool {
         Some(rest) => rest.split(']').next().unwrap_or(rest),
         None => registry.split(':').next().unwrap_or(registry),
     };
-    if matches!(host, "localhost" | "127.0.0.1" | "::1") {
+    let loopback = host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback());
+    if host == "localhost" || loopback {
         return true;
     }
-    std::env::var("HK_INSECURE_REGISTRIES").is_ok_and(|list| {
-        list.split(',')
-            .map(str::trim)
-            .any(|r| !r.is_empty() && (r == registry || r == host))
-    })
+    listed
+        .split(',')
+        .map(str::trim)
+        .any(|r| !r.is_empty() && (r == registry || r == host))
 }
 
 fn client(registry: &str, tls_verify: Option<bool>) -> Client {
@@ -480,5 +487,37 @@ pub async fn login(registry: &str, creds: &Credentials, tls_verify: Option<bool>
         Ok(())
     } else {
         Err(fail("unauthorized: incorrect username or password".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_http_with;
+
+    #[test]
+    fn plain_http_only_for_loopback_and_listed_registries() {
+        for r in [
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.0.0.2",
+            "[::1]:5000",
+            "localhost",
+        ] {
+            assert!(plain_http_with(r, None, ""), "{r}");
+        }
+        for r in [
+            "docker.io",
+            "index.docker.io",
+            "registry.local:5000",
+            "10.0.0.1:5000",
+        ] {
+            assert!(!plain_http_with(r, None, ""), "{r}");
+        }
+        let listed = "registry.local, 10.0.0.1:5000";
+        assert!(plain_http_with("registry.local:5000", None, listed));
+        assert!(plain_http_with("10.0.0.1:5000", None, listed));
+        assert!(!plain_http_with("10.0.0.1:6000", None, listed));
+        assert!(plain_http_with("example.com", Some(false), ""));
+        assert!(!plain_http_with("localhost:5000", Some(true), ""));
     }
 }

@@ -329,3 +329,20 @@ fn rmi_by_id_of_an_image_in_two_repositories_needs_force() {
     assert!(hk.store_files("blobs/sha256").is_empty());
     assert!(hk.store_files("refs").is_empty());
 }
+
+#[test]
+fn plain_http_only_where_the_user_allows_it() {
+    let hk = Hk::new();
+    let image = "registry.invalid:5000/app:1";
+    let err = hk.fails(&["pull", "-q", image], 125);
+    assert!(err.contains("https://registry.invalid:5000/v2/"), "{err}");
+    let out = hk
+        .cmd(&["pull", "-q", image])
+        .env("HK_INSECURE_REGISTRIES", "other.invalid, registry.invalid")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("http://registry.invalid:5000/v2/"), "{err}");
+    let err = hk.fails(&["pull", "-q", "--tls-verify=false", image], 125);
+    assert!(err.contains("http://registry.invalid:5000/v2/"), "{err}");
+}
