@@ -228,6 +228,25 @@ fn index_picks_the_host_platform_unless_told_otherwise() {
         "attestation entries are not offered: {err}"
     );
 
+    // Docker's manifest list over schema2 manifests works the same way.
+    let mut lists = Vec::new();
+    for (arch, tar) in [("amd64", b"amd64\n"), ("arm64", b"arm64\n")] {
+        let mut img = TestImage::new(vec![TestLayer {
+            tar: TarBuilder::new().file("arch", 0o644, tar).finish(),
+            compression: Compression::Gzip,
+        }]);
+        img.architecture = arch.into();
+        img.docker = true;
+        let (m, t) = img.manifest(&reg, "dockerlist");
+        lists.push((reg.push_manifest("dockerlist", arch, &m, t), m.len(), arch));
+    }
+    reg.push_docker_list("dockerlist", "latest", &lists);
+    let list_name = reg.image_ref("dockerlist", "latest");
+    hk.ok(&["pull", "-q", "--platform", "linux/arm64", &list_name]);
+    let info = inspect(&hk, &list_name);
+    assert_eq!(info["Manifest"], lists[1].0.to_string());
+    assert_eq!(info["Layers"][0]["MediaType"], DOCKER_TAR_GZIP);
+
     // Pull by digest of the index.
     let by_digest = format!("{}/multi@{index}", reg.addr);
     let hk2 = Hk::new();

@@ -18,6 +18,7 @@ pub const HK: &str = env!("CARGO_BIN_EXE_hk");
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -177,11 +178,32 @@ impl Registry {
 
     /// Pushes an index over already pushed manifests: (manifest digest, size, arch).
     pub fn push_index(&self, repo: &str, tag: &str, entries: &[(Digest, usize, &str)]) -> Digest {
+        self.push_list(repo, tag, entries, OCI_INDEX, OCI_MANIFEST)
+    }
+
+    /// The same as Docker's manifest list over Docker schema2 manifests.
+    pub fn push_docker_list(
+        &self,
+        repo: &str,
+        tag: &str,
+        entries: &[(Digest, usize, &str)],
+    ) -> Digest {
+        self.push_list(repo, tag, entries, DOCKER_LIST, DOCKER_MANIFEST)
+    }
+
+    fn push_list(
+        &self,
+        repo: &str,
+        tag: &str,
+        entries: &[(Digest, usize, &str)],
+        list_type: &str,
+        entry_type: &str,
+    ) -> Digest {
         let mut manifests: Vec<serde_json::Value> = entries
             .iter()
             .map(|(d, size, arch)| {
                 serde_json::json!({
-                    "mediaType": OCI_MANIFEST,
+                    "mediaType": entry_type,
                     "digest": d.to_string(),
                     "size": size,
                     "platform": {"architecture": arch, "os": "linux"},
@@ -190,7 +212,7 @@ impl Registry {
             .collect();
         // As BuildKit writes them: an attestation entry that must never be chosen.
         manifests.push(serde_json::json!({
-            "mediaType": OCI_MANIFEST,
+            "mediaType": entry_type,
             "digest": entries[0].0.to_string(),
             "size": entries[0].1,
             "platform": {"architecture": "unknown", "os": "unknown"},
@@ -198,10 +220,10 @@ impl Registry {
         }));
         let index = serde_json::json!({
             "schemaVersion": 2,
-            "mediaType": OCI_INDEX,
+            "mediaType": list_type,
             "manifests": manifests,
         });
-        self.push_manifest(repo, tag, index.to_string().as_bytes(), OCI_INDEX)
+        self.push_manifest(repo, tag, index.to_string().as_bytes(), list_type)
     }
 
     pub fn image_ref(&self, repo: &str, tag: &str) -> String {
