@@ -4,6 +4,7 @@
 mod host;
 mod images;
 mod info;
+mod lab;
 mod vm;
 
 use clap::{Parser, Subcommand};

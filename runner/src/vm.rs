@@ -64,6 +64,19 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
 
 fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
+    if !args.allow_pvm {
+        let mut writable: Vec<PathBuf> = args
+            .disks
+            .iter()
+            .filter_map(|spec| parse_disk(spec).ok())
+            .filter(|d| !d.read_only)
+            .map(|d| d.path)
+            .collect();
+        writable.extend(args.console.clone());
+        if let Some(result) = crate::lab::run_in_lab_if_needed(&writable) {
+            return result;
+        }
+    }
     match Kvm::detect() {
         Kvm::Hardware => {}
         Kvm::Pvm if args.allow_pvm => {}
