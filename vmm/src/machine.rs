@@ -10,7 +10,7 @@ use hk_devices::virtio::rng::Rng;
 use hk_devices::virtio::{VirtioDevice, VirtioInterrupt};
 use hk_devices::{BusDevice, Interrupt};
 use hk_hypervisor::kvm::KvmVm;
-use hk_hypervisor::x86_64::{X86Vcpu, X86Vm};
+use hk_hypervisor::x86_64::{CpuidEntry, X86Vcpu, X86Vm};
 use hk_hypervisor::{IrqLine, Vcpu, VcpuExit, VcpuKick};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -98,7 +98,7 @@ impl Stop {
 struct Machine<V: X86Vm> {
     vm: Arc<V>,
     mem: GuestMemoryMmap,
-    vcpus: Vec<V::Vcpu>,
+    boot: VcpuBoot,
     pio: Bus,
     mmio: Bus,
     serial: Arc<Mutex<Serial<Box<dyn Write + Send>>>>,
@@ -220,26 +220,16 @@ where
         regs::write_tables(&mem).map_err(|e| Error::Memory(e.to_string()))?;
 
         let supported = vm.supported_cpuid()?;
-        let mut vcpus = Vec::new();
-        for index in 0..config.cpus {
-            let vcpu = vm.create_vcpu(index)?;
-            vcpu.set_cpuid(&cpuid::for_vcpu(&supported, index, config.cpus))?;
-            vcpu.set_msrs(&msrs::boot_msrs())?;
-            vcpu.set_fpu(&regs::fpu())?;
-            // Application processors wait for INIT/SIPI from the boot CPU (in-kernel
-            // local APIC); only the boot CPU starts at the PVH entry.
-            if index == 0 {
-                vcpu.set_regs(&regs::regs(loaded.entry))?;
-                vcpu.set_sregs(&regs::sregs(vcpu.sregs()?))?;
-            }
-            vcpu.set_lint()?;
-            vcpus.push(vcpu);
-        }
+        let boot = VcpuBoot {
+            cpuid: supported,
+            count: config.cpus,
+            entry: loaded.entry,
+        };
 
         Ok(Machine {
             vm: Arc::new(vm),
             mem,
-            vcpus,
+            boot,
             pio,
             mmio,
             serial,
@@ -252,7 +242,7 @@ where
         let Machine {
             vm,
             mem,
-            vcpus,
+            boot,
             pio,
             mmio,
             serial,
@@ -278,18 +268,49 @@ where
                 .map_err(|e| Error::Io("epoll_ctl", e))?;
         }
 
-        let mut kickers: Vec<Arc<dyn VcpuKick>> = Vec::new();
+        // Each vCPU is created and set up on the thread that runs it, as QEMU does: a vCPU
+        // never changes threads, which Hypervisor.framework requires and which spares
+        // nested hypervisors a migration before the first instruction.
+        let boot = Arc::new(boot);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::new();
-        for (index, mut vcpu) in vcpus.into_iter().enumerate() {
-            kickers.push(vcpu.kicker());
+        for index in 0..boot.count {
+            let (vm, boot, ready) = (vm.clone(), boot.clone(), ready_tx.clone());
             let (pio, mmio, stop, mem) = (pio.clone(), mmio.clone(), stop.clone(), mem.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 // vCPU threads only decode exits: a small stack keeps the VMM small.
                 .stack_size(256 << 10)
-                .spawn(move || run_vcpu(&mut vcpu, &pio, &mmio, &stop, &mem))
+                .spawn(move || {
+                    let mut vcpu = match setup_vcpu(&*vm, &boot, index) {
+                        Ok(vcpu) => vcpu,
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready.send(Ok(vcpu.kicker()));
+                    drop(ready);
+                    run_vcpu(&mut vcpu, &pio, &mmio, &stop, &mem)
+                })
                 .map_err(|e| Error::Io("spawning a vCPU thread", e))?;
             threads.push(thread);
+        }
+        drop(ready_tx);
+        let mut kickers: Vec<Arc<dyn VcpuKick>> = Vec::new();
+        let mut setup_error = None;
+        for _ in 0..boot.count {
+            // A thread that died without a word (it panicked) counts as a failed setup.
+            let result = ready_rx
+                .recv()
+                .unwrap_or_else(|_| Err(Error::Config("a vCPU thread died during setup".into())));
+            match result {
+                Ok(kicker) => kickers.push(kicker),
+                Err(e) => {
+                    stop.request(GuestExit::Crash(e.to_string()));
+                    setup_error = Some(e);
+                }
+            }
         }
 
         let mut events = vec![EpollEvent::default(); transports.len() + 1];
@@ -331,9 +352,38 @@ where
         let exit = lock(&stop.exit)
             .take()
             .unwrap_or_else(|| GuestExit::Crash("stopped without a reason".into()));
+        if let Some(e) = setup_error {
+            return Err(e);
+        }
         let boot_time = *lock(&stop.boot_time);
         Ok(Outcome { exit, boot_time })
     }
+}
+
+/// What every vCPU needs to be set up for the boot.
+struct VcpuBoot {
+    cpuid: Vec<CpuidEntry>,
+    count: u32,
+    entry: u64,
+}
+
+fn setup_vcpu<V>(vm: &V, boot: &VcpuBoot, index: u32) -> Result<V::Vcpu, Error>
+where
+    V: X86Vm,
+    V::Vcpu: X86Vcpu,
+{
+    let vcpu = vm.create_vcpu(index)?;
+    vcpu.set_cpuid(&cpuid::for_vcpu(&boot.cpuid, index, boot.count))?;
+    vcpu.set_msrs(&msrs::boot_msrs())?;
+    vcpu.set_fpu(&regs::fpu())?;
+    // Application processors wait for INIT/SIPI from the boot CPU (in-kernel local APIC);
+    // only the boot CPU starts at the PVH entry.
+    if index == 0 {
+        vcpu.set_regs(&regs::regs(boot.entry))?;
+        vcpu.set_sregs(&regs::sregs(vcpu.sregs()?))?;
+    }
+    vcpu.set_lint()?;
+    Ok(vcpu)
 }
 
 fn run_vcpu<C: Vcpu>(vcpu: &mut C, pio: &Bus, mmio: &Bus, stop: &Stop, mem: &GuestMemoryMmap) {

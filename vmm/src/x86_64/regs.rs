@@ -73,7 +73,9 @@ pub fn sregs(mut sregs: Sregs) -> Sregs {
     sregs.gdt.limit = (GDT_ENTRIES.len() * 8 - 1) as u16;
     sregs.idt.base = IDT;
     sregs.idt.limit = 7;
-    sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_ET) & !(1 << 31);
+    // Exactly PE (and ET, hard-wired on every CPU since the 486): the reset value also has
+    // CD and NW set, i.e. caches off, which nested hypervisors honour at great cost.
+    sregs.cr0 = CR0_PE | CR0_ET;
     sregs.cr4 = 0;
     sregs.efer = 0;
     sregs

@@ -122,4 +122,3 @@ impl VirtioDevice for Block {
         used && queue.needs_notification(mem).unwrap_or(true)
     }
 }
-
