@@ -122,3 +122,6 @@ impl VirtioDevice for Block {
         used && queue.needs_notification(mem).unwrap_or(true)
     }
 }
+
+#[cfg(test)]
+mod tests;
