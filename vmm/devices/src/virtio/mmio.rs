@@ -266,3 +266,151 @@ impl BusDevice for MmioTransport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::rng::Rng;
+    use crate::Interrupt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use virtio_queue::desc::split::Descriptor;
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Interrupt for Count {
+        fn trigger(&self) -> std::io::Result<()> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn transport() -> (MmioTransport, GuestMemory, Arc<Count>) {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let irq = Arc::new(Count::default());
+        let t = MmioTransport::new(
+            Box::new(Rng::new()),
+            mem.clone(),
+            VirtioInterrupt::new(irq.clone()),
+            EventFd::new(0).unwrap(),
+        );
+        (t, mem, irq)
+    }
+
+    fn w(t: &mut MmioTransport, offset: u64, value: u32) {
+        t.write(offset, &value.to_le_bytes());
+    }
+
+    fn r(t: &mut MmioTransport, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    /// Negotiates VERSION_1 and sets queue 0 up at the given ring addresses.
+    fn setup(t: &mut MmioTransport, desc: u64, avail: u64, used: u64) {
+        w(t, REG_STATUS, 1 | 2);
+        w(t, REG_DRIVER_FEATURES_SEL, 1);
+        w(t, REG_DRIVER_FEATURES, 1);
+        w(t, REG_STATUS, 1 | 2 | STATUS_FEATURES_OK);
+        w(t, REG_QUEUE_SEL, 0);
+        w(t, REG_QUEUE_NUM, 16);
+        w(t, REG_QUEUE_DESC_LOW, desc as u32);
+        w(t, REG_QUEUE_DESC_HIGH, (desc >> 32) as u32);
+        w(t, REG_QUEUE_DRIVER_LOW, avail as u32);
+        w(t, REG_QUEUE_DRIVER_HIGH, (avail >> 32) as u32);
+        w(t, REG_QUEUE_DEVICE_LOW, used as u32);
+        w(t, REG_QUEUE_DEVICE_HIGH, (used >> 32) as u32);
+        w(t, REG_QUEUE_READY, 1);
+        w(t, REG_STATUS, 1 | 2 | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+    }
+
+    #[test]
+    fn identifies_as_a_modern_device() {
+        let (mut t, ..) = transport();
+        assert_eq!(r(&mut t, REG_MAGIC), MAGIC);
+        assert_eq!(r(&mut t, REG_VERSION), 2);
+        assert_eq!(r(&mut t, REG_DEVICE_ID), 4);
+        w(&mut t, REG_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(r(&mut t, REG_DEVICE_FEATURES), 1, "VERSION_1");
+    }
+
+    #[test]
+    fn a_working_queue_is_served_and_interrupts() {
+        let (mut t, mem, irq) = transport();
+        let mock = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        let d = RawDescriptor::from(Descriptor::new(0x2_0000, 32, 2, 0));
+        mock.add_desc_chains(&[d], 0).unwrap();
+        setup(
+            &mut t,
+            mock.desc_table_addr().0,
+            mock.avail_addr().0,
+            mock.used_addr().0,
+        );
+        t.process();
+        assert_eq!(mock.used().idx().load(), 1);
+        assert_eq!(irq.0.load(Ordering::SeqCst), 1);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), 1);
+        w(&mut t, REG_INTERRUPT_ACK, 1);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), 0);
+    }
+
+    #[test]
+    fn rings_outside_guest_memory_are_never_touched() {
+        for (desc, avail, used) in [
+            (0x20_0000, 0x1000, 0x2000),
+            (0x0, 0xffff_ffff_ffff_f000, 0x2000),
+            (0x0, 0x1000, 0x10_0000 - 8),
+            (0x1, 0x1000, 0x2000), // misaligned descriptor table
+        ] {
+            let (mut t, _, irq) = transport();
+            setup(&mut t, desc, avail, used);
+            t.process();
+            assert_eq!(
+                irq.0.load(Ordering::SeqCst),
+                0,
+                "{desc:#x} {avail:#x} {used:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_driver_refusing_version_1_or_accepting_unoffered_features_fails() {
+        for (sel, bits) in [(0, 0), (1, 0x3)] {
+            let (mut t, ..) = transport();
+            w(&mut t, REG_DRIVER_FEATURES_SEL, sel);
+            w(&mut t, REG_DRIVER_FEATURES, bits);
+            w(&mut t, REG_STATUS, 1 | 2 | STATUS_FEATURES_OK);
+            assert_eq!(r(&mut t, REG_STATUS) & STATUS_FEATURES_OK, 0);
+            w(
+                &mut t,
+                REG_STATUS,
+                1 | 2 | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+            );
+            assert_ne!(r(&mut t, REG_STATUS) & STATUS_FAILED, 0);
+            t.process();
+        }
+    }
+
+    #[test]
+    fn odd_accesses_are_harmless() {
+        let (mut t, ..) = transport();
+        let mut b = [0xffu8; 2];
+        t.read(REG_MAGIC, &mut b);
+        assert_eq!(b, [0, 0]);
+        t.write(REG_STATUS, &[1, 2]);
+        t.write(REG_QUEUE_SEL + 1, &7u32.to_le_bytes());
+        w(&mut t, REG_QUEUE_SEL, 1000);
+        w(&mut t, REG_QUEUE_NUM, 3);
+        w(&mut t, REG_QUEUE_READY, 1);
+        assert_eq!(r(&mut t, REG_QUEUE_NUM_MAX), 0);
+        let mut cfg = [0xffu8; 8];
+        t.read(u64::MAX - 3, &mut cfg);
+        t.write(u64::MAX, &[1]);
+        t.process();
+    }
+}
