@@ -87,6 +87,7 @@ fn lab_passes_streams_and_exit_status_through() {
         .args(["--", "sh", "-c"])
         .arg(format!(
             "echo to-stdout; echo to-stderr >&2; test -c /dev/kvm && echo has-kvm; \
+             cat /sys/devices/system/clocksource/clocksource0/current_clocksource; \
              echo written > {}/result; exit 7",
             dir.display()
         ))
@@ -99,7 +100,14 @@ fn lab_passes_streams_and_exit_status_through() {
         Some(7),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    assert_eq!(stdout, "to-stdout\nhas-kvm\n");
+    // Without a TSC frequency (calibration fails on a busy host) the L1 falls back to
+    // jiffies and its KVM guests hang; scripts/lab passes the frequency in.
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[..2], ["to-stdout", "has-kvm"], "{stdout}");
+    assert!(
+        matches!(lines[2..], ["tsc" | "tsc-early"]),
+        "the L1 must run on its TSC, not jiffies: {stdout}"
+    );
     assert_eq!(stderr, "to-stderr\n");
     assert_eq!(
         std::fs::read_to_string(dir.join("result")).unwrap(),
