@@ -48,6 +48,10 @@ fn main() {
     // settle before the sync.
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
     nix::unistd::sync();
+    // The kernel drains console output to the UART asynchronously; the VMM stops the moment
+    // the status lands, so wait until the command's last bytes have left the tty.
+    let _ = nix::sys::termios::tcdrain(std::io::stdout());
+    let _ = nix::sys::termios::tcdrain(std::io::stderr());
     match &ctl {
         Some(page) => page.write_u32(CTL_EXIT_STATUS, u32::from(status)),
         None => eprintln!("hk-agent: exit status {status}"),
