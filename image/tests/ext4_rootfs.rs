@@ -230,6 +230,25 @@ fn debootstrapped_debian_matches_its_tarball() {
 /// Unmounts on drop, so a failing assertion does not leave the loop mount behind.
 struct Mount(std::path::PathBuf);
 
+impl Mount {
+    /// Mounts `img` read-only through a loop device at `mnt` (created here), until drop.
+    fn loop_ro(img: &std::path::Path, mnt: &std::path::Path) -> Mount {
+        std::fs::create_dir(mnt).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "ext4", "-o", "loop,ro"])
+            .arg(img)
+            .arg(mnt)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting the image needs root and loop devices: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Mount(mnt.to_path_buf())
+    }
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
@@ -246,19 +265,7 @@ fn the_kernel_mounts_the_debian_image() {
     let dir = scratch();
     let img = convert_file(&tar, dir.path());
     let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let out = std::process::Command::new("mount")
-        .args(["-t", "ext4", "-o", "loop,ro"])
-        .arg(&img)
-        .arg(&mnt)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mounting the image needs root and loop devices: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _mount = Mount(mnt.clone());
+    let _mount = Mount::loop_ro(&img, &mnt);
 
     let mut inodes: HashMap<Vec<u8>, u64> = HashMap::new();
     let mut archive = tar::Archive::new(BufReader::new(File::open(&tar).unwrap()));
@@ -354,19 +361,7 @@ fn the_kernel_finds_every_name_in_a_two_level_htree() {
     );
 
     let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let out = std::process::Command::new("mount")
-        .args(["-t", "ext4", "-o", "loop,ro"])
-        .arg(&img)
-        .arg(&mnt)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mounting the image needs root and loop devices: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _mount = Mount(mnt.clone());
+    let _mount = Mount::loop_ro(&img, &mnt);
     for (i, n) in names.iter().enumerate() {
         let m = std::fs::symlink_metadata(mnt.join("big").join(n))
             .unwrap_or_else(|e| panic!("the kernel cannot find {n}: {e}"));

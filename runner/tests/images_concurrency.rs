@@ -90,30 +90,14 @@ fn pull_killed_mid_layer_leaves_nothing_a_new_pull_trips_over() {
         .spawn()
         .expect("spawn hk pull");
     // Wait until part of the layer is on disk, then kill without warning.
-    let tmp = hk.data.path().join("tmp");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let partial = std::fs::read_dir(&tmp)
-            .map(|rd| {
-                rd.flatten()
-                    .any(|e| e.metadata().map(|m| m.len() > (1 << 20)).unwrap_or(false))
-            })
-            .unwrap_or(false);
-        if partial {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the pull ended before it could be killed"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the pull never wrote a partial layer"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_when_tmp_has(
+        &mut child,
+        &hk,
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        "the pull never wrote a partial layer",
+        |e| e.metadata().map(|m| m.len() > (1 << 20)).unwrap_or(false),
+    );
 
     assert!(hk.store_files("refs").is_empty());
     assert!(hk.store_files("images").is_empty());
@@ -165,30 +149,14 @@ fn pull_killed_while_building_the_root_filesystem() {
         .expect("spawn hk pull");
     // The conversion writes its image under tmp/ (hk's and the ext4 writer's temp names both
     // say "rootfs"): kill as soon as one appears.
-    let tmp = hk.data.path().join("tmp");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let converting = std::fs::read_dir(&tmp)
-            .map(|rd| {
-                rd.flatten()
-                    .any(|e| e.file_name().to_string_lossy().contains("rootfs"))
-            })
-            .unwrap_or(false);
-        if converting {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the pull ended before it could be killed"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the pull never started converting"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_when_tmp_has(
+        &mut child,
+        &hk,
+        Duration::from_secs(120),
+        Duration::from_millis(1),
+        "the pull never started converting",
+        |e| e.file_name().to_string_lossy().contains("rootfs"),
+    );
 
     assert!(hk.store_files("refs").is_empty());
     assert!(hk.store_files("images").is_empty());
@@ -231,4 +199,34 @@ fn layers_download_three_at_a_time() {
         7,
         "5 layers, config, manifest"
     );
+}
+
+/// SIGKILLs `child` (an `hk pull`) as soon as an entry of the store's `tmp/` matches `seen`,
+/// polling every `poll`; fails if the pull ends first or `limit` passes.
+fn kill_when_tmp_has(
+    child: &mut std::process::Child,
+    hk: &Hk,
+    limit: Duration,
+    poll: Duration,
+    never: &str,
+    seen: impl Fn(&std::fs::DirEntry) -> bool,
+) {
+    let tmp = hk.data.path().join("tmp");
+    let deadline = Instant::now() + limit;
+    loop {
+        let found = std::fs::read_dir(&tmp)
+            .map(|rd| rd.flatten().any(|e| seen(&e)))
+            .unwrap_or(false);
+        if found {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the pull ended before it could be killed"
+        );
+        assert!(Instant::now() < deadline, "{never}");
+        std::thread::sleep(poll);
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
 }
