@@ -64,13 +64,16 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
 
 fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
+    let disks = args
+        .disks
+        .iter()
+        .map(|spec| parse_disk(spec))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if !args.allow_pvm {
-        let mut writable: Vec<PathBuf> = args
-            .disks
+        let mut writable: Vec<PathBuf> = disks
             .iter()
-            .filter_map(|spec| parse_disk(spec).ok())
             .filter(|d| !d.read_only)
-            .map(|d| d.path)
+            .map(|d| d.path.clone())
             .collect();
         writable.extend(args.console.clone());
         if let Some(result) = crate::lab::run_in_lab_if_needed(&writable) {
@@ -87,11 +90,6 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         None => host::guest_kernel()
             .context("no guest kernel: build one with kernel/build.sh guest, or pass --kernel")?,
     };
-    let disks = args
-        .disks
-        .iter()
-        .map(|spec| parse_disk(spec))
-        .collect::<anyhow::Result<Vec<_>>>()?;
     let memory_mib = parse_memory(&args.memory)?;
     let console: Box<dyn Write + Send> = match &args.console {
         Some(path) => Box::new(std::io::LineWriter::new(
