@@ -4,9 +4,11 @@
 #   kernel/build.sh guest   the microVM guest kernel (guest.config)
 #   kernel/build.sh lab     the L1 kernel of the nested KVM lab (guest.config + lab.config)
 #
+# Both get kernel/patches/*.patch (each says why it exists).
+#
 # The result is cached outside the repository, under
 # ${HK_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/hk}/kernel/<flavor>-<hash>/, keyed by a hash of
-# everything that goes into it (source tarball, fragments, this script, compiler), so a
+# everything that goes into it (source tarball, fragments, patches, this script, compiler), so a
 # second call costs nothing and a changed input rebuilds. <flavor>/vmlinux in the same
 # directory points at the newest build; that is where `hk` looks by default.
 #
@@ -53,6 +55,7 @@ key=$({
 	# Comments change no kernel, so editing them costs no rebuild.
 	grep -v '^[[:space:]]*#' "$here/build.sh"
 	for f in "${fragments[@]}"; do grep -v '^[[:space:]]*#' "$here/$f"; done
+	cat "$here"/patches/*.patch
 } | sha256sum | cut -c1-16)
 out=$cache/$flavor-$key
 latest=$cache/$flavor
@@ -84,6 +87,10 @@ trap 'rm -rf "$work"' EXIT
 log "unpacking $src"
 tar -xJf "$src" -C "$work" --strip-components=1
 cd "$work"
+for p in "$here"/patches/*.patch; do
+	log "applying $(basename "$p")"
+	patch -s -p1 <"$p"
+done
 
 log "configuring: tinyconfig + ${fragments[*]}"
 make -s tinyconfig >/dev/null
