@@ -14,6 +14,7 @@
 //! (ioeventfds) and does all block and entropy I/O, so a slow disk never stalls a vCPU.
 
 mod machine;
+mod map_reader;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 

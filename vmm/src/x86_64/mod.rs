@@ -7,6 +7,7 @@ pub mod mptable;
 pub mod msrs;
 pub mod regs;
 
+use crate::map_reader::MapReader;
 use crate::Error;
 use layout::*;
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
@@ -38,10 +39,13 @@ pub struct Loaded {
     initrd: Option<(u64, u64)>,
 }
 
-/// Loads an ELF vmlinux and finds its PVH entry point (the XEN_ELFNOTE_PHYS32_ENTRY note
+/// Maps an ELF vmlinux into guest memory (copy-on-write, see `map_reader`) and finds its PVH entry point (the XEN_ELFNOTE_PHYS32_ENTRY note
 /// a kernel built with CONFIG_PVH carries).
 pub fn load_kernel(mem: &GuestMemoryMmap, kernel: &Path) -> Result<(Loaded, u64), Error> {
-    let mut file = File::open(kernel).map_err(|e| Error::Kernel(kernel.into(), e.to_string()))?;
+    let file = File::open(kernel).map_err(|e| Error::Kernel(kernel.into(), e.to_string()))?;
+    // SAFETY: linux-loader reads the segments into `mem`, private anonymous guest RAM.
+    let mut file =
+        unsafe { MapReader::new(file) }.map_err(|e| Error::Kernel(kernel.into(), e.to_string()))?;
     let result = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM)))
         .map_err(|e| Error::Kernel(kernel.into(), e.to_string()))?;
     let entry = match result.pvh_boot_cap {
@@ -63,7 +67,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, kernel: &Path) -> Result<(Loaded, u64)
     ))
 }
 
-/// Loads the initrd at the top of RAM below the MMIO hole, page-aligned, above the kernel.
+/// Maps the initrd at the top of RAM below the MMIO hole, page-aligned, above the kernel.
 pub fn load_initrd(
     mem: &GuestMemoryMmap,
     loaded: &mut Loaded,
@@ -71,8 +75,10 @@ pub fn load_initrd(
     initrd: &Path,
 ) -> Result<(), Error> {
     let err = |msg: String| Error::Initrd(initrd.into(), msg);
-    let mut file = File::open(initrd).map_err(|e| err(e.to_string()))?;
-    let size = file.metadata().map_err(|e| err(e.to_string()))?.len();
+    let file = File::open(initrd).map_err(|e| err(e.to_string()))?;
+    // SAFETY: the initrd is read into `mem`, private anonymous guest RAM.
+    let mut file = unsafe { MapReader::new(file) }.map_err(|e| err(e.to_string()))?;
+    let size = file.len();
     let low_end = mem
         .find_region(GuestAddress(0))
         .map(|r| r.len())
