@@ -15,10 +15,12 @@ const IN_LAB_ENV: &str = "HK_IN_LAB";
 /// command run inside the lab. `writable` are paths the command writes (disk images, the
 /// data directory); the lab shares them read-write, everything else is read-only there.
 pub fn run_in_lab_if_needed(writable: &[PathBuf]) -> Option<anyhow::Result<ExitCode>> {
-    if std::env::var_os(IN_LAB_ENV).is_some() || Kvm::detect() != Kvm::Pvm {
-        return None;
-    }
-    Some(run_in_lab(writable))
+    needed().then(|| run_in_lab(writable))
+}
+
+/// Whether a VM started here would run in the lab.
+pub fn needed() -> bool {
+    std::env::var_os(IN_LAB_ENV).is_none() && Kvm::detect() == Kvm::Pvm
 }
 
 fn run_in_lab(writable: &[PathBuf]) -> anyhow::Result<ExitCode> {

@@ -4,7 +4,9 @@
 use crate::host::{self, Kvm};
 use anyhow::{bail, Context};
 use hk_vmm::{Disk, GuestExit, VmConfig};
+use nix::sys::termios::{self, SetArg, Termios};
 use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -40,6 +42,10 @@ pub struct BootArgs {
     /// Write the serial console to this file instead of stdout
     #[arg(long, value_name = "FILE")]
     console: Option<PathBuf>,
+    /// Send stdin to the serial console. A terminal is put in raw mode for the VM's life,
+    /// so keys such as Ctrl-C go to the guest: end the VM from inside it (reboot -f)
+    #[arg(short, long)]
+    interactive: bool,
     /// Do not offer a virtio-rng device
     #[arg(long)]
     no_rng: bool,
@@ -76,6 +82,12 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
             .map(|d| d.path.clone())
             .collect();
         writable.extend(args.console.clone());
+        if args.interactive && crate::lab::needed() {
+            bail!(
+                "--interactive cannot reach a VM in the nested lab, which forwards no input; \
+                 use a host with hardware KVM, or give the guest its input another way (a disk)"
+            );
+        }
         if let Some(result) = crate::lab::run_in_lab_if_needed(&writable) {
             return result;
         }
@@ -99,6 +111,16 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         // Stdout is line-buffered: one write per console line, not per byte.
         None => Box::new(std::io::stdout()),
     };
+    let (console_input, _raw) = if args.interactive {
+        let stdin = std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("cannot use stdin as the console's input")?;
+        let raw = RawTerminal::enter(&stdin)?;
+        (Some(std::fs::File::from(stdin)), raw)
+    } else {
+        (None, None)
+    };
     let outcome = hk_vmm::run(VmConfig {
         kernel,
         initrd: args.initrd,
@@ -108,6 +130,7 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         disks,
         rng: !args.no_rng,
         console,
+        console_input,
         start,
     })?;
     if args.boot_timer {
@@ -128,6 +151,36 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         }
         GuestExit::Crash(why) => bail!("the VM stopped: {why}"),
     })
+}
+
+/// A terminal in raw mode (no line editing, no echo, no signals from keys), restored to
+/// exactly its old settings when dropped; the guest's own tty does all of that.
+struct RawTerminal {
+    fd: OwnedFd,
+    saved: Termios,
+}
+
+impl RawTerminal {
+    /// `None` when `fd` is not a terminal (a pipe or a file needs no mode).
+    fn enter(fd: &OwnedFd) -> anyhow::Result<Option<RawTerminal>> {
+        let Ok(saved) = termios::tcgetattr(fd) else {
+            return Ok(None);
+        };
+        let mut raw = saved.clone();
+        termios::cfmakeraw(&mut raw);
+        termios::tcsetattr(fd, SetArg::TCSANOW, &raw)
+            .context("cannot put the terminal in raw mode")?;
+        Ok(Some(RawTerminal {
+            fd: fd.try_clone().context("cannot keep the terminal")?,
+            saved,
+        }))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = termios::tcsetattr(&self.fd, SetArg::TCSANOW, &self.saved);
+    }
 }
 
 fn parse_disk(spec: &str) -> anyhow::Result<Disk> {

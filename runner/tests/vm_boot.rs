@@ -48,6 +48,15 @@ write-ro)
 status)
     ctl_exit 300
     ;;
+input)
+    read -r first
+    read -r long
+    read -r last
+    echo "first:$first"
+    echo "long:$long"
+    echo "last:$last"
+    ctl_exit 0
+    ;;
 panic)
     echo "init exits: the kernel panics"
     exit 1
@@ -98,16 +107,23 @@ fn lab() -> &'static Lab {
             std::fs::write(dir.join(name), &disk).unwrap();
         }
         let d = |name: &str| dir.join(name).display().to_string();
-        let cases: [(&str, String); 6] = [
+        std::fs::write(dir.join("input.txt"), console_input()).unwrap();
+        // (name, flags, stdin, init's case)
+        let cases: [(&str, String, &str, &str); 8] = [
             (
                 "marker",
                 format!("--disk {},ro --boot-timer", d("marker.img")),
+                "",
+                "marker",
             ),
-            ("sizes", "--cpus 2 --memory 384m".to_string()),
-            ("write", format!("--disk {}", d("rw.img"))),
-            ("write-ro", format!("--disk {},ro", d("ro.img"))),
-            ("status", String::new()),
-            ("panic", String::new()),
+            ("sizes", "--cpus 2 --memory 384m".into(), "", "sizes"),
+            ("write", format!("--disk {}", d("rw.img")), "", "write"),
+            ("write-ro", format!("--disk {},ro", d("ro.img")), "", "write-ro"),
+            ("status", String::new(), "", "status"),
+            ("panic", String::new(), "", "panic"),
+            // A regular file (always readable, not pollable) and a pipe (pollable).
+            ("input-file", "-i".into(), "<input.txt", "input"),
+            ("input-pipe", "-i".into(), "cat input.txt |", "input"),
         ];
         // In the nested lab, an L2 vCPU run on the L1's CPU 0 sometimes never gets past
         // its first instruction (the whole lab session then hangs; QEMU TCG's SVM, not hk:
@@ -120,11 +136,15 @@ fn lab() -> &'static Lab {
             initrd.display(),
             dir.display()
         );
-        for (name, flags) in &cases {
+        for (name, flags, stdin, case) in &cases {
+            let (pipe, file) = match stdin.strip_suffix('|') {
+                Some(pipe) => (format!("{pipe}| "), ""),
+                None => (String::new(), *stdin),
+            };
             script.push_str(&format!(
-                "$pin \"$hk\" vm boot --kernel \"$kernel\" --initrd \"$initrd\" {flags} \
-                 --console {name}.console --cmdline 'console=ttyS0 quiet -- {name}' \
-                 2>{name}.stderr\necho $? >{name}.status\n"
+                "{pipe}$pin \"$hk\" vm boot --kernel \"$kernel\" --initrd \"$initrd\" {flags} \
+                 --console {name}.console --cmdline 'console=ttyS0 quiet -- {case}' \
+                 2>{name}.stderr {file}\necho $? >{name}.status\n"
             ));
         }
         let script_path = dir.join("boots.sh");
@@ -143,7 +163,7 @@ fn lab() -> &'static Lab {
         let read = |file: String| std::fs::read_to_string(dir.join(&file)).unwrap_or_default();
         let boots = cases
             .iter()
-            .map(|(name, _)| {
+            .map(|(name, ..)| {
                 let status = read(format!("{name}.status"));
                 let boot = Boot {
                     status: status
@@ -170,6 +190,16 @@ fn value<'a>(boot: &'a Boot, key: &str) -> &'a str {
         .lines()
         .find_map(|l| l.strip_prefix(&format!("{key}:")))
         .unwrap_or_else(|| panic!("no `{key}:` line on the console: {boot:?}"))
+}
+
+/// Three lines for the guest's console; the middle one is far longer than the UART's
+/// 64-byte FIFO, so it only arrives whole if input waits for the guest to read.
+fn console_input() -> String {
+    format!("hello\n{}\nbye\n", long_line())
+}
+
+fn long_line() -> String {
+    (0..300).map(|i| format!("{:010}", i * 7919)).collect()
 }
 
 #[test]
@@ -256,4 +286,22 @@ fn a_guest_panic_is_an_error_exit() {
     assert_eq!(b.status, 134, "{b:?}");
     assert!(b.stderr.contains("panicked"), "{b:?}");
     assert!(b.console.contains("Kernel panic"), "{b:?}");
+}
+
+#[test]
+fn console_input_from_a_file_reaches_the_guest_whole() {
+    let b = boot("input-file");
+    assert_eq!(b.status, 0, "{b:?}");
+    assert_eq!(value(b, "first"), "hello", "{b:?}");
+    assert_eq!(value(b, "long"), long_line(), "{b:?}");
+    assert_eq!(value(b, "last"), "bye", "{b:?}");
+}
+
+#[test]
+fn console_input_from_a_pipe_reaches_the_guest_whole() {
+    let b = boot("input-pipe");
+    assert_eq!(b.status, 0, "{b:?}");
+    assert_eq!(value(b, "first"), "hello", "{b:?}");
+    assert_eq!(value(b, "long"), long_line(), "{b:?}");
+    assert_eq!(value(b, "last"), "bye", "{b:?}");
 }

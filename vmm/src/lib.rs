@@ -39,6 +39,9 @@ pub struct VmConfig {
     pub rng: bool,
     /// Where the serial console goes.
     pub console: Box<dyn Write + Send>,
+    /// Where the serial console's input comes from, if anywhere: any file descriptor epoll
+    /// can wait on (a terminal, a pipe, a socket). Read until it ends.
+    pub console_input: Option<std::fs::File>,
     /// The instant boot time is measured from (the boot-timer marker); normally the start
     /// of the process.
     pub start: Instant,

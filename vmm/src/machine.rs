@@ -12,7 +12,9 @@ use hk_devices::{BusDevice, Interrupt};
 use hk_hypervisor::kvm::KvmVm;
 use hk_hypervisor::x86_64::{CpuidEntry, X86Vcpu, X86Vm};
 use hk_hypervisor::{IrqLine, Vcpu, VcpuExit, VcpuKick};
-use std::io::Write;
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -102,8 +104,15 @@ struct Machine<V: X86Vm> {
     pio: Bus,
     mmio: Bus,
     serial: Arc<Mutex<Serial<Box<dyn Write + Send>>>>,
+    input: Option<ConsoleInput>,
     transports: Vec<(EventFd, Shared<MmioTransport>)>,
     stop: Arc<Stop>,
+}
+
+/// The console's input, and the serial port's event saying the guest can take more.
+struct ConsoleInput {
+    file: File,
+    ready: EventFd,
 }
 
 impl<V> Machine<V>
@@ -160,7 +169,18 @@ where
         let mut pio = Bus::default();
         let mut mmio = Bus::default();
         let serial_irq: Arc<dyn Interrupt> = Arc::new(Irq(vm.irq_line(layout::SERIAL_IRQ)?));
-        let serial = Arc::new(Mutex::new(Serial::new(serial_irq, config.console)));
+        let input = match config.console_input {
+            Some(file) => Some(ConsoleInput {
+                file,
+                ready: EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?,
+            }),
+            None => None,
+        };
+        let ready = match &input {
+            Some(i) => Some(i.ready.try_clone().map_err(|e| Error::Io("eventfd", e))?),
+            None => None,
+        };
+        let serial = Arc::new(Mutex::new(Serial::new(serial_irq, config.console, ready)));
         pio.insert(u64::from(layout::SERIAL_PORT), 8, serial.clone());
 
         let control = {
@@ -233,6 +253,7 @@ where
             pio,
             mmio,
             serial,
+            input,
             transports,
             stop,
         })
@@ -246,15 +267,15 @@ where
             pio,
             mmio,
             serial,
+            input,
             transports,
             stop,
         } = self;
         let epoll = Epoll::new().map_err(|e| Error::Io("epoll", e))?;
-        const STOP_TOKEN: u64 = u64::MAX;
         epoll
             .ctl(
                 ControlOperation::Add,
-                std::os::fd::AsRawFd::as_raw_fd(&stop.event),
+                stop.event.as_raw_fd(),
                 EpollEvent::new(EventSet::IN, STOP_TOKEN),
             )
             .map_err(|e| Error::Io("epoll_ctl", e))?;
@@ -262,7 +283,7 @@ where
             epoll
                 .ctl(
                     ControlOperation::Add,
-                    std::os::fd::AsRawFd::as_raw_fd(notify),
+                    notify.as_raw_fd(),
                     EpollEvent::new(EventSet::IN, i as u64),
                 )
                 .map_err(|e| Error::Io("epoll_ctl", e))?;
@@ -313,7 +334,12 @@ where
             }
         }
 
-        let mut events = vec![EpollEvent::default(); transports.len() + 1];
+        let mut console = match input {
+            Some(input) => Some(ConsoleFeed::start(&epoll, input, &serial)?),
+            None => None,
+        };
+
+        let mut events = vec![EpollEvent::default(); transports.len() + 3];
         'run: loop {
             let n = match epoll.wait(-1, &mut events) {
                 Ok(n) => n,
@@ -327,6 +353,10 @@ where
                 let token = event.data();
                 if token == STOP_TOKEN {
                     break 'run;
+                }
+                if let Some(feed) = console.as_mut().filter(|_| token >= INPUT_TOKEN) {
+                    feed.on_event(&epoll, token, &serial);
+                    continue;
                 }
                 if let Some((notify, transport)) = transports.get(token as usize) {
                     let _ = notify.read();
@@ -357,6 +387,108 @@ where
         }
         let boot_time = *lock(&stop.boot_time);
         Ok(Outcome { exit, boot_time })
+    }
+}
+
+const STOP_TOKEN: u64 = u64::MAX;
+const INPUT_TOKEN: u64 = u64::MAX - 2;
+const READY_TOKEN: u64 = u64::MAX - 1;
+
+/// Moves console input into the serial port as fast as the guest reads it. Input is read
+/// only while nothing read earlier still waits for FIFO space, so a slow guest holds the
+/// writer back instead of losing bytes.
+struct ConsoleFeed {
+    input: ConsoleInput,
+    /// False for a regular file, which epoll refuses and which is always readable.
+    pollable: bool,
+    /// Whether the input is in the epoll set.
+    listening: bool,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    ended: bool,
+}
+
+impl ConsoleFeed {
+    fn start(
+        epoll: &Epoll,
+        input: ConsoleInput,
+        serial: &Mutex<Serial<impl Write + Send>>,
+    ) -> Result<Self, Error> {
+        let add = |fd, token| {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+        };
+        add(input.ready.as_raw_fd(), READY_TOKEN)
+            .map_err(|e| Error::Io("epoll_ctl (console input)", e))?;
+        let pollable = match add(input.file.as_raw_fd(), INPUT_TOKEN) {
+            Ok(()) => true,
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => false,
+            Err(e) => return Err(Error::Io("epoll_ctl (console input)", e)),
+        };
+        let mut feed = ConsoleFeed {
+            input,
+            pollable,
+            listening: pollable,
+            buf: vec![0; 4096],
+            start: 0,
+            end: 0,
+            ended: false,
+        };
+        if !pollable {
+            feed.pump(epoll, serial, false);
+        }
+        Ok(feed)
+    }
+
+    fn on_event(&mut self, epoll: &Epoll, token: u64, serial: &Mutex<Serial<impl Write + Send>>) {
+        if token == READY_TOKEN {
+            let _ = self.input.ready.read();
+        }
+        self.pump(epoll, serial, token == INPUT_TOKEN);
+    }
+
+    fn pump(&mut self, epoll: &Epoll, serial: &Mutex<Serial<impl Write + Send>>, readable: bool) {
+        let mut readable = readable || !self.pollable;
+        loop {
+            if self.start == self.end && !self.ended && readable {
+                match self.input.file.read(&mut self.buf) {
+                    Ok(0) => self.ended = true,
+                    Ok(n) => (self.start, self.end) = (0, n),
+                    Err(e)
+                        if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::WouldBlock) => {}
+                    // Input that cannot be read ends the input, not the VM.
+                    Err(_) => self.ended = true,
+                }
+                readable = !self.pollable;
+            }
+            let sent = lock(serial).receive(&self.buf[self.start..self.end]);
+            self.start += sent;
+            // A regular file is read on while the FIFO takes everything.
+            if self.pollable || self.ended || self.start < self.end || sent == 0 {
+                break;
+            }
+        }
+        // Hang-ups are reported even for an fd that asks for no events, so an input that
+        // must not be read leaves the epoll set instead of only going quiet.
+        let listen = self.pollable && !self.ended && self.start == self.end;
+        if listen != self.listening {
+            let op = if listen {
+                ControlOperation::Add
+            } else {
+                ControlOperation::Delete
+            };
+            let fd = self.input.file.as_raw_fd();
+            if epoll
+                .ctl(op, fd, EpollEvent::new(EventSet::IN, INPUT_TOKEN))
+                .is_ok()
+            {
+                self.listening = listen;
+            }
+        }
     }
 }
 

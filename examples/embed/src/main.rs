@@ -43,6 +43,7 @@ fn main() -> std::process::ExitCode {
         disks: Vec::new(),
         rng: true,
         console: Box::new(console.clone()),
+        console_input: None,
         start: Instant::now(),
     });
     let text = String::from_utf8_lossy(&console.0.lock().expect("console lock")).into_owned();
