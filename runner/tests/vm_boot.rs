@@ -49,9 +49,13 @@ status)
     ctl_exit 300
     ;;
 input)
-    read -r first
-    read -r long
-    read -r last
+    # Every read gives up after a minute, so input that never comes fails the test then
+    # instead of at the lab's timeout.
+    echo "ready-for-input"
+    read -r -t 60 first
+    read -r -t 60 long
+    read -r -t 60 eof || echo "eof:yes"
+    read -r -t 60 last
     echo "first:$first"
     echo "long:$long"
     echo "last:$last"
@@ -65,6 +69,15 @@ esac
 echo "unknown case $1"
 ctl_exit 99
 "#;
+
+/// Where a boot's stdin comes from: nothing, a regular file (always readable, not
+/// pollable), a pipe (pollable), or a terminal (put in raw mode for the VM's life).
+enum Stdin {
+    Null,
+    File,
+    Pipe,
+    Terminal,
+}
 
 /// What one boot left: exit status and serial console.
 struct Boot {
@@ -109,43 +122,60 @@ fn lab() -> &'static Lab {
         let d = |name: &str| dir.join(name).display().to_string();
         std::fs::write(dir.join("input.txt"), console_input()).unwrap();
         // (name, flags, stdin, init's case)
-        let cases: [(&str, String, &str, &str); 8] = [
+        let cases: [(&str, String, Stdin, &str); 9] = [
             (
                 "marker",
                 format!("--disk {},ro --boot-timer", d("marker.img")),
-                "",
+                Stdin::Null,
                 "marker",
             ),
-            ("sizes", "--cpus 2 --memory 384m".into(), "", "sizes"),
-            ("write", format!("--disk {}", d("rw.img")), "", "write"),
-            ("write-ro", format!("--disk {},ro", d("ro.img")), "", "write-ro"),
-            ("status", String::new(), "", "status"),
-            ("panic", String::new(), "", "panic"),
-            // A regular file (always readable, not pollable) and a pipe (pollable).
-            ("input-file", "-i".into(), "<input.txt", "input"),
-            ("input-pipe", "-i".into(), "cat input.txt |", "input"),
+            ("sizes", "--cpus 2 --memory 384m".into(), Stdin::Null, "sizes"),
+            ("write", format!("--disk {}", d("rw.img")), Stdin::Null, "write"),
+            ("write-ro", format!("--disk {},ro", d("ro.img")), Stdin::Null, "write-ro"),
+            ("status", String::new(), Stdin::Null, "status"),
+            ("panic", String::new(), Stdin::Null, "panic"),
+            ("input-file", "-i".into(), Stdin::File, "input"),
+            ("input-pipe", "-i".into(), Stdin::Pipe, "input"),
+            ("input-tty", "-i".into(), Stdin::Terminal, "input"),
         ];
         // In the nested lab, an L2 vCPU run on the L1's CPU 0 sometimes never gets past
         // its first instruction (the whole lab session then hangs; QEMU TCG's SVM, not hk:
         // the same binary pinned to CPU 1 boots every time). Pinning is harmless elsewhere.
         let mut script = format!(
             "pin=\nif [ \"$(nproc)\" -gt 1 ] && command -v taskset >/dev/null; then pin='taskset -c 1'; fi\n\
-             hk={}\nkernel={}\ninitrd={}\ncd {}\n",
+             export pin hk={} kernel={} initrd={}\ncd {}\n",
             env!("CARGO_BIN_EXE_hk"),
             guest_kernel().display(),
             initrd.display(),
             dir.display()
         );
         for (name, flags, stdin, case) in &cases {
-            let (pipe, file) = match stdin.strip_suffix('|') {
-                Some(pipe) => (format!("{pipe}| "), ""),
-                None => (String::new(), *stdin),
-            };
-            script.push_str(&format!(
-                "{pipe}$pin \"$hk\" vm boot --kernel \"$kernel\" --initrd \"$initrd\" {flags} \
-                 --console {name}.console --cmdline 'console=ttyS0 quiet -- {case}' \
-                 2>{name}.stderr {file}\necho $? >{name}.status\n"
-            ));
+            // Each boot is a script of its own, so that it can run behind a terminal; on
+            // one, it records the terminal's settings before and after.
+            std::fs::write(
+                dir.join(format!("{name}.sh")),
+                format!(
+                    "if [ -t 0 ]; then stty -g >{name}.tty-before; fi\n\
+                     $pin \"$hk\" vm boot --kernel \"$kernel\" --initrd \"$initrd\" {flags} \
+                     --console {name}.console --cmdline 'console=ttyS0 quiet -- {case}' \
+                     2>{name}.stderr\necho $? >{name}.status\n\
+                     if [ -t 0 ]; then stty -g >{name}.tty-after; fi\n"
+                ),
+            )
+            .unwrap();
+            script.push_str(&match stdin {
+                Stdin::Null => format!("sh {name}.sh </dev/null\n"),
+                Stdin::File => format!("sh {name}.sh <input.txt\n"),
+                Stdin::Pipe => format!("cat input.txt | sh {name}.sh\n"),
+                // script(1) runs it on a new pseudo-terminal and copies its stdin there. The
+                // input waits for the guest's first line: typed any earlier, the terminal
+                // would still be in its usual mode and turn the Ctrl-D into an end of line.
+                Stdin::Terminal => format!(
+                    "(n=0; until grep -q ready-for-input {name}.console 2>/dev/null || \
+                     [ $n -ge 600 ]; do sleep 0.2; n=$((n + 1)); done; cat input.txt) | \
+                     script -qec 'sh {name}.sh' /dev/null >/dev/null\n"
+                ),
+            });
         }
         let script_path = dir.join("boots.sh");
         std::fs::write(&script_path, script).unwrap();
@@ -192,10 +222,13 @@ fn value<'a>(boot: &'a Boot, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no `{key}:` line on the console: {boot:?}"))
 }
 
-/// Three lines for the guest's console; the middle one is far longer than the UART's
-/// 64-byte FIFO, so it only arrives whole if input waits for the guest to read.
+/// Lines for the guest's console: the second is far longer than the UART's 64-byte FIFO,
+/// so it only arrives whole if input waits for the guest to read; the Ctrl-D before the
+/// last is an end of file for the guest's tty, and reaches it through a host terminal only
+/// if hk put that terminal in raw mode (in its usual mode the terminal ends hk's input
+/// there instead, and `bye` never arrives).
 fn console_input() -> String {
-    format!("hello\n{}\nbye\n", long_line())
+    format!("hello\n{}\n\x04bye\n", long_line())
 }
 
 fn long_line() -> String {
@@ -293,6 +326,7 @@ fn assert_console_input_arrived_whole(name: &str) {
     assert_eq!(b.status, 0, "{b:?}");
     assert_eq!(value(b, "first"), "hello", "{b:?}");
     assert_eq!(value(b, "long"), long_line(), "{b:?}");
+    assert_eq!(value(b, "eof"), "yes", "{b:?}");
     assert_eq!(value(b, "last"), "bye", "{b:?}");
 }
 
@@ -304,4 +338,14 @@ fn console_input_from_a_file_reaches_the_guest_whole() {
 #[test]
 fn console_input_from_a_pipe_reaches_the_guest_whole() {
     assert_console_input_arrived_whole("input-pipe");
+}
+
+#[test]
+fn console_input_from_a_terminal_reaches_the_guest_and_the_terminal_is_restored() {
+    assert_console_input_arrived_whole("input-tty");
+    let dir = &lab().dir;
+    let before = std::fs::read_to_string(dir.join("input-tty.tty-before"))
+        .expect("the boot did not run on a terminal");
+    let after = std::fs::read_to_string(dir.join("input-tty.tty-after")).unwrap();
+    assert_eq!(before, after, "hk left the terminal in another mode");
 }
