@@ -141,3 +141,34 @@ fn lab_timeout_kills_everything() {
         String::from_utf8_lossy(&left.stdout)
     );
 }
+
+/// The L1 needs a writable /tmp, yet a checkout or a scratch directory may live under the
+/// host's /tmp: both hold at once, and what the L1 writes to /tmp stays in the L1.
+#[test]
+fn the_hosts_tmp_is_visible_in_the_lab_and_the_labs_writes_stay_there() {
+    let host_dir = tempfile::Builder::new()
+        .prefix("hk-lab-tmp-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::write(host_dir.path().join("from-host"), "host\n").unwrap();
+    let _turn = hk_tests::lab_lock();
+    let out = Command::new(repo_root().join("scripts/lab"))
+        .args(["--timeout", "300", "--"])
+        .args(["sh", "-c"])
+        .arg("cat from-host && echo lab > from-lab && cat from-lab")
+        .current_dir(host_dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout, "host\nlab\n");
+    assert!(
+        !host_dir.path().join("from-lab").exists(),
+        "a write to /tmp inside the lab reached the host"
+    );
+}
