@@ -153,8 +153,7 @@ fn the_hosts_tmp_is_visible_in_the_lab_and_the_labs_writes_stay_there() {
     std::fs::write(host_dir.path().join("from-host"), "host\n").unwrap();
     let _turn = hk_tests::lab_lock();
     let out = Command::new(repo_root().join("scripts/lab"))
-        .args(["--timeout", "300", "--"])
-        .args(["sh", "-c"])
+        .args(["--timeout", "300", "--", "sh", "-c"])
         .arg("cat from-host && echo lab > from-lab && cat from-lab")
         .current_dir(host_dir.path())
         .output()
