@@ -1,9 +1,13 @@
 //! The virtio-mmio transport, version 2 (virtio 1.x §4.2.2). Register accesses come from
-//! vCPU threads; queue work runs on the device thread through [`MmioTransport::process`].
+//! vCPU threads and only ever touch register state; when the driver sets DRIVER_OK the
+//! device's worker starts on a thread of its own with copies of the queues
+//! ([`super::worker`]), and a reset stops it before the queues are forgotten.
 //! The guest programs queue addresses freely: nothing is trusted until the driver says
-//! DRIVER_OK, and then virtio-queue validates the rings against guest memory before use.
+//! DRIVER_OK, and then a ready queue whose rings lie outside guest memory fails the
+//! activation (DEVICE_NEEDS_RESET) instead of being served.
 
-use super::{VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use super::worker::{self, Activated, Fatal, WorkerHandle};
+use super::{VirtioDevice, VirtioInterrupt, INT_CONFIG, VIRTIO_F_VERSION_1};
 use crate::{BusDevice, GuestMemory};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
@@ -42,6 +46,7 @@ const REG_CONFIG: u64 = 0x100;
 /// Device status bits.
 const STATUS_FEATURES_OK: u32 = 0x08;
 const STATUS_DRIVER_OK: u32 = 0x04;
+const STATUS_NEEDS_RESET: u32 = 0x40;
 const STATUS_FAILED: u32 = 0x80;
 
 /// Size of the MMIO window of one device.
@@ -54,7 +59,9 @@ pub struct MmioTransport {
     /// Signalled on QueueNotify writes that reach the vCPU (no ioeventfd); the device thread
     /// polls it either way.
     notify: EventFd,
+    fatal: Fatal,
     queues: Vec<Queue>,
+    worker: Option<WorkerHandle>,
     queue_sel: u32,
     device_features_sel: u32,
     driver_features_sel: u32,
@@ -68,6 +75,7 @@ impl MmioTransport {
         mem: GuestMemory,
         interrupt: VirtioInterrupt,
         notify: EventFd,
+        fatal: Fatal,
     ) -> Self {
         let queues = device
             .queue_max_sizes()
@@ -79,7 +87,9 @@ impl MmioTransport {
             mem,
             interrupt,
             notify,
+            fatal,
             queues,
+            worker: None,
             queue_sel: 0,
             device_features_sel: 0,
             driver_features_sel: 0,
@@ -96,31 +106,41 @@ impl MmioTransport {
         self.status & STATUS_DRIVER_OK != 0 && self.status & STATUS_FAILED == 0
     }
 
-    /// Handles available buffers on every ready queue. Called on the device thread when
-    /// the notify eventfd fires.
-    pub fn process(&mut self) {
-        if !self.active() {
-            return;
-        }
-        let mut used = false;
-        for (index, queue) in self.queues.iter_mut().enumerate() {
-            // A queue the driver set up with rings outside guest memory is never touched.
-            if queue.ready() && queue.is_valid(&self.mem) {
-                used |= self.device.process_queue(index, queue, &self.mem);
+    /// Starts the device's worker with copies of the queues the driver set up.
+    fn activate(&mut self) -> Result<WorkerHandle, String> {
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for (index, queue) in self.queues.iter().enumerate() {
+            // A queue whose rings lie outside guest memory is never touched.
+            if queue.ready() && !queue.is_valid(&self.mem) {
+                return Err(format!("queue {index} has rings outside guest memory"));
             }
+            queues.push(Queue::try_from(queue.state()).map_err(|e| e.to_string())?);
         }
-        if used {
-            // The guest cannot be told anything if its interrupt line is gone; the VM is
-            // then stopping anyway.
-            let _ = self.interrupt.signal_used_queue();
-        }
-    }
-
-    fn selected_queue(&mut self) -> Option<&mut Queue> {
-        self.queues.get_mut(self.queue_sel as usize)
+        let worker = self
+            .device
+            .activate(self.driver_features)
+            .map_err(|e| e.to_string())?;
+        let notify = self.notify.try_clone().map_err(|e| e.to_string())?;
+        worker::spawn(
+            self.device.name(),
+            Activated {
+                worker,
+                queues,
+                mem: self.mem.clone(),
+                interrupt: self.interrupt.clone(),
+                notify,
+            },
+            self.fatal.clone(),
+        )
+        .map_err(|e| e.to_string())
     }
 
     fn reset(&mut self) {
+        // Joins the device thread: once the driver reads status 0 back, the device no longer
+        // touches the rings (§2.4).
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
+        }
         for queue in &mut self.queues {
             queue.reset();
         }
@@ -132,12 +152,18 @@ impl MmioTransport {
         self.interrupt.ack(u32::MAX);
     }
 
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
     fn set_status(&mut self, status: u32) {
         if status == 0 {
             self.reset();
             return;
         }
-        let mut status = status;
+        // The driver only ever adds bits (§3.1.1); NEEDS_RESET is the device's to set.
+        let mut status =
+            (status | self.status) & !STATUS_NEEDS_RESET | self.status & STATUS_NEEDS_RESET;
         if status & STATUS_FEATURES_OK != 0 && self.status & STATUS_FEATURES_OK == 0 {
             let offered = self.device.features();
             // A driver that accepts what was not offered, or refuses VERSION_1 (legacy),
@@ -151,7 +177,21 @@ impl MmioTransport {
         if status & STATUS_DRIVER_OK != 0 && status & STATUS_FEATURES_OK == 0 {
             status = (status & !STATUS_DRIVER_OK) | STATUS_FAILED;
         }
+        let starting = status & STATUS_DRIVER_OK != 0
+            && status & (STATUS_FAILED | STATUS_NEEDS_RESET) == 0
+            && self.worker.is_none();
         self.status = status;
+        if starting {
+            match self.activate() {
+                Ok(worker) => self.worker = Some(worker),
+                Err(_) => {
+                    // The driver learns through the status and a configuration interrupt
+                    // (§2.1.2); it must reset the device before using it again.
+                    self.status |= STATUS_NEEDS_RESET;
+                    let _ = self.interrupt.signal(INT_CONFIG);
+                }
+            }
+        }
     }
 
     fn read_u32(&self, offset: u64) -> u32 {
@@ -273,7 +313,8 @@ mod tests {
     use crate::virtio::rng::Rng;
     use crate::Interrupt;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
@@ -289,16 +330,26 @@ mod tests {
         }
     }
 
-    fn transport() -> (MmioTransport, GuestMemory, Arc<Count>) {
+    struct Harness {
+        t: MmioTransport,
+        mem: GuestMemory,
+        irq: Arc<Count>,
+        fatal: Arc<Mutex<Vec<String>>>,
+    }
+
+    fn transport() -> Harness {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let irq = Arc::new(Count::default());
+        let fatal = Arc::new(Mutex::new(Vec::new()));
+        let sink = fatal.clone();
         let t = MmioTransport::new(
             Box::new(Rng::new()),
             mem.clone(),
             VirtioInterrupt::new(irq.clone()),
             EventFd::new(0).unwrap(),
+            Arc::new(move |why| sink.lock().unwrap().push(why)),
         );
-        (t, mem, irq)
+        Harness { t, mem, irq, fatal }
     }
 
     fn w(t: &mut MmioTransport, offset: u64, value: u32) {
@@ -329,9 +380,35 @@ mod tests {
         w(t, REG_STATUS, 1 | 2 | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
     }
 
+    /// Waits for the device thread to reach `cond` (it runs on its own thread).
+    fn eventually(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "never happened: {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A queue at 0 with one 32-byte write-only chain available.
+    fn queue_with_a_chain(mem: &GuestMemory) -> MockSplitQueue<'_, GuestMemory> {
+        let mock = MockSplitQueue::create(mem, GuestAddress(0), 16);
+        let d = RawDescriptor::from(Descriptor::new(0x2_0000, 32, 2, 0));
+        mock.add_desc_chains(&[d], 0).unwrap();
+        mock
+    }
+
+    fn setup_mock(t: &mut MmioTransport, mock: &MockSplitQueue<'_, GuestMemory>) {
+        setup(
+            t,
+            mock.desc_table_addr().0,
+            mock.avail_addr().0,
+            mock.used_addr().0,
+        );
+    }
+
     #[test]
     fn identifies_as_a_modern_device() {
-        let (mut t, ..) = transport();
+        let Harness { mut t, .. } = transport();
         assert_eq!(r(&mut t, REG_MAGIC), MAGIC);
         assert_eq!(r(&mut t, REG_VERSION), 2);
         assert_eq!(r(&mut t, REG_DEVICE_ID), 4);
@@ -340,48 +417,88 @@ mod tests {
     }
 
     #[test]
-    fn a_working_queue_is_served_and_interrupts() {
-        let (mut t, mem, irq) = transport();
-        let mock = MockSplitQueue::create(&mem, GuestAddress(0), 16);
-        let d = RawDescriptor::from(Descriptor::new(0x2_0000, 32, 2, 0));
-        mock.add_desc_chains(&[d], 0).unwrap();
-        setup(
-            &mut t,
-            mock.desc_table_addr().0,
-            mock.avail_addr().0,
-            mock.used_addr().0,
-        );
-        t.process();
-        assert_eq!(mock.used().idx().load(), 1);
-        assert_eq!(irq.0.load(Ordering::SeqCst), 1);
+    fn a_working_queue_is_served_on_the_device_thread_and_interrupts() {
+        let Harness {
+            mut t, mem, irq, ..
+        } = transport();
+        let mock = queue_with_a_chain(&mem);
+        setup_mock(&mut t, &mock);
+        eventually("the chain is used", || mock.used().idx().load() == 1);
+        eventually("the interrupt", || irq.0.load(Ordering::SeqCst) == 1);
         assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), 1);
         w(&mut t, REG_INTERRUPT_ACK, 1);
         assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), 0);
     }
 
     #[test]
-    fn rings_outside_guest_memory_are_never_touched() {
+    fn rings_outside_guest_memory_fail_the_activation() {
         for (desc, avail, used) in [
             (0x20_0000, 0x1000, 0x2000),
             (0x0, 0xffff_ffff_ffff_f000, 0x2000),
             (0x0, 0x1000, 0x10_0000 - 8),
-            (0x1, 0x1000, 0x2000), // misaligned descriptor table
         ] {
-            let (mut t, _, irq) = transport();
+            let Harness {
+                mut t, mem, irq, ..
+            } = transport();
+            // A chain is available where the (valid) avail ring of the control case points,
+            // so a device that served the broken queue anyway would be seen using it.
+            let mock = queue_with_a_chain(&mem);
             setup(&mut t, desc, avail, used);
-            t.process();
-            assert_eq!(
-                irq.0.load(Ordering::SeqCst),
-                0,
-                "{desc:#x} {avail:#x} {used:#x}"
-            );
+            let what = format!("{desc:#x} {avail:#x} {used:#x}");
+            assert_ne!(r(&mut t, REG_STATUS) & STATUS_NEEDS_RESET, 0, "{what}");
+            assert!(t.worker.is_none(), "{what}");
+            assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), INT_CONFIG, "{what}");
+            assert_eq!(irq.0.load(Ordering::SeqCst), 1, "{what}: config interrupt");
+            w(&mut t, REG_QUEUE_NOTIFY, 0);
+            std::thread::sleep(Duration::from_millis(20));
+            assert_eq!(mock.used().idx().load(), 0, "{what}");
         }
+        // The control case: the same chain at valid addresses is served.
+        let Harness { mut t, mem, .. } = transport();
+        let mock = queue_with_a_chain(&mem);
+        setup_mock(&mut t, &mock);
+        assert_eq!(r(&mut t, REG_STATUS) & STATUS_NEEDS_RESET, 0);
+        eventually("control chain used", || mock.used().idx().load() == 1);
+    }
+
+    #[test]
+    fn a_driver_reset_stops_the_device_and_a_new_setup_works() {
+        let Harness { mut t, mem, .. } = transport();
+        let mock = queue_with_a_chain(&mem);
+        setup_mock(&mut t, &mock);
+        eventually("first chain used", || mock.used().idx().load() == 1);
+        w(&mut t, REG_STATUS, 0);
+        assert_eq!(r(&mut t, REG_STATUS), 0);
+        assert!(
+            t.worker.is_none(),
+            "the device thread is gone after a reset"
+        );
+        assert_eq!(r(&mut t, REG_QUEUE_READY), 0);
+        // After the reset nothing serves the old rings, even when notified.
+        let d = RawDescriptor::from(Descriptor::new(0x2_0000, 32, 2, 0));
+        mock.add_desc_chains(&[d], 1).unwrap();
+        w(&mut t, REG_QUEUE_NOTIFY, 0);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(mock.used().idx().load(), 1);
+        // A driver loaded again sets the device up afresh, on new rings.
+        let mem2 = mem.clone();
+        let fresh = MockSplitQueue::create(&mem2, GuestAddress(0x4_0000), 16);
+        fresh
+            .add_desc_chains(
+                &[RawDescriptor::from(Descriptor::new(0x5_0000, 16, 2, 0))],
+                0,
+            )
+            .unwrap();
+        setup_mock(&mut t, &fresh);
+        eventually("chain on the new rings used", || {
+            fresh.used().idx().load() == 1
+        });
     }
 
     #[test]
     fn a_driver_refusing_version_1_or_accepting_unoffered_features_fails() {
         for (sel, bits) in [(0, 0), (1, 0x3)] {
-            let (mut t, ..) = transport();
+            let Harness { mut t, .. } = transport();
             w(&mut t, REG_DRIVER_FEATURES_SEL, sel);
             w(&mut t, REG_DRIVER_FEATURES, bits);
             w(&mut t, REG_STATUS, 1 | 2 | STATUS_FEATURES_OK);
@@ -392,18 +509,23 @@ mod tests {
                 1 | 2 | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
             );
             assert_ne!(r(&mut t, REG_STATUS) & STATUS_FAILED, 0);
-            t.process();
+            assert!(t.worker.is_none());
         }
     }
 
     #[test]
-    fn odd_accesses_are_harmless() {
-        let (mut t, ..) = transport();
+    fn register_writes_of_every_width_at_every_offset_are_harmless() {
+        let Harness { mut t, fatal, .. } = transport();
+        for offset in 0..0x200u64 {
+            for width in [1usize, 2, 4, 8] {
+                t.write(offset, &vec![0xff; width]);
+                let mut b = vec![0u8; width];
+                t.read(offset, &mut b);
+            }
+        }
         let mut b = [0xffu8; 2];
         t.read(REG_MAGIC, &mut b);
         assert_eq!(b, [0, 0]);
-        t.write(REG_STATUS, &[1, 2]);
-        t.write(REG_QUEUE_SEL + 1, &7u32.to_le_bytes());
         w(&mut t, REG_QUEUE_SEL, 1000);
         w(&mut t, REG_QUEUE_NUM, 3);
         w(&mut t, REG_QUEUE_READY, 1);
@@ -411,6 +533,6 @@ mod tests {
         let mut cfg = [0xffu8; 8];
         t.read(u64::MAX - 3, &mut cfg);
         t.write(u64::MAX, &[1]);
-        t.process();
+        assert!(fatal.lock().unwrap().is_empty());
     }
 }

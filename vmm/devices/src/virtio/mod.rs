@@ -1,31 +1,71 @@
 //! Virtio devices and their MMIO transport (virtio 1.x, "modern" MMIO version 2).
+//!
+//! A device is split in two, as Cloud Hypervisor and Firecracker split theirs:
+//! - the [`VirtioDevice`] model, which the transport keeps: identity, features, queue sizes,
+//!   configuration space. vCPU threads read it through the MMIO registers, so it never does
+//!   I/O.
+//! - a [`DeviceWorker`], made when the driver sets DRIVER_OK, which owns the queues and runs
+//!   on a thread of its own ([`worker`]). Disk reads, fsyncs and socket I/O happen there, so a
+//!   vCPU reading InterruptStatus never waits behind them, and one device's slow I/O never
+//!   stalls another's.
 
 pub mod block;
 pub mod mmio;
 pub mod rng;
+pub mod vsock;
+pub mod worker;
 
 use crate::{GuestMemory, Interrupt};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use virtio_queue::Queue;
+pub use worker::{Events, Served};
 
 /// Feature bit every modern device offers and every modern driver must accept.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 /// A virtio device model, independent of its transport.
 pub trait VirtioDevice: Send {
-    /// Virtio device ID (2 = block, 4 = entropy).
+    /// Virtio device ID (2 = block, 4 = entropy, 19 = socket).
     fn device_type(&self) -> u32;
+    /// Short name for the device's thread and for errors ("blk0", "vsock").
+    fn name(&self) -> String;
     /// Feature bits offered to the driver.
     fn features(&self) -> u64;
-    /// Maximum size of each queue; its length is the number of queues.
+    /// Maximum size of each queue; its length is the number of queues. Each a power of two.
     fn queue_max_sizes(&self) -> &[u16];
     /// Reads the device-specific configuration space; bytes past its end read as 0.
     fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Handles what the driver made available on queue `index`; returns whether anything
-    /// was added to the used ring (so the driver may need an interrupt). Runs on the device
-    /// thread, never on a vCPU.
-    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool;
+    /// The driver accepted `features` and set DRIVER_OK: returns what serves the queues
+    /// until the driver resets the device. Called again after each reset.
+    fn activate(&mut self, features: u64) -> std::io::Result<Box<dyn DeviceWorker>>;
+}
+
+/// What serves an active device's queues, on the device's own thread.
+///
+/// Each call does a bounded amount of work and says so through [`Served::more`], so a
+/// guest that keeps a queue full cannot starve the device's other queues and event sources.
+pub trait DeviceWorker: Send {
+    /// Registers the worker's own event sources (host sockets, host-side requests); called
+    /// once on the device thread, before anything else.
+    fn init(&mut self, _events: &Events) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    /// The driver notified a queue (the transport does not say which), or the last call ran
+    /// out of budget.
+    fn process(&mut self, queues: &mut [Queue], mem: &GuestMemory, events: &Events) -> Served;
+
+    /// One of the sources registered through [`Events`] is ready.
+    fn event(
+        &mut self,
+        _token: u64,
+        _queues: &mut [Queue],
+        _mem: &GuestMemory,
+        _events: &Events,
+    ) -> Served {
+        Served::default()
+    }
 }
 
 /// The interrupt of a virtio-mmio device with its InterruptStatus register, which the
@@ -38,6 +78,8 @@ pub struct VirtioInterrupt {
 
 /// InterruptStatus bit: a queue's used ring changed.
 pub const INT_USED_RING: u32 = 0x1;
+/// InterruptStatus bit: the configuration (or the device status) changed.
+pub const INT_CONFIG: u32 = 0x2;
 
 impl VirtioInterrupt {
     pub fn new(line: Arc<dyn Interrupt>) -> Self {
@@ -48,7 +90,11 @@ impl VirtioInterrupt {
     }
 
     pub fn signal_used_queue(&self) -> std::io::Result<()> {
-        self.status.fetch_or(INT_USED_RING, Ordering::SeqCst);
+        self.signal(INT_USED_RING)
+    }
+
+    fn signal(&self, bits: u32) -> std::io::Result<()> {
+        self.status.fetch_or(bits, Ordering::SeqCst);
         self.line.trigger()
     }
 

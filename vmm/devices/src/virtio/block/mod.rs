@@ -1,15 +1,13 @@
 //! virtio-blk backed by a raw image file (virtio 1.x §5.2): read, write, flush, get-id.
 //!
-//! Requests run on the device thread with plain positioned file I/O: the image is a
+//! Requests run on the device's own thread with plain positioned file I/O: the image is a
 //! host file, so the page cache already does what a user-space cache would.
 
 mod request;
 
-use super::{read_config_bytes, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{read_config_bytes, DeviceWorker, Events, Served, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::GuestMemory;
-use request::Request;
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
@@ -25,6 +23,8 @@ const QUEUE_SIZE: u16 = 256;
 const SEG_MAX: u32 = 126;
 /// Length of the answer to GET_ID (VIRTIO_BLK_ID_BYTES).
 pub const ID_BYTES: usize = 20;
+/// Requests served per pass before the device's other work gets a turn.
+const BUDGET: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -34,8 +34,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("disk serial {0:?} is longer than {ID_BYTES} bytes")]
+    Serial(String),
 }
 
+/// The disk as the transport sees it: identity and configuration.
 pub struct Block {
     file: File,
     read_only: bool,
@@ -43,14 +46,14 @@ pub struct Block {
     capacity_sectors: u64,
     id: [u8; ID_BYTES],
     config: [u8; 16],
-    /// Reused between requests so a request costs no allocation.
-    descriptors: Vec<Descriptor>,
+    name: String,
 }
 
 impl Block {
-    /// Opens `path` as a disk. Its serial number (GET_ID) names the file by device and
-    /// inode, so the same image always answers the same id.
-    pub fn open(path: &Path, read_only: bool) -> Result<Block, Error> {
+    /// Opens `path` as a disk whose serial number (GET_ID, `/sys/block/vdX/serial` in a
+    /// Linux guest) is `serial`: chosen by the VMM's caller, so the guest can find its disks
+    /// by name and learns nothing about the host file.
+    pub fn open(path: &Path, read_only: bool, serial: &str) -> Result<Block, Error> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(!read_only)
@@ -63,14 +66,27 @@ impl Block {
             path: path.display().to_string(),
             source,
         })?;
+        if serial.len() > ID_BYTES {
+            return Err(Error::Serial(serial.to_string()));
+        }
         let mut id = [0u8; ID_BYTES];
-        let text = format!("hk{:x}-{:x}", meta.dev(), meta.ino());
-        let n = text.len().min(ID_BYTES);
-        id[..n].copy_from_slice(&text.as_bytes()[..n]);
-        Ok(Block::new(file, meta.len() / SECTOR_SIZE, read_only, id))
+        id[..serial.len()].copy_from_slice(serial.as_bytes());
+        Ok(Block::new(
+            file,
+            meta.len() / SECTOR_SIZE,
+            read_only,
+            id,
+            format!("blk-{serial}"),
+        ))
     }
 
-    fn new(file: File, capacity_sectors: u64, read_only: bool, id: [u8; ID_BYTES]) -> Block {
+    fn new(
+        file: File,
+        capacity_sectors: u64,
+        read_only: bool,
+        id: [u8; ID_BYTES],
+        name: String,
+    ) -> Block {
         let mut config = [0u8; 16];
         config[..8].copy_from_slice(&capacity_sectors.to_le_bytes());
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
@@ -80,7 +96,7 @@ impl Block {
             capacity_sectors,
             id,
             config,
-            descriptors: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            name,
         }
     }
 }
@@ -88,6 +104,10 @@ impl Block {
 impl VirtioDevice for Block {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_BLOCK
+    }
+
+    fn name(&self) -> String {
+        self.name.clone()
     }
 
     fn features(&self) -> u64 {
@@ -103,14 +123,40 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config, offset, data)
     }
 
-    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool {
+    fn activate(&mut self, _features: u64) -> std::io::Result<Box<dyn DeviceWorker>> {
+        Ok(Box::new(BlockWorker {
+            file: self.file.try_clone()?,
+            read_only: self.read_only,
+            capacity_sectors: self.capacity_sectors,
+            id: self.id,
+            descriptors: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+        }))
+    }
+}
+
+/// Serves the request queue of an active disk.
+struct BlockWorker {
+    file: File,
+    read_only: bool,
+    capacity_sectors: u64,
+    id: [u8; ID_BYTES],
+    /// Reused between requests so a request costs no allocation.
+    descriptors: Vec<Descriptor>,
+}
+
+impl DeviceWorker for BlockWorker {
+    fn process(&mut self, queues: &mut [Queue], mem: &GuestMemory, _events: &Events) -> Served {
+        let Some(queue) = queues.first_mut() else {
+            return Served::default();
+        };
         let mut used = false;
+        let mut budget = BUDGET;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
             let mut descriptors = std::mem::take(&mut self.descriptors);
             descriptors.clear();
             descriptors.extend(chain);
-            let len = Request::parse(&descriptors, mem).map_or(0, |req| req.execute(self, mem));
+            let len = request::handle(&descriptors, self, mem);
             self.descriptors = descriptors;
             // A used ring outside guest memory means the queue is broken: stop serving it
             // rather than spin on it.
@@ -118,8 +164,15 @@ impl VirtioDevice for Block {
                 break;
             }
             used = true;
+            budget -= 1;
+            if budget == 0 {
+                break;
+            }
         }
-        used && queue.needs_notification(mem).unwrap_or(true)
+        Served {
+            notify: used && queue.needs_notification(mem).unwrap_or(true),
+            more: budget == 0,
+        }
     }
 }
 

@@ -29,6 +29,7 @@ const UNSUPP: u8 = 2;
 struct Setup {
     mem: GuestMemory,
     disk: Block,
+    worker: Box<dyn DeviceWorker>,
     path: std::path::PathBuf,
 }
 
@@ -51,8 +52,20 @@ fn setup(read_only: bool) -> Setup {
         .collect();
     file.write_all(&pattern).unwrap();
     let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    let disk = Block::new(file, SECTORS, read_only, *b"hk-test-disk-id-0123");
-    Setup { mem, disk, path }
+    let mut disk = Block::new(
+        file,
+        SECTORS,
+        read_only,
+        *b"hk-test-disk-id-0123",
+        "blk-test".into(),
+    );
+    let worker = disk.activate(VIRTIO_F_VERSION_1).unwrap();
+    Setup {
+        mem,
+        disk,
+        worker,
+        path,
+    }
 }
 
 impl Drop for Setup {
@@ -80,8 +93,12 @@ impl Setup {
     fn run(&mut self, descs: &[RawDescriptor]) -> Vec<(u32, u32)> {
         let mock = MockSplitQueue::create(&self.mem, GuestAddress(0), QSIZE);
         mock.add_desc_chains(descs, 0).unwrap();
-        let mut queue: Queue = mock.create_queue().unwrap();
-        self.disk.process_queue(0, &mut queue, &self.mem);
+        let queue: Queue = mock.create_queue().unwrap();
+        self.worker.process(
+            &mut [queue],
+            &self.mem,
+            &crate::virtio::worker::test_events(),
+        );
         let used = mock.used();
         (0..used.idx().load())
             .map(|i| {
@@ -282,8 +299,11 @@ fn an_avail_index_far_ahead_of_the_ring_is_not_followed() {
         .unwrap();
     // The driver claims 1000 new buffers in a 16-entry ring.
     mock.avail().idx().store(1000u16.to_le());
-    let mut queue: Queue = mock.create_queue().unwrap();
-    assert!(!s.disk.process_queue(0, &mut queue, &s.mem));
+    let queue: Queue = mock.create_queue().unwrap();
+    let served = s
+        .worker
+        .process(&mut [queue], &s.mem, &crate::virtio::worker::test_events());
+    assert!(!served.notify);
     assert_eq!(mock.used().idx().load(), 0);
 }
 
@@ -312,4 +332,112 @@ fn flush_get_id_and_unknown_requests() {
     s.header(99, 0);
     assert_eq!(s.run(&chain(&[(DATA, 512, WRITE)])), [(0, 1)]);
     assert_eq!(s.status(), UNSUPP);
+}
+
+/// Virtio 1.x §2.7.4: the device must not assume a descriptor layout. Each of these
+/// requests is well formed, just not laid out as header, data, status descriptors.
+#[test]
+fn any_descriptor_layout_is_understood() {
+    // A write whose data shares the header's descriptor.
+    let mut s = setup(false);
+    s.header(OUT, 2);
+    s.mem
+        .write_slice(&[0xcd; 512], GuestAddress(HDR + 16))
+        .unwrap();
+    assert_eq!(
+        s.run(&[desc(HDR, 16 + 512, NEXT, 1), desc(STATUS, 1, WRITE, 0)]),
+        [(0, 1)]
+    );
+    assert_eq!(s.status(), OK);
+    assert!(s.disk_bytes()[1024..1536].iter().all(|&b| b == 0xcd));
+
+    // A header split over two descriptors.
+    let mut s = setup(false);
+    s.header(IN, 5);
+    let used = s.run(&[
+        desc(HDR, 4, NEXT, 1),
+        desc(HDR + 4, 12, NEXT, 2),
+        desc(DATA, 512, WRITE | NEXT, 3),
+        desc(STATUS, 1, WRITE, 0),
+    ]);
+    assert_eq!(used, [(0, 513)]);
+    assert_eq!(s.status(), OK);
+    let mut buf = [0u8; 512];
+    s.mem.read_slice(&mut buf, GuestAddress(DATA)).unwrap();
+    assert!(buf.iter().all(|&b| b == 5));
+
+    // A read whose status byte ends the data's descriptor.
+    let mut s = setup(false);
+    s.header(IN, 7);
+    s.mem.write_obj(0xeeu8, GuestAddress(DATA + 512)).unwrap();
+    let used = s.run(&[desc(HDR, 16, NEXT, 1), desc(DATA, 513, WRITE, 0)]);
+    assert_eq!(used, [(0, 513)]);
+    let status: u8 = s.mem.read_obj(GuestAddress(DATA + 512)).unwrap();
+    assert_eq!(status, OK);
+    s.mem.read_slice(&mut buf, GuestAddress(DATA)).unwrap();
+    assert!(buf.iter().all(|&b| b == 7));
+}
+
+#[test]
+fn readable_descriptors_after_writable_ones_are_dropped() {
+    let mut s = setup(false);
+    s.header(OUT, 0);
+    let used = s.run(&[
+        desc(HDR, 16, NEXT, 1),
+        desc(STATUS, 1, WRITE | NEXT, 2),
+        desc(DATA, 512, NEXT, 3),
+        desc(STATUS + 8, 1, WRITE, 0),
+    ]);
+    assert_eq!(used, [(0, 0)]);
+    assert!(s.disk_bytes()[..512].iter().all(|&b| b == 0));
+}
+
+/// GET_ID answers the serial the VMM's caller chose, not anything about the host file.
+#[test]
+fn get_id_is_the_configured_serial() {
+    let s = setup(false);
+    let mut disk = Block::open(&s.path, true, "hk-root").unwrap();
+    let mut worker = disk.activate(VIRTIO_F_VERSION_1).unwrap();
+    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    mem.write_obj(GET_ID.to_le(), GuestAddress(HDR)).unwrap();
+    let mock = MockSplitQueue::create(&mem, GuestAddress(0), QSIZE);
+    mock.add_desc_chains(&chain(&[(DATA, 20, WRITE)]), 0)
+        .unwrap();
+    let queue: Queue = mock.create_queue().unwrap();
+    worker.process(&mut [queue], &mem, &crate::virtio::worker::test_events());
+    let mut id = [0u8; 20];
+    mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+    assert_eq!(&id, b"hk-root\0\0\0\0\0\0\0\0\0\0\0\0\0");
+    assert!(Block::open(&s.path, true, "a-serial-longer-than-twenty").is_err());
+}
+
+/// A guest that keeps the queue full gets a bounded pass, then the thread moves on.
+#[test]
+fn one_pass_serves_a_bounded_number_of_requests() {
+    let mut s = setup(false);
+    s.header(FLUSH, 0);
+    let mock = MockSplitQueue::create(&s.mem, GuestAddress(0), 256);
+    let mut descs = Vec::new();
+    for i in 0..100u16 {
+        descs.push(desc(HDR, 16, NEXT, 2 * i + 1));
+        descs.push(desc(STATUS, 1, WRITE, 0));
+    }
+    mock.add_desc_chains(&descs, 0).unwrap();
+    let mut queue: Queue = mock.create_queue().unwrap();
+    let events = crate::virtio::worker::test_events();
+    let first = s
+        .worker
+        .process(std::slice::from_mut(&mut queue), &s.mem, &events);
+    assert!(first.more);
+    assert_eq!(mock.used().idx().load(), BUDGET as u16);
+    let mut passes = 1;
+    while s
+        .worker
+        .process(std::slice::from_mut(&mut queue), &s.mem, &events)
+        .more
+    {
+        passes += 1;
+    }
+    assert_eq!(mock.used().idx().load(), 100);
+    assert_eq!(passes, 100 / BUDGET);
 }

@@ -1,7 +1,7 @@
 //! virtio-rng (virtio 1.x §5.4): fills the guest's write-only buffers from the host's
 //! getrandom(2), so a guest has entropy at boot without waiting for jitter.
 
-use super::{VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{DeviceWorker, Events, Served, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::GuestMemory;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
@@ -10,15 +10,20 @@ const VIRTIO_ID_RNG: u32 = 4;
 const QUEUE_SIZE: u16 = 64;
 /// Upper bound per request: a guest asking for gigabytes gets this much and asks again.
 const MAX_BYTES_PER_REQUEST: usize = 64 * 1024;
+/// Requests served per pass before other work gets a turn.
+const BUDGET: usize = 64;
 
-pub struct Rng {
-    buffer: Vec<u8>,
-}
+pub struct Rng;
 
 impl Rng {
     pub fn new() -> Rng {
-        Rng { buffer: Vec::new() }
+        Rng
     }
+}
+
+/// Serves the request queue of an active device.
+struct RngWorker {
+    buffer: Vec<u8>,
 }
 
 impl Default for Rng {
@@ -58,12 +63,26 @@ impl VirtioDevice for Rng {
         &[QUEUE_SIZE]
     }
 
+    fn name(&self) -> String {
+        "rng".to_string()
+    }
+
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
 
-    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool {
+    fn activate(&mut self, _features: u64) -> std::io::Result<Box<dyn DeviceWorker>> {
+        Ok(Box::new(RngWorker { buffer: Vec::new() }))
+    }
+}
+
+impl DeviceWorker for RngWorker {
+    fn process(&mut self, queues: &mut [Queue], mem: &GuestMemory, _events: &Events) -> Served {
+        let Some(queue) = queues.first_mut() else {
+            return Served::default();
+        };
         let mut used = false;
+        let mut budget = BUDGET;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
             let mut written: u32 = 0;
@@ -85,8 +104,15 @@ impl VirtioDevice for Rng {
                 break;
             }
             used = true;
+            budget -= 1;
+            if budget == 0 {
+                break;
+            }
         }
-        used && queue.needs_notification(mem).unwrap_or(true)
+        Served {
+            notify: used && queue.needs_notification(mem).unwrap_or(true),
+            more: budget == 0,
+        }
     }
 }
 
@@ -102,8 +128,9 @@ mod tests {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let mock = MockSplitQueue::create(&mem, GuestAddress(0), 16);
         mock.add_desc_chains(descs, 0).unwrap();
-        let mut queue: Queue = mock.create_queue().unwrap();
-        Rng::new().process_queue(0, &mut queue, &mem);
+        let queue: Queue = mock.create_queue().unwrap();
+        let mut worker = Rng::new().activate(VIRTIO_F_VERSION_1).unwrap();
+        worker.process(&mut [queue], &mem, &crate::virtio::worker::test_events());
         let used = mock.used().ring().ref_at(0).unwrap().load();
         assert_eq!(mock.used().idx().load(), 1);
         drop(mock);

@@ -1,0 +1,213 @@
+//! The thread an active virtio device runs on: an epoll loop over the transport's queue
+//! notification eventfd, a stop eventfd and whatever the [`DeviceWorker`] registers.
+//!
+//! A panic or an error in a worker must not leave the VMM waiting on a device that is gone:
+//! both are caught here and handed to the VMM's `fatal` callback, which stops the VM.
+
+use super::{DeviceWorker, VirtioInterrupt};
+use crate::GuestMemory;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use virtio_queue::Queue;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Called when a device cannot go on (its worker failed or panicked); the VMM stops the VM.
+pub type Fatal = Arc<dyn Fn(String) + Send + Sync>;
+
+/// Tokens at or above this are the loop's own.
+const RESERVED: u64 = u64::MAX - 16;
+const STOP: u64 = u64::MAX;
+const NOTIFY: u64 = u64::MAX - 1;
+
+/// What one call into a worker did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    /// Buffers were used and the driver asked to be told: raise the interrupt.
+    pub notify: bool,
+    /// The call stopped at its budget with work left: call `process` again soon, after the
+    /// other ready sources had their turn.
+    pub more: bool,
+}
+
+impl std::ops::BitOrAssign for Served {
+    fn bitor_assign(&mut self, other: Served) {
+        self.notify |= other.notify;
+        self.more |= other.more;
+    }
+}
+
+/// The worker's side of the device thread's epoll set.
+pub struct Events {
+    epoll: Epoll,
+}
+
+impl Events {
+    fn new() -> std::io::Result<Events> {
+        Ok(Events {
+            epoll: Epoll::new()?,
+        })
+    }
+
+    fn ctl(
+        &self,
+        op: ControlOperation,
+        fd: RawFd,
+        token: u64,
+        set: EventSet,
+    ) -> std::io::Result<()> {
+        if token >= RESERVED {
+            return Err(std::io::Error::other(
+                "event token reserved by the device loop",
+            ));
+        }
+        self.epoll.ctl(op, fd, EpollEvent::new(set, token))
+    }
+
+    /// Waits for `set` on `fd`, reported to [`DeviceWorker::event`] as `token`.
+    pub fn add(&self, fd: RawFd, token: u64, set: EventSet) -> std::io::Result<()> {
+        self.ctl(ControlOperation::Add, fd, token, set)
+    }
+
+    /// Changes what `fd` is waited for.
+    pub fn modify(&self, fd: RawFd, token: u64, set: EventSet) -> std::io::Result<()> {
+        self.ctl(ControlOperation::Modify, fd, token, set)
+    }
+
+    /// Stops waiting for `fd` (closing it does that too).
+    pub fn remove(&self, fd: RawFd) -> std::io::Result<()> {
+        self.epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+    }
+}
+
+/// A running device thread; stopping it (or dropping the handle) waits until it is gone, so
+/// the queues are no longer touched once the transport resets.
+pub struct WorkerHandle {
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = self.stop.write(1);
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// What a device thread works with.
+pub struct Activated {
+    pub worker: Box<dyn DeviceWorker>,
+    pub queues: Vec<Queue>,
+    pub mem: GuestMemory,
+    pub interrupt: VirtioInterrupt,
+    /// The transport's queue notification eventfd.
+    pub notify: EventFd,
+}
+
+/// Starts the thread `name` serving `work` until the handle stops it.
+pub fn spawn(name: String, work: Activated, fatal: Fatal) -> std::io::Result<WorkerHandle> {
+    let stop = EventFd::new(EFD_NONBLOCK)?;
+    let stop_rx = stop.try_clone()?;
+    let thread = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(work, &stop_rx)));
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => fatal(format!("device {name}: {e}")),
+                Err(panic) => fatal(format!("device {name} panicked: {}", panic_text(&*panic))),
+            }
+        })?;
+    Ok(WorkerHandle {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// The message of a caught panic.
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
+fn serve(work: Activated, stop: &EventFd) -> std::io::Result<()> {
+    let Activated {
+        mut worker,
+        mut queues,
+        mem,
+        interrupt,
+        notify,
+    } = work;
+    let events = Events::new()?;
+    events.epoll.ctl(
+        ControlOperation::Add,
+        stop.as_raw_fd(),
+        EpollEvent::new(EventSet::IN, STOP),
+    )?;
+    events.epoll.ctl(
+        ControlOperation::Add,
+        notify.as_raw_fd(),
+        EpollEvent::new(EventSet::IN, NOTIFY),
+    )?;
+    worker.init(&events)?;
+    let mut ready = vec![EpollEvent::default(); 64];
+    // The driver may have made buffers available before it set DRIVER_OK.
+    let mut process = true;
+    loop {
+        let mut served = Served::default();
+        if process {
+            served |= worker.process(&mut queues, &mem, &events);
+        }
+        let timeout = if served.more { 0 } else { -1 };
+        if served.notify {
+            interrupt.signal_used_queue()?;
+        }
+        process = served.more;
+        let n = match events.epoll.wait(timeout, &mut ready) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let mut served = Served::default();
+        for event in &ready[..n] {
+            match event.data() {
+                STOP => return Ok(()),
+                NOTIFY => {
+                    let _ = notify.read();
+                    process = true;
+                }
+                token => served |= worker.event(token, &mut queues, &mem, &events),
+            }
+        }
+        if served.notify {
+            interrupt.signal_used_queue()?;
+        }
+        process |= served.more;
+    }
+}
+
+/// An epoll set for calling workers directly in unit tests.
+#[cfg(test)]
+pub(crate) fn test_events() -> Events {
+    Events::new().expect("epoll")
+}
