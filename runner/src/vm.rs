@@ -3,6 +3,7 @@
 
 use crate::host::{self, Kvm};
 use anyhow::{bail, Context};
+use hk_vmm::console::RotatingLog;
 use hk_vmm::{Disk, GuestExit, VmConfig};
 use nix::sys::termios::{self, SetArg, Termios};
 use std::io::Write;
@@ -62,6 +63,9 @@ pub struct BootArgs {
 /// the control page is the guest's own) only by convention; docs/guest-abi.md lists it.
 const EXIT_GUEST_PANIC: u8 = 134;
 
+/// Size at which a console log file rotates (one older file is kept).
+pub const CONSOLE_LOG_MAX: u64 = 16 << 20;
+
 pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         VmCommand::Boot(args) => boot(args),
@@ -73,7 +77,8 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     let disks = args
         .disks
         .iter()
-        .map(|spec| parse_disk(spec))
+        .enumerate()
+        .map(|(i, spec)| parse_disk(spec, i))
         .collect::<anyhow::Result<Vec<_>>>()?;
     if !args.allow_pvm {
         let mut writable: Vec<PathBuf> = disks
@@ -104,8 +109,10 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     };
     let memory_mib = parse_memory(&args.memory)?;
     let console: Box<dyn Write + Send> = match &args.console {
+        // A fresh log per boot, rotated at its cap so a chatty guest cannot fill the disk.
         Some(path) => Box::new(std::io::LineWriter::new(
             std::fs::File::create(path)
+                .and_then(|_| RotatingLog::open(path, CONSOLE_LOG_MAX))
                 .with_context(|| format!("cannot create console log {}", path.display()))?,
         )),
         // Stdout is line-buffered: one write per console line, not per byte.
@@ -129,6 +136,7 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         memory_mib,
         disks,
         rng: !args.no_rng,
+        vsock: None,
         console,
         console_input,
         start,
@@ -144,9 +152,13 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(match outcome.exit {
         GuestExit::Status(status) => ExitCode::from((status & 0xff) as u8),
-        GuestExit::Reboot | GuestExit::PowerOff => ExitCode::SUCCESS,
+        GuestExit::Reboot | GuestExit::PowerOff | GuestExit::Stopped => ExitCode::SUCCESS,
         GuestExit::Panic => {
             eprintln!("hk: the guest kernel panicked");
+            ExitCode::from(EXIT_GUEST_PANIC)
+        }
+        GuestExit::TripleFault => {
+            eprintln!("hk: the guest triple-faulted (a CPU reset its kernel did not ask for)");
             ExitCode::from(EXIT_GUEST_PANIC)
         }
         GuestExit::Crash(why) => bail!("the VM stopped: {why}"),
@@ -183,7 +195,8 @@ impl Drop for RawTerminal {
     }
 }
 
-fn parse_disk(spec: &str) -> anyhow::Result<Disk> {
+/// `FILE` or `FILE,ro`; the guest sees disk number `index` with the serial `diskN`.
+fn parse_disk(spec: &str, index: usize) -> anyhow::Result<Disk> {
     let (path, read_only) = match spec.rsplit_once(',') {
         Some((path, "ro")) => (path, true),
         Some((path, "rw")) => (path, false),
@@ -193,6 +206,7 @@ fn parse_disk(spec: &str) -> anyhow::Result<Disk> {
     Ok(Disk {
         path: PathBuf::from(path),
         read_only,
+        serial: format!("disk{index}"),
     })
 }
 
@@ -232,10 +246,11 @@ mod tests {
 
     #[test]
     fn disk_specs() {
-        let d = parse_disk("/a/b.img,ro").unwrap();
+        let d = parse_disk("/a/b.img,ro", 0).unwrap();
         assert_eq!((d.path, d.read_only), (PathBuf::from("/a/b.img"), true));
-        let d = parse_disk("x.img").unwrap();
+        let d = parse_disk("x.img", 3).unwrap();
         assert!(!d.read_only);
-        assert!(parse_disk("x.img,rx").is_err());
+        assert_eq!(d.serial, "disk3");
+        assert!(parse_disk("x.img,rx", 0).is_err());
     }
 }

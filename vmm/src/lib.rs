@@ -1,6 +1,8 @@
 //! hk-vmm: hk's virtual machine monitor, a library. Its API is "a VM with these devices":
-//! give [`run`] a [`VmConfig`] (kernel, initrd, command line, CPUs, memory, disks) and it
-//! boots the guest and returns how the guest ended ([`Outcome`]).
+//! give [`run`] a [`VmConfig`] (kernel, initrd, command line, CPUs, memory, disks, vsock)
+//! and it boots the guest and returns how the guest ended ([`Outcome`]). A program that
+//! talks to its guest while it runs builds a [`Vm`] first: [`Vm::vsock`] is the host end of
+//! the guest's sockets and [`Vm::stop_handle`] stops it from another thread.
 //!
 //! Layering (each a crate, dependencies pointing one way):
 //! - `hk-hypervisor`: the hypervisor boundary (traits `Vm`, `Vcpu`, `IrqLine`; see its
@@ -9,16 +11,19 @@
 //! - this crate: the x86_64 machine (memory layout, PVH boot, MP table, CPUID, MSRs,
 //!   registers), wiring devices to the hypervisor, and the run loop.
 //!
-//! Threads: one per vCPU (port and MMIO exits: serial, control page, virtio registers),
-//! plus the caller's thread, which runs an epoll loop over the virtio queue notifications
-//! (ioeventfds) and does all block and entropy I/O, so a slow disk never stalls a vCPU.
+//! Threads: one per vCPU (port and MMIO exits: serial, control page, virtio registers), one
+//! per active virtio device (its queues and I/O, so a slow disk never stalls a vCPU or
+//! another device), and the caller's thread, which waits for the VM to end and feeds
+//! console input.
 
+pub mod console;
 mod machine;
 mod map_reader;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
-pub use machine::run;
+pub use hk_devices::virtio::vsock::{Listener, VsockConfig, VsockHost, HOST_CID};
+pub use machine::{run, StopHandle, Vm};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -37,6 +42,8 @@ pub struct VmConfig {
     pub disks: Vec<Disk>,
     /// Offer a virtio-rng device.
     pub rng: bool,
+    /// Offer a virtio-vsock device.
+    pub vsock: Option<VsockConfig>,
     /// Where the serial console goes.
     pub console: Box<dyn Write + Send>,
     /// Where the serial console's input comes from, if anywhere: any file descriptor epoll
@@ -51,6 +58,9 @@ pub struct VmConfig {
 pub struct Disk {
     pub path: PathBuf,
     pub read_only: bool,
+    /// What the guest reads as the disk's serial (`/sys/block/vdX/serial`), at most 20
+    /// bytes: how a guest finds its disks by name rather than by probe order.
+    pub serial: String,
 }
 
 /// How the guest ended.
@@ -62,8 +72,13 @@ pub enum GuestExit {
     Reboot,
     /// The kernel panicked (it rebooted with the warm-reboot flag set).
     Panic,
+    /// The CPU reset without the kernel asking for it: a triple fault (before the kernel
+    /// could handle exceptions, or with its handlers broken).
+    TripleFault,
     /// The guest powered off.
     PowerOff,
+    /// The program running the VM stopped it ([`StopHandle::stop`]).
+    Stopped,
     /// The VM could not go on (an unexpected exit, a hypervisor error).
     Crash(String),
 }
@@ -90,6 +105,8 @@ pub enum Error {
     Cmdline(String),
     #[error(transparent)]
     Disk(#[from] hk_devices::virtio::block::Error),
+    #[error(transparent)]
+    Vsock(#[from] hk_devices::virtio::vsock::Error),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("{0}: {1}")]

@@ -7,6 +7,8 @@ use hk_devices::serial::Serial;
 use hk_devices::virtio::block::Block;
 use hk_devices::virtio::mmio::{MmioTransport, MMIO_SIZE, REG_QUEUE_NOTIFY};
 use hk_devices::virtio::rng::Rng;
+use hk_devices::virtio::vsock::{Vsock, VsockHost};
+use hk_devices::virtio::worker::{panic_text, Fatal};
 use hk_devices::virtio::{VirtioDevice, VirtioInterrupt};
 use hk_devices::{BusDevice, Interrupt};
 use hk_hypervisor::kvm::KvmVm;
@@ -16,7 +18,7 @@ use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -24,8 +26,47 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Boots `config` on KVM and runs it until the guest ends.
 pub fn run(config: VmConfig) -> Result<Outcome, Error> {
-    let vm = KvmVm::new()?;
-    Machine::build(vm, config)?.run()
+    Vm::new(config)?.run()
+}
+
+/// A VM built and ready to boot.
+pub struct Vm {
+    machine: Machine<KvmVm>,
+}
+
+impl Vm {
+    /// Creates the VM on KVM: memory, kernel, devices. Nothing runs until [`Vm::run`].
+    pub fn new(config: VmConfig) -> Result<Vm, Error> {
+        Ok(Vm {
+            machine: Machine::build(KvmVm::new()?, config)?,
+        })
+    }
+
+    /// The host end of the guest's vsock, when the VM has one.
+    pub fn vsock(&self) -> Option<VsockHost> {
+        self.machine.vsock.clone()
+    }
+
+    /// A handle that stops the VM from any thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.machine.stop.clone())
+    }
+
+    /// Boots the guest and runs it until it ends or is stopped.
+    pub fn run(self) -> Result<Outcome, Error> {
+        self.machine.run()
+    }
+}
+
+/// Stops a VM: its [`Vm::run`] returns with [`GuestExit::Stopped`] (unless the guest ended
+/// first). Stopping a VM that has ended does nothing.
+#[derive(Clone)]
+pub struct StopHandle(Arc<Stop>);
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.0.request(GuestExit::Stopped);
+    }
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -77,8 +118,8 @@ impl Bus {
     }
 }
 
-/// State the vCPU threads, the device loop and the control page share.
-struct Stop {
+/// State the vCPU threads, the device threads and the control page share.
+pub(crate) struct Stop {
     exit: Mutex<Option<GuestExit>>,
     boot_time: Mutex<Option<Duration>>,
     requested: AtomicBool,
@@ -105,7 +146,8 @@ struct Machine<V: X86Vm> {
     mmio: Bus,
     serial: Arc<Mutex<Serial<Box<dyn Write + Send>>>>,
     input: Option<ConsoleInput>,
-    transports: Vec<(EventFd, Shared<MmioTransport>)>,
+    transports: Vec<Shared<MmioTransport>>,
+    vsock: Option<VsockHost>,
     stop: Arc<Stop>,
 }
 
@@ -194,17 +236,33 @@ where
                     }
                 }
                 ControlEvent::Exit(status) => stop.request(GuestExit::Status(status)),
+                ControlEvent::PowerOff => stop.request(GuestExit::PowerOff),
             })
         };
         mmio.insert(layout::CONTROL_PAGE, 0x1000, Arc::new(Mutex::new(control)));
 
         let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
         for disk in &config.disks {
-            devices.push(Box::new(Block::open(&disk.path, disk.read_only)?));
+            devices.push(Box::new(Block::open(
+                &disk.path,
+                disk.read_only,
+                &disk.serial,
+            )?));
         }
         if config.rng {
             devices.push(Box::new(Rng::new()));
         }
+        let mut vsock = None;
+        if let Some(cfg) = &config.vsock {
+            let device = Vsock::new(cfg)?;
+            vsock = Some(device.host());
+            devices.push(Box::new(device));
+        }
+        // A device thread that fails or panics stops the VM instead of leaving it waiting.
+        let fatal: Fatal = {
+            let stop = stop.clone();
+            Arc::new(move |why| stop.request(GuestExit::Crash(why)))
+        };
         let mut cmdline = vec![
             // The exit status depends on these (docs/guest-abi.md); they come first so the
             // caller's command line can still override them.
@@ -225,11 +283,12 @@ where
                 device,
                 mem.clone(),
                 VirtioInterrupt::new(line),
-                notify.try_clone().map_err(|e| Error::Io("eventfd", e))?,
+                notify,
+                fatal.clone(),
             );
             let transport = Arc::new(Mutex::new(transport));
             mmio.insert(base, MMIO_SIZE, transport.clone());
-            transports.push((notify, transport));
+            transports.push(transport);
             cmdline.push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
         }
         cmdline.push(format!("hk.ctl={:#x}", layout::CONTROL_PAGE));
@@ -238,6 +297,13 @@ where
         x86_64::write_start_info(&mem, &loaded)?;
         mptable::write(&mem, config.cpus).map_err(|e| Error::Memory(e.to_string()))?;
         regs::write_tables(&mem).map_err(|e| Error::Memory(e.to_string()))?;
+        // Linux writes 0 (clean) or 0x1234 (panic) here before it resets the CPU; a reset
+        // that finds this value instead was no reboot the kernel asked for.
+        mem.write_obj(
+            layout::RESET_FLAG_UNSET,
+            GuestAddress(layout::BIOS_RESET_FLAG),
+        )
+        .map_err(|e| Error::Memory(e.to_string()))?;
 
         let supported = vm.supported_cpuid()?;
         let boot = VcpuBoot {
@@ -255,6 +321,7 @@ where
             serial,
             input,
             transports,
+            vsock,
             stop,
         })
     }
@@ -269,6 +336,7 @@ where
             serial,
             input,
             transports,
+            vsock,
             stop,
         } = self;
         let epoll = Epoll::new().map_err(|e| Error::Io("epoll", e))?;
@@ -279,24 +347,19 @@ where
                 EpollEvent::new(EventSet::IN, STOP_TOKEN),
             )
             .map_err(|e| Error::Io("epoll_ctl", e))?;
-        for (i, (notify, _)) in transports.iter().enumerate() {
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    notify.as_raw_fd(),
-                    EpollEvent::new(EventSet::IN, i as u64),
-                )
-                .map_err(|e| Error::Io("epoll_ctl", e))?;
-        }
 
         // Each vCPU is created and set up on the thread that runs it, as QEMU does: a vCPU
         // never changes threads, which Hypervisor.framework requires and which spares
-        // nested hypervisors a migration before the first instruction.
+        // nested hypervisors a migration before the first instruction. None runs before all
+        // exist: the boot CPU would otherwise start application processors KVM does not
+        // know yet, and they would never come up.
         let boot = Arc::new(boot);
+        let start = Arc::new(StartGate::default());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::new();
         for index in 0..boot.count {
-            let (vm, boot, ready) = (vm.clone(), boot.clone(), ready_tx.clone());
+            let (vm, boot, ready, start) =
+                (vm.clone(), boot.clone(), ready_tx.clone(), start.clone());
             let (pio, mmio, stop, mem) = (pio.clone(), mmio.clone(), stop.clone(), mem.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
@@ -312,7 +375,20 @@ where
                     };
                     let _ = ready.send(Ok(vcpu.kicker()));
                     drop(ready);
-                    run_vcpu(&mut vcpu, &pio, &mmio, &stop, &mem)
+                    if !start.wait() {
+                        return;
+                    }
+                    // A bug in exit handling must stop the VM, not leave the VMM waiting
+                    // for a vCPU that is gone.
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run_vcpu(&mut vcpu, &pio, &mmio, &stop, &mem)
+                    }));
+                    if let Err(panic) = ran {
+                        stop.request(GuestExit::Crash(format!(
+                            "vCPU {index} panicked: {}",
+                            panic_text(&*panic)
+                        )));
+                    }
                 })
                 .map_err(|e| Error::Io("spawning a vCPU thread", e))?;
             threads.push(thread);
@@ -333,13 +409,14 @@ where
                 }
             }
         }
+        start.open(setup_error.is_none());
 
         let mut console = match input {
             Some(input) => Some(ConsoleFeed::start(&epoll, input, &serial)?),
             None => None,
         };
 
-        let mut events = vec![EpollEvent::default(); transports.len() + 3];
+        let mut events = vec![EpollEvent::default(); 4];
         'run: loop {
             let n = match epoll.wait(-1, &mut events) {
                 Ok(n) => n,
@@ -354,13 +431,8 @@ where
                 if token == STOP_TOKEN {
                     break 'run;
                 }
-                if let Some(feed) = console.as_mut().filter(|_| token >= INPUT_TOKEN) {
+                if let Some(feed) = console.as_mut() {
                     feed.on_event(&epoll, token, &serial);
-                    continue;
-                }
-                if let Some((notify, transport)) = transports.get(token as usize) {
-                    let _ = notify.read();
-                    lock(transport).process();
                 }
             }
         }
@@ -377,7 +449,9 @@ where
             let _ = t.join();
         }
         let _ = lock(&serial).flush();
+        // Stops and joins the device threads; host ends of vsock connections close.
         drop(transports);
+        drop(vsock);
         drop(vm);
         let exit = lock(&stop.exit)
             .take()
@@ -387,6 +461,31 @@ where
         }
         let boot_time = *lock(&stop.boot_time);
         Ok(Outcome { exit, boot_time })
+    }
+}
+
+/// Lets the vCPU threads run once all of them are set up, or tells them to give up.
+#[derive(Default)]
+struct StartGate {
+    state: Mutex<Option<bool>>,
+    opened: Condvar,
+}
+
+impl StartGate {
+    fn open(&self, go: bool) {
+        *lock(&self.state) = Some(go);
+        self.opened.notify_all();
+    }
+
+    /// Waits for [`StartGate::open`]; whether to run.
+    fn wait(&self) -> bool {
+        let mut state = lock(&self.state);
+        loop {
+            if let Some(go) = *state {
+                return go;
+            }
+            state = self.opened.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
     }
 }
 
@@ -535,14 +634,15 @@ fn run_vcpu<C: Vcpu>(vcpu: &mut C, pio: &Bus, mmio: &Bus, stop: &Stop, mem: &Gue
             VcpuExit::Interrupted => {}
             VcpuExit::Reset => {
                 // Linux writes the BIOS reset flag before any reboot; the command line
-                // makes panics warm and everything else cold (docs/guest-abi.md).
+                // makes panics warm and everything else cold (docs/guest-abi.md). The VMM
+                // seeded it with a value Linux never writes.
                 let flag: u16 = mem
                     .read_obj(GuestAddress(layout::BIOS_RESET_FLAG))
-                    .unwrap_or(0);
-                let exit = if flag == layout::WARM_REBOOT {
-                    GuestExit::Panic
-                } else {
-                    GuestExit::Reboot
+                    .unwrap_or(layout::RESET_FLAG_UNSET);
+                let exit = match flag {
+                    layout::WARM_REBOOT => GuestExit::Panic,
+                    layout::RESET_FLAG_UNSET => GuestExit::TripleFault,
+                    _ => GuestExit::Reboot,
                 };
                 stop.request(exit);
                 return;

@@ -13,13 +13,19 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// A console sink the program can read back after the VM stopped.
+/// A console sink the program can read back after the VM stopped. It keeps the last
+/// `KEEP` bytes: a guest can print without end, and this program's memory must not follow.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
 
+const KEEP: usize = 64 << 10;
+
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("console lock").extend_from_slice(buf);
+        let mut kept = self.0.lock().expect("console lock");
+        kept.extend_from_slice(&buf[buf.len().saturating_sub(KEEP)..]);
+        let excess = kept.len().saturating_sub(KEEP);
+        kept.drain(..excess);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -42,6 +48,7 @@ fn main() -> std::process::ExitCode {
         memory_mib: 128,
         disks: Vec::new(),
         rng: true,
+        vsock: None,
         console: Box::new(console.clone()),
         console_input: None,
         start: Instant::now(),
@@ -55,9 +62,10 @@ fn main() -> std::process::ExitCode {
             }
             println!("and ended with {:?}", outcome.exit);
             match outcome.exit {
-                GuestExit::Status(0) | GuestExit::Reboot | GuestExit::PowerOff => {
-                    std::process::ExitCode::SUCCESS
-                }
+                GuestExit::Status(0)
+                | GuestExit::Reboot
+                | GuestExit::PowerOff
+                | GuestExit::Stopped => std::process::ExitCode::SUCCESS,
                 _ => std::process::ExitCode::FAILURE,
             }
         }

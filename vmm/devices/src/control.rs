@@ -8,12 +8,17 @@ use crate::BusDevice;
 const BOOT_MARKER_OFFSET: u64 = 0x0;
 pub const BOOT_MARKER: u8 = 123;
 const EXIT_STATUS_OFFSET: u64 = 0x4;
+const POWER_OFF_OFFSET: u64 = 0x8;
+/// The value a guest writes at `POWER_OFF_OFFSET`.
+const POWER_OFF: u32 = 1;
 
 /// What the guest reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ControlEvent {
     BootComplete,
     Exit(u32),
+    /// The guest kernel powered off (hk's kernel patch, there being no ACPI).
+    PowerOff,
 }
 
 /// The control page. The VMM decides what an event means (timing, stopping the VM).
@@ -40,6 +45,9 @@ impl BusDevice for ControlPage {
             (EXIT_STATUS_OFFSET, &[a, b, c, d]) => {
                 (self.on_event)(ControlEvent::Exit(u32::from_le_bytes([a, b, c, d])))
             }
+            (POWER_OFF_OFFSET, &[a, b, c, d]) if u32::from_le_bytes([a, b, c, d]) == POWER_OFF => {
+                (self.on_event)(ControlEvent::PowerOff)
+            }
             // Other widths and offsets are ignored, as on a real register page.
             _ => {}
         }
@@ -65,9 +73,14 @@ mod tests {
         let (mut page, seen) = page();
         page.write(0, &[123]);
         page.write(4, &7u32.to_le_bytes());
+        page.write(8, &1u32.to_le_bytes());
         assert_eq!(
             *seen.lock().unwrap(),
-            [ControlEvent::BootComplete, ControlEvent::Exit(7)]
+            [
+                ControlEvent::BootComplete,
+                ControlEvent::Exit(7),
+                ControlEvent::PowerOff
+            ]
         );
     }
 
@@ -77,7 +90,9 @@ mod tests {
         page.write(0, &[1]);
         page.write(0, &[123, 0]);
         page.write(4, &[1, 2]);
-        page.write(8, &1u32.to_le_bytes());
+        page.write(8, &2u32.to_le_bytes());
+        page.write(8, &[1]);
+        page.write(12, &1u32.to_le_bytes());
         page.write(u64::MAX, &[123]);
         let mut buf = [0xffu8; 4];
         page.read(4, &mut buf);

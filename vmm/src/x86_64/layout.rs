@@ -18,6 +18,8 @@ pub const EBDA: u64 = 0x9fc00;
 /// The BIOS reset-mode word: 0x1234 asks for a warm reboot.
 pub const BIOS_RESET_FLAG: u64 = 0x472;
 pub const WARM_REBOOT: u16 = 0x1234;
+/// What the VMM puts in the reset flag before boot ("HK"): Linux writes only 0 or 0x1234.
+pub const RESET_FLAG_UNSET: u16 = 0x4b48;
 /// First byte above the legacy hole; the kernel loads here or higher.
 pub const HIMEM: u64 = 0x10_0000;
 
