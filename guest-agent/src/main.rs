@@ -1,23 +1,34 @@
 //! hk-agent, PID 1 of every hk microVM.
 //!
-//! The kernel starts it from the initramfs. It builds the small world a container process
-//! expects (proc, sys, dev, devpts, shm, run, cgroup2), runs the command the host put on the
-//! kernel command line after `--`, reaps every orphan as PID 1 must, and hands the command's
-//! exit status to the VMM through the control page named by `hk.ctl=` (docs/guest-abi.md).
-//! The vsock protocol of `hk run` (processes, stdio, signals) builds on this start.
+//! The kernel starts it from the initramfs. It mounts the basics (proc, sys, dev, devpts,
+//! shm, run, cgroup2), then either
+//! - serves the host over vsock (docs/agent-protocol.md): it listens on the agent port,
+//!   dials the host to say hello, and from then on sets the container up, runs processes
+//!   with their stdio, signals and statuses, and ends the VM when told; or
+//! - without a vsock device but with a command after `--` on the kernel command line (`hk
+//!   vm boot`), runs that command and hands its exit status to the VMM through the control
+//!   page named by `hk.ctl=` (docs/guest-abi.md).
 //!
-//! It is built static (`-C target-feature=+crt-static`) because the initramfs holds no libc.
+//! Either way it reaps every orphan, as PID 1 must. It is built static
+//! (`-C target-feature=+crt-static`) because the initramfs holds no libc.
 
+use hk_agent::server::{Agent, Host, Socket};
+use hk_agent_protocol::{write_frame, Hello, Setup, AGENT_PORT, HOST_PORT, VERSION};
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 use nix::sys::reboot::{reboot, RebootMode};
 use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::{
+    accept4, bind, connect, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
+};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use std::ffi::OsString;
 use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::sync::Arc;
 
 /// Offsets in the VMM's control page (docs/guest-abi.md).
 const CTL_BOOT_MARKER: usize = 0x0;
@@ -30,36 +41,138 @@ fn main() {
         eprintln!("hk-agent: must run as PID 1 inside an hk microVM");
         std::process::exit(2);
     }
+    let started_ns = boottime_ns();
     mount_basics();
     ensure_stdio();
     let ctl = control_page();
     if let Some(page) = &ctl {
         page.write_u8(CTL_BOOT_MARKER, BOOT_MARKER);
     }
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if args.is_empty()
+        && std::path::Path::new("/sys/bus/virtio/drivers/vmw_vsock_virtio_transport").exists()
+    {
+        let err = serve(started_ns, ctl);
+        eprintln!("hk-agent: {err}");
+        end_vm(None, 1);
+    }
 
-    let status = match run(std::env::args_os().skip(1).collect()) {
+    let status = match run(args) {
         Ok(status) => status,
         Err(err) => {
             eprintln!("hk-agent: {err}");
             127
         }
     };
-    // Whatever the command left running dies with the VM; SIGKILL now lets filesystems
-    // settle before the sync.
+    end_vm(ctl.as_ref(), u32::from(status));
+}
+
+/// Kills what runs, syncs, and ends the VM with `status`.
+fn end_vm(ctl: Option<&ControlPage>, status: u32) -> ! {
+    // Whatever runs dies with the VM; SIGKILL now lets filesystems settle before the sync.
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
     nix::unistd::sync();
     // The kernel drains console output to the UART asynchronously; the VMM stops the moment
-    // the status lands, so wait until the command's last bytes have left the tty.
+    // the status lands, so wait until the last bytes have left the tty.
     let _ = nix::sys::termios::tcdrain(std::io::stdout());
     let _ = nix::sys::termios::tcdrain(std::io::stderr());
-    match &ctl {
-        Some(page) => page.write_u32(CTL_EXIT_STATUS, u32::from(status)),
+    match ctl {
+        Some(page) => page.write_u32(CTL_EXIT_STATUS, status),
         None => eprintln!("hk-agent: exit status {status}"),
     }
     // Without a control page (another VMM), a reboot is the portable way to end the VM.
     let _ = reboot(RebootMode::RB_AUTOBOOT);
     loop {
         std::thread::park();
+    }
+}
+
+/// The guest's CLOCK_BOOTTIME in ns: time since the kernel started.
+fn boottime_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// What only the VM can do for the protocol server.
+struct Vm {
+    ctl: Option<ControlPage>,
+}
+
+impl Host for Vm {
+    fn setup(&self, setup: &Setup) -> Result<(), String> {
+        hk_agent::container::setup(setup)
+    }
+
+    fn shutdown(&self, status: u32) {
+        end_vm(self.ctl.as_ref(), status)
+    }
+}
+
+fn vsock_socket() -> Result<OwnedFd, String> {
+    socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| format!("vsock socket: {e}"))
+}
+
+/// Serves the host over vsock until the VM ends; returns only on a fatal error.
+fn serve(started_ns: u64, ctl: Option<ControlPage>) -> String {
+    let listener = match vsock_socket() {
+        Ok(fd) => fd,
+        Err(e) => return e,
+    };
+    if let Err(e) = bind(
+        listener.as_raw_fd(),
+        &VsockAddr::new(libc::VMADDR_CID_ANY, AGENT_PORT),
+    )
+    .and_then(|()| listen(&listener, Backlog::new(64).unwrap_or(Backlog::MAXCONN)))
+    {
+        return format!("vsock listen on port {AGENT_PORT}: {e}");
+    }
+    let hello = match vsock_socket().and_then(|fd| {
+        connect(
+            fd.as_raw_fd(),
+            &VsockAddr::new(libc::VMADDR_CID_HOST, HOST_PORT),
+        )
+        .map_err(|e| format!("connect to the host's vsock port {HOST_PORT}: {e}"))?;
+        Ok(fd)
+    }) {
+        Ok(fd) => Socket::from(fd),
+        Err(e) => return e,
+    };
+    let agent: Arc<Agent<Socket>> = Agent::new(Box::new(Vm { ctl }));
+    let mut hello = hello;
+    let greeting = Hello {
+        version: VERSION,
+        agent: format!("hk-agent {}", env!("CARGO_PKG_VERSION")),
+        started_ns,
+        ready_ns: boottime_ns(),
+    };
+    if let Err(e) = write_frame(&mut hello, &greeting) {
+        return format!("hello: {e}");
+    }
+    {
+        let agent = agent.clone();
+        let _ = std::thread::Builder::new()
+            .name("agent-hello".into())
+            .spawn(move || agent.serve_control(hello));
+    }
+    loop {
+        let fd = match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+            Ok(fd) => fd,
+            Err(Errno::EINTR) | Err(Errno::ECONNABORTED) => continue,
+            Err(e) => return format!("vsock accept: {e}"),
+        };
+        // SAFETY: accept4 returned a new socket this process owns.
+        let conn = Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let agent = agent.clone();
+        let _ = std::thread::Builder::new()
+            .name("agent-conn".into())
+            .spawn(move || agent.serve(conn));
     }
 }
 
@@ -165,6 +278,12 @@ fn run(argv: Vec<OsString>) -> std::io::Result<u8> {
 struct ControlPage {
     base: std::ptr::NonNull<u8>,
 }
+
+// SAFETY: the page is device memory that is only ever written with single volatile
+// stores, each a complete message to the VMM; no thread relies on another's access.
+unsafe impl Send for ControlPage {}
+// SAFETY: as above.
+unsafe impl Sync for ControlPage {}
 
 const PAGE: usize = 4096;
 

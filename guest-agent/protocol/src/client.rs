@@ -1,0 +1,256 @@
+//! The host's half: a control connection with requests in flight from any thread, and the
+//! stream connections of each process.
+
+use crate::{
+    read_frame, write_frame, Error, ExitStatus, Fd, Hello, Open, Outcome, ProcessSpec, Reply,
+    Request, RequestBody, Response, Setup, VERSION,
+};
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+
+/// Opens new connections to the agent's port: through the VMM's vsock in-process, through
+/// its hybrid Unix socket from another process, or a plain Unix socket in tests.
+pub trait Connector: Send + Sync {
+    fn connect(&self) -> io::Result<UnixStream>;
+}
+
+type Waiters = HashMap<u64, Sender<Result<Reply, Error>>>;
+
+struct Inner {
+    writer: Mutex<UnixStream>,
+    /// Requests waiting for their response; `None` once the connection is gone.
+    waiting: Mutex<Option<Waiters>>,
+    next_id: AtomicU64,
+    connector: Arc<dyn Connector>,
+}
+
+/// A control connection to the agent. Cheap to clone; requests may be made from several
+/// threads at once (a `wait` in one, `signal`s from another).
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// Opens a control connection to the agent.
+    pub fn open(connector: Arc<dyn Connector>) -> Result<Client, Error> {
+        let mut stream = connector.connect()?;
+        write_frame(&mut stream, &Open::Control)?;
+        Client::start(stream, connector)
+    }
+
+    /// Takes over the connection the agent opened at boot: reads its [`Hello`], checks the
+    /// version, and uses the connection for requests.
+    pub fn from_hello(
+        mut stream: UnixStream,
+        connector: Arc<dyn Connector>,
+    ) -> Result<(Client, Hello), Error> {
+        let hello: Hello = read_frame(&mut stream)?.ok_or(Error::Closed)?;
+        if hello.version != VERSION {
+            return Err(Error::Version(hello.version));
+        }
+        Ok((Client::start(stream, connector)?, hello))
+    }
+
+    fn start(stream: UnixStream, connector: Arc<dyn Connector>) -> Result<Client, Error> {
+        let mut reader = stream.try_clone()?;
+        let inner = Arc::new(Inner {
+            writer: Mutex::new(stream),
+            waiting: Mutex::new(Some(HashMap::new())),
+            next_id: AtomicU64::new(1),
+            connector,
+        });
+        let shared = inner.clone();
+        std::thread::Builder::new()
+            .name("agent-responses".into())
+            .spawn(move || {
+                let end = loop {
+                    match read_frame::<Response>(&mut reader) {
+                        Ok(Some(resp)) => {
+                            let waiter = lock(&shared.waiting)
+                                .as_mut()
+                                .and_then(|w| w.remove(&resp.id));
+                            if let Some(waiter) = waiter {
+                                let _ = waiter.send(match resp.result {
+                                    Outcome::Ok(reply) => Ok(reply),
+                                    Outcome::Error(e) => Err(Error::Agent(e)),
+                                });
+                            }
+                        }
+                        Ok(None) => break Error::Closed,
+                        Err(e) => break e,
+                    }
+                };
+                // Everyone still waiting learns the connection is gone.
+                let waiting = lock(&shared.waiting).take().unwrap_or_default();
+                let text = end.to_string();
+                for (_, waiter) in waiting {
+                    let _ = waiter.send(Err(match &end {
+                        Error::Closed => Error::Closed,
+                        _ => Error::Malformed(text.clone()),
+                    }));
+                }
+            })?;
+        Ok(Client { inner })
+    }
+
+    /// Sends a request and waits for its response.
+    fn request(&self, body: RequestBody) -> Result<Reply, Error> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        match lock(&self.inner.waiting).as_mut() {
+            Some(w) => w.insert(id, tx),
+            None => return Err(Error::Closed),
+        };
+        write_frame(&mut *lock(&self.inner.writer), &Request { id, body })?;
+        rx.recv().unwrap_or(Err(Error::Closed))
+    }
+
+    /// Sends a request that gets no response.
+    fn send(&self, body: RequestBody) -> Result<(), Error> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        write_frame(&mut *lock(&self.inner.writer), &Request { id, body })
+    }
+
+    pub fn setup(&self, setup: Setup) -> Result<(), Error> {
+        expect_done(self.request(RequestBody::Setup(setup))?)
+    }
+
+    /// Creates a process and attaches its streams; it runs once [`Process::start`] is called.
+    pub fn create(&self, spec: ProcessSpec) -> Result<Process, Error> {
+        let fds: Vec<Fd> = match (spec.tty.is_some(), spec.stdin) {
+            (true, _) => vec![Fd::Pty],
+            (false, true) => vec![Fd::Stdin, Fd::Stdout, Fd::Stderr],
+            (false, false) => vec![Fd::Stdout, Fd::Stderr],
+        };
+        let id = spec.id.clone();
+        expect_done(self.request(RequestBody::CreateProcess(spec))?)?;
+        // The streams connect in parallel: each is a round trip to the guest.
+        let opened: Vec<Result<(Fd, UnixStream), Error>> = std::thread::scope(|s| {
+            let handles: Vec<_> = fds
+                .iter()
+                .map(|&fd| {
+                    let id = id.clone();
+                    let connector = self.inner.connector.clone();
+                    s.spawn(move || -> Result<(Fd, UnixStream), Error> {
+                        let mut stream = connector.connect()?;
+                        write_frame(&mut stream, &Open::Stream { process: id, fd })?;
+                        Ok((fd, stream))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or(Err(Error::Closed)))
+                .collect()
+        });
+        let mut streams = ProcessStreams::default();
+        for result in opened {
+            let (fd, stream) = result?;
+            match fd {
+                Fd::Stdin => streams.stdin = Some(stream),
+                Fd::Stdout => streams.stdout = Some(stream),
+                Fd::Stderr => streams.stderr = Some(stream),
+                Fd::Pty => streams.pty = Some(stream),
+            }
+        }
+        Ok(Process {
+            client: self.clone(),
+            id,
+            streams,
+        })
+    }
+
+    /// A handle on a process created earlier (by this or another connection).
+    pub fn process(&self, id: &str) -> Process {
+        Process {
+            client: self.clone(),
+            id: id.to_string(),
+            streams: ProcessStreams::default(),
+        }
+    }
+
+    /// Ends the VM with `status` (the agent kills, syncs and unmounts first).
+    pub fn shutdown(&self, status: u32) -> Result<(), Error> {
+        self.send(RequestBody::Shutdown { status })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn expect_done(reply: Reply) -> Result<(), Error> {
+    match reply {
+        Reply::Done => Ok(()),
+        other => Err(Error::Malformed(format!("unexpected reply {other:?}"))),
+    }
+}
+
+/// The host ends of a process's stdio: raw byte streams.
+#[derive(Debug, Default)]
+pub struct ProcessStreams {
+    pub stdin: Option<UnixStream>,
+    pub stdout: Option<UnixStream>,
+    pub stderr: Option<UnixStream>,
+    /// With a terminal: input and output in one.
+    pub pty: Option<UnixStream>,
+}
+
+/// A process in the guest.
+pub struct Process {
+    client: Client,
+    id: String,
+    pub streams: ProcessStreams,
+}
+
+impl Process {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Starts it; returns its pid in the guest.
+    pub fn start(&self) -> Result<u32, Error> {
+        match self.client.request(RequestBody::Start {
+            process: self.id.clone(),
+        })? {
+            Reply::Started { pid } => Ok(pid),
+            other => Err(Error::Malformed(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Waits until it has ended and its output streams are drained.
+    pub fn wait(&self) -> Result<ExitStatus, Error> {
+        match self.client.request(RequestBody::Wait {
+            process: self.id.clone(),
+        })? {
+            Reply::Exited(status) => Ok(status),
+            other => Err(Error::Malformed(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub fn signal(&self, signal: i32) -> Result<(), Error> {
+        expect_done(self.client.request(RequestBody::Signal {
+            process: self.id.clone(),
+            signal,
+        })?)
+    }
+
+    pub fn resize(&self, rows: u16, cols: u16) -> Result<(), Error> {
+        expect_done(self.client.request(RequestBody::Resize {
+            process: self.id.clone(),
+            rows,
+            cols,
+        })?)
+    }
+
+    pub fn close_stdin(&self) -> Result<(), Error> {
+        expect_done(self.client.request(RequestBody::CloseStdin {
+            process: self.id.clone(),
+        })?)
+    }
+}

@@ -1,0 +1,195 @@
+//! The container's world inside the VM: its root filesystem (the image's ext4 read-only,
+//! under an overlay whose upper layer is a writable ext4 disk), the usual virtual
+//! filesystems in it, docker's /etc/hostname, /etc/hosts and /etc/resolv.conf, and then the
+//! switch into it.
+//!
+//! The agent runs from the initramfs, which `pivot_root` cannot leave (the kernel refuses
+//! to pivot away from rootfs), so the switch is switch_root's: move the new root over `/`
+//! and chroot into it. The agent keeps running from memory; its open sockets stay.
+
+use hk_agent_protocol::{Root, Setup};
+use nix::mount::{mount, MsFlags};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+const STAGE: &str = "/run/hk";
+
+fn mnt(
+    source: &str,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
+    fs::create_dir_all(target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
+    mount(Some(source), target, fstype, flags, data).map_err(|e| {
+        format!(
+            "mount {source} on {} ({}): {e}",
+            target.display(),
+            fstype.unwrap_or("bind")
+        )
+    })
+}
+
+/// The block device whose virtio serial is `serial`.
+fn disk(serial: &str) -> Result<PathBuf, String> {
+    let entries = fs::read_dir("/sys/block").map_err(|e| format!("/sys/block: {e}"))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let found = fs::read_to_string(entry.path().join("serial")).unwrap_or_default();
+        if found.trim_end_matches('\0').trim() == serial {
+            return Ok(Path::new("/dev").join(name));
+        }
+    }
+    Err(format!("no disk with serial {serial:?}"))
+}
+
+/// Sets the container up as `setup` says, and switches into its root.
+pub fn setup(setup: &Setup) -> Result<(), String> {
+    if let Some(name) = &setup.hostname {
+        nix::unistd::sethostname(name).map_err(|e| format!("sethostname: {e}"))?;
+    }
+    let Some(root) = &setup.root else {
+        return Ok(());
+    };
+    let stage = Path::new(STAGE);
+    let merged = mount_root(root, stage)?;
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let specials: [(&str, &str, &str, MsFlags, Option<&str>); 7] = [
+        ("proc", "proc", "proc", nodev, None),
+        ("sysfs", "sys", "sysfs", nodev, None),
+        (
+            "devtmpfs",
+            "dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        ),
+        (
+            "devpts",
+            "dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("ptmxmode=0666,mode=0620,gid=5"),
+        ),
+        ("shm", "dev/shm", "tmpfs", nodev, Some("mode=1777")),
+        ("mqueue", "dev/mqueue", "mqueue", nodev, None),
+        ("cgroup2", "sys/fs/cgroup", "cgroup2", nodev, None),
+    ];
+    for (source, target, fstype, flags, data) in specials {
+        mnt(source, &merged.join(target), Some(fstype), flags, data)?;
+    }
+    etc_files(setup, stage, &merged, root.upper.is_some())?;
+    switch_root(&merged)
+}
+
+/// Mounts lower, upper and the overlay; returns where the merged root is.
+fn mount_root(root: &Root, stage: &Path) -> Result<PathBuf, String> {
+    let lower = stage.join("lower");
+    mnt(
+        &disk(&root.lower)?.to_string_lossy(),
+        &lower,
+        Some("ext4"),
+        MsFlags::MS_RDONLY,
+        None,
+    )?;
+    let merged = stage.join("root");
+    match &root.upper {
+        Some(upper) => {
+            let upperfs = stage.join("upperfs");
+            mnt(
+                &disk(upper)?.to_string_lossy(),
+                &upperfs,
+                Some("ext4"),
+                MsFlags::empty(),
+                None,
+            )?;
+            for dir in ["upper", "work"] {
+                fs::create_dir_all(upperfs.join(dir)).map_err(|e| format!("upper layer: {e}"))?;
+            }
+            let options = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                upperfs.join("upper").display(),
+                upperfs.join("work").display()
+            );
+            mnt(
+                "overlay",
+                &merged,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(&options),
+            )?;
+        }
+        None => mnt(
+            &lower.to_string_lossy(),
+            &merged,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            None,
+        )?,
+    }
+    Ok(merged)
+}
+
+/// docker's /etc/hostname, /etc/hosts and /etc/resolv.conf: files of the runtime mounted
+/// over the image's, so they never become part of the container's own layer.
+fn etc_files(setup: &Setup, stage: &Path, merged: &Path, writable: bool) -> Result<(), String> {
+    let files = [
+        (
+            "hostname",
+            setup.hostname.as_ref().map(|h| format!("{h}\n")),
+        ),
+        ("hosts", setup.hosts.clone()),
+        ("resolv.conf", setup.resolv_conf.clone()),
+    ];
+    if files.iter().all(|(_, c)| c.is_none()) {
+        return Ok(());
+    }
+    let dir = stage.join("etc");
+    mnt(
+        "hk-etc",
+        &dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755,size=1m"),
+    )?;
+    for (name, contents) in files {
+        let Some(contents) = contents else { continue };
+        let source = dir.join(name);
+        fs::write(&source, contents).map_err(|e| format!("{}: {e}", source.display()))?;
+        let target = merged.join("etc").join(name);
+        // docker creates missing mount points; a read-only root without them goes without.
+        if fs::symlink_metadata(&target).is_err() {
+            if !writable {
+                continue;
+            }
+            fs::create_dir_all(merged.join("etc")).map_err(|e| format!("/etc: {e}"))?;
+            fs::write(&target, b"").map_err(|e| format!("{}: {e}", target.display()))?;
+        } else if fs::metadata(&target).map(|m| !m.is_file()).unwrap_or(true) {
+            // A symlink (resolv.conf often is one) or a directory: replace it where the
+            // root is writable, as docker's bind mount over the path's target would not.
+            if !writable {
+                continue;
+            }
+            let _ = fs::remove_file(&target);
+            fs::write(&target, b"").map_err(|e| format!("{}: {e}", target.display()))?;
+        }
+        mnt(
+            &source.to_string_lossy(),
+            &target,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+fn switch_root(merged: &Path) -> Result<(), String> {
+    nix::unistd::chdir(merged).map_err(|e| format!("chdir {}: {e}", merged.display()))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(|e| format!("move the root: {e}"))?;
+    nix::unistd::chroot(".").map_err(|e| format!("chroot: {e}"))?;
+    nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))
+}

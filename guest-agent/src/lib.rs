@@ -1,0 +1,9 @@
+//! hk-agent as a library: the protocol server and what it needs (spawning, reaping, user
+//! resolution), so host-side tests run the very code PID 1 runs in the guest. The binary
+//! (`main.rs`) adds what only makes sense in a VM: mounts, vsock, the control page.
+
+pub mod container;
+mod reaper;
+pub mod server;
+mod spawn;
+mod users;

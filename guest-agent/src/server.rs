@@ -1,0 +1,745 @@
+//! The agent's half of the protocol: control connections, processes, their stdio streams.
+//! Generic over the connection type, so the same code serves vsock in the guest and Unix
+//! sockets in the host-side tests.
+//!
+//! Threads, not async: a handful of processes per VM, each with a copy thread per stream,
+//! keeps the agent small and its behaviour plain. Stdout and stderr are pipes, not the
+//! sockets themselves, so that programs which reopen /dev/stdout or check for a pipe behave
+//! as under docker (the Kata agent does the same).
+
+use crate::reaper::reaper;
+use crate::spawn::{spawn, Launch};
+use crate::users;
+use hk_agent_protocol::{
+    read_frame_value, write_frame, ErrorKind, ErrorReply, ExitStatus, Fd, Open, Outcome,
+    ProcessSpec, Reply, Request, RequestBody, Response, Setup, WindowSize,
+};
+use nix::errno::Errno;
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long `start` waits for the host to attach a process's streams.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+/// docker's default PATH, used when the process's environment has none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A byte stream to the host.
+pub trait Conn: Read + Write + Send + Sync + Sized + 'static {
+    fn try_clone(&self) -> io::Result<Self>;
+    /// Tells the host no more bytes come (end of file on its side).
+    fn shutdown_write(&self);
+}
+
+impl Conn for UnixStream {
+    fn try_clone(&self) -> io::Result<Self> {
+        UnixStream::try_clone(self)
+    }
+
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// What the agent calls on for the parts that only make sense in a VM.
+pub trait Host: Send + Sync + 'static {
+    /// Sets the container up (root filesystem, host name, /etc files).
+    fn setup(&self, setup: &Setup) -> Result<(), String>;
+    /// Ends the VM with `status`. Does not return in a VM.
+    fn shutdown(&self, status: u32);
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn error(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
+    ErrorReply {
+        kind,
+        message: message.into(),
+    }
+}
+
+enum State {
+    Created,
+    Running(i32),
+    Exited(ExitStatus),
+    /// It never ran; `wait` gives this error.
+    Failed(ErrorReply),
+}
+
+/// The host ends of a process's streams, as they are attached.
+struct Attached<C> {
+    streams: HashMap<Fd, C>,
+}
+
+struct Proc<C> {
+    spec: ProcessSpec,
+    attached: Mutex<Attached<C>>,
+    attach_changed: Condvar,
+    state: Mutex<State>,
+    ended: Condvar,
+    /// The terminal's master side, for resizes.
+    master: Mutex<Option<Arc<OwnedFd>>>,
+    /// Where host input goes: the stdin pipe or the terminal. `None` once closed.
+    input: Arc<Mutex<Option<File>>>,
+}
+
+impl<C> Proc<C> {
+    fn expected(&self) -> Vec<Fd> {
+        match (self.spec.tty.is_some(), self.spec.stdin) {
+            (true, _) => vec![Fd::Pty],
+            (false, true) => vec![Fd::Stdin, Fd::Stdout, Fd::Stderr],
+            (false, false) => vec![Fd::Stdout, Fd::Stderr],
+        }
+    }
+
+    fn pid(&self) -> Option<i32> {
+        match *lock(&self.state) {
+            State::Running(pid) => Some(pid),
+            _ => None,
+        }
+    }
+}
+
+/// The agent: its processes, and the host-side hooks.
+pub struct Agent<C: Conn> {
+    procs: Mutex<HashMap<String, Arc<Proc<C>>>>,
+    host: Box<dyn Host>,
+}
+
+impl<C: Conn> Agent<C> {
+    pub fn new(host: Box<dyn Host>) -> Arc<Agent<C>> {
+        Arc::new(Agent {
+            procs: Mutex::new(HashMap::new()),
+            host,
+        })
+    }
+
+    /// Serves a connection the host opened: its first frame says what it is.
+    pub fn serve(self: &Arc<Self>, mut conn: C) {
+        let open = match read_frame_value(&mut conn) {
+            Ok(Some(v)) => serde_json::from_value::<Open>(v).ok(),
+            _ => None,
+        };
+        match open {
+            Some(Open::Control) => self.serve_control(conn),
+            Some(Open::Stream { process, fd }) => self.attach(&process, fd, conn),
+            None => {}
+        }
+    }
+
+    fn attach(&self, process: &str, fd: Fd, conn: C) {
+        let Some(proc) = lock(&self.procs).get(process).cloned() else {
+            return;
+        };
+        if !proc.expected().contains(&fd) || !matches!(*lock(&proc.state), State::Created) {
+            return;
+        }
+        lock(&proc.attached).streams.insert(fd, conn);
+        proc.attach_changed.notify_all();
+    }
+
+    /// Serves requests on a control connection until the host closes it.
+    pub fn serve_control(self: &Arc<Self>, conn: C) {
+        let Ok(writer) = conn.try_clone() else {
+            return;
+        };
+        let writer = Arc::new(Mutex::new(writer));
+        let mut reader = conn;
+        loop {
+            let value = match read_frame_value(&mut reader) {
+                Ok(Some(v)) => v,
+                Ok(None) | Err(_) => return,
+            };
+            let id = value.get("id").and_then(|v| v.as_u64());
+            let request: Request = match serde_json::from_value(value.clone()) {
+                Ok(r) => r,
+                Err(e) => {
+                    let Some(id) = id else { return };
+                    let op = value.get("op").and_then(|v| v.as_str()).unwrap_or("?");
+                    respond(
+                        &writer,
+                        id,
+                        Err(error(
+                            ErrorKind::Unsupported,
+                            format!("this agent does not understand request {op:?}: {e}"),
+                        )),
+                    );
+                    continue;
+                }
+            };
+            let agent = self.clone();
+            let writer = writer.clone();
+            let id = request.id;
+            match request.body {
+                // These may wait; each gets a thread so the connection keeps serving.
+                body @ (RequestBody::Start { .. } | RequestBody::Wait { .. }) => {
+                    let spawned = std::thread::Builder::new()
+                        .name("agent-request".into())
+                        .spawn(move || {
+                            let result = agent.handle(body);
+                            respond(&writer, id, result);
+                        });
+                    if spawned.is_err() {
+                        return;
+                    }
+                }
+                body => {
+                    let result = agent.handle(body);
+                    respond(&writer, id, result);
+                }
+            }
+        }
+    }
+
+    fn proc(&self, id: &str) -> Result<Arc<Proc<C>>, ErrorReply> {
+        lock(&self.procs)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| error(ErrorKind::InvalidArgument, format!("no process {id:?}")))
+    }
+
+    fn handle(self: &Arc<Self>, body: RequestBody) -> Result<Reply, ErrorReply> {
+        match body {
+            RequestBody::Setup(setup) => {
+                self.host
+                    .setup(&setup)
+                    .map_err(|e| error(ErrorKind::Other, e))?;
+                Ok(Reply::Done)
+            }
+            RequestBody::CreateProcess(spec) => {
+                if spec.argv.is_empty() {
+                    return Err(error(ErrorKind::InvalidArgument, "no command given"));
+                }
+                let mut procs = lock(&self.procs);
+                if procs.contains_key(&spec.id) {
+                    return Err(error(
+                        ErrorKind::InvalidArgument,
+                        format!("process {:?} exists", spec.id),
+                    ));
+                }
+                procs.insert(
+                    spec.id.clone(),
+                    Arc::new(Proc {
+                        spec,
+                        attached: Mutex::new(Attached {
+                            streams: HashMap::new(),
+                        }),
+                        attach_changed: Condvar::new(),
+                        state: Mutex::new(State::Created),
+                        ended: Condvar::new(),
+                        master: Mutex::new(None),
+                        input: Arc::new(Mutex::new(None)),
+                    }),
+                );
+                Ok(Reply::Done)
+            }
+            RequestBody::Start { process } => {
+                let proc = self.proc(&process)?;
+                match self.start(&proc) {
+                    Ok(pid) => Ok(Reply::Started { pid: pid as u32 }),
+                    Err(e) => {
+                        *lock(&proc.state) = State::Failed(e.clone());
+                        // The host reading the streams learns the process is gone.
+                        lock(&proc.attached).streams.clear();
+                        proc.ended.notify_all();
+                        Err(e)
+                    }
+                }
+            }
+            RequestBody::Wait { process } => {
+                let proc = self.proc(&process)?;
+                let mut state = lock(&proc.state);
+                loop {
+                    match &*state {
+                        State::Exited(status) => return Ok(Reply::Exited(*status)),
+                        State::Failed(e) => return Err(e.clone()),
+                        _ => {}
+                    }
+                    state = proc.ended.wait(state).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+            RequestBody::Signal { process, signal } => {
+                let proc = self.proc(&process)?;
+                let pid = proc.pid().ok_or_else(|| {
+                    error(ErrorKind::InvalidArgument, "the process is not running")
+                })?;
+                let signal = nix::sys::signal::Signal::try_from(signal).map_err(|_| {
+                    error(ErrorKind::InvalidArgument, format!("no signal {signal}"))
+                })?;
+                // It may have just ended; that is no error.
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+                Ok(Reply::Done)
+            }
+            RequestBody::Resize {
+                process,
+                rows,
+                cols,
+            } => {
+                let proc = self.proc(&process)?;
+                if let Some(master) = lock(&proc.master).as_ref() {
+                    set_window_size(master, WindowSize { rows, cols })
+                        .map_err(|e| error(ErrorKind::Other, format!("resize: {e}")))?;
+                }
+                Ok(Reply::Done)
+            }
+            RequestBody::CloseStdin { process } => {
+                let proc = self.proc(&process)?;
+                if proc.spec.tty.is_none() {
+                    lock(&proc.input).take();
+                }
+                Ok(Reply::Done)
+            }
+            RequestBody::Shutdown { status } => {
+                self.kill_all();
+                self.host.shutdown(status);
+                Ok(Reply::Done)
+            }
+        }
+    }
+
+    /// Kills every process this agent started (their whole sessions).
+    fn kill_all(&self) {
+        for proc in lock(&self.procs).values() {
+            if let Some(pid) = proc.pid() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(-pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        // As PID 1, everything else in the VM too (kill(-1) spares the caller).
+        if std::process::id() == 1 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(-1),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    fn start(self: &Arc<Self>, proc: &Arc<Proc<C>>) -> Result<i32, ErrorReply> {
+        if !matches!(*lock(&proc.state), State::Created) {
+            return Err(error(
+                ErrorKind::InvalidArgument,
+                "the process was started already",
+            ));
+        }
+        let expected = proc.expected();
+        let mut streams = {
+            let deadline = Instant::now() + ATTACH_TIMEOUT;
+            let mut attached = lock(&proc.attached);
+            while !expected.iter().all(|fd| attached.streams.contains_key(fd)) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(error(
+                        ErrorKind::InvalidArgument,
+                        "the process's streams were not attached",
+                    ));
+                }
+                attached = proc
+                    .attach_changed
+                    .wait_timeout(attached, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            std::mem::take(&mut attached.streams)
+        };
+        let spec = &proc.spec;
+        let user = users::resolve(
+            Path::new("/"),
+            spec.user.as_deref(),
+            &spec.additional_groups,
+        )
+        .map_err(|e| error(ErrorKind::InvalidArgument, e))?;
+        let mut env = spec.env.clone();
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.push(format!("PATH={DEFAULT_PATH}"));
+        }
+        if !env.iter().any(|e| e.starts_with("HOME=")) {
+            env.push(format!("HOME={}", user.home));
+        }
+        let path_var = env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(DEFAULT_PATH)
+            .to_string();
+        let program = resolve_executable(&spec.argv[0], &path_var)?;
+        let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
+        if spec.create_cwd {
+            std::fs::create_dir_all(cwd).map_err(|e| {
+                error(
+                    ErrorKind::Other,
+                    format!("create working directory {cwd}: {e}"),
+                )
+            })?;
+        }
+        let cstr = |s: &str| {
+            CString::new(s)
+                .map_err(|_| error(ErrorKind::InvalidArgument, "NUL byte in the request"))
+        };
+        let rlimits = spec
+            .rlimits
+            .iter()
+            .map(|r| {
+                Ok((
+                    rlimit_resource(&r.resource)?,
+                    libc::rlimit {
+                        rlim_cur: r.soft,
+                        rlim_max: r.hard,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>, ErrorReply>>()?;
+
+        // Stdio: a terminal, or pipes (and /dev/null for an unattached stdin).
+        let mut keep: Vec<OwnedFd> = Vec::new();
+        let stdio: [i32; 3];
+        let mut outputs: Vec<(File, C)> = Vec::new();
+        let mut input_from: Option<(C, File)> = None;
+        if let Some(size) = spec.tty {
+            let pty = nix::pty::openpty(Some(&winsize(size)), None)
+                .map_err(|e| error(ErrorKind::Other, format!("openpty: {e}")))?;
+            let master = Arc::new(cloexec(pty.master)?);
+            let slave = cloexec(pty.slave)?;
+            stdio = [slave.as_raw_fd(); 3];
+            keep.push(slave);
+            let conn = streams.remove(&Fd::Pty).expect("attached");
+            let out = File::from(master.try_clone().map_err(io_error)?);
+            let input = File::from(master.try_clone().map_err(io_error)?);
+            input_from = Some((conn.try_clone().map_err(io_error)?, input));
+            outputs.push((out, conn));
+            *lock(&proc.master) = Some(master);
+        } else {
+            let stdin = match streams.remove(&Fd::Stdin) {
+                Some(conn) => {
+                    let (r, w) = pipe()?;
+                    input_from = Some((conn, File::from(w)));
+                    r
+                }
+                None => OwnedFd::from(
+                    File::open("/dev/null")
+                        .map_err(|e| error(ErrorKind::Other, format!("/dev/null: {e}")))?,
+                ),
+            };
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            stdio = [stdin.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
+            keep.extend([stdin, out_w, err_w]);
+            outputs.push((
+                File::from(out_r),
+                streams.remove(&Fd::Stdout).expect("attached"),
+            ));
+            outputs.push((
+                File::from(err_r),
+                streams.remove(&Fd::Stderr).expect("attached"),
+            ));
+        }
+        let launch = Launch {
+            path: cstr(&program)?,
+            argv: spec
+                .argv
+                .iter()
+                .map(|a| cstr(a))
+                .collect::<Result<_, _>>()?,
+            env: env.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
+            cwd: cstr(cwd)?,
+            uid: user.uid,
+            gid: user.gid,
+            groups: user.groups.clone(),
+            umask: spec.umask,
+            rlimits,
+            stdio,
+            ctty: spec.tty.is_some(),
+        };
+        let pid = {
+            let mut watched = reaper().lock();
+            match spawn(&launch) {
+                Ok(pid) => {
+                    watched.watch(pid);
+                    pid
+                }
+                Err((_, errno)) => {
+                    drop(watched);
+                    return Err(exec_error(&spec.argv[0], errno));
+                }
+            }
+        };
+        reaper().spawned();
+        // The child has its copies; the agent's would keep pipes open past its exit.
+        drop(keep);
+        *lock(&proc.state) = State::Running(pid);
+
+        if let Some((conn, dst)) = input_from {
+            *lock(&proc.input) = Some(dst);
+            let input = proc.input.clone();
+            let _ = std::thread::Builder::new()
+                .name("agent-stdin".into())
+                .spawn(move || copy_in(conn, &input));
+        }
+        let copiers: Vec<JoinHandle<()>> = outputs
+            .into_iter()
+            .filter_map(|(src, dst)| {
+                std::thread::Builder::new()
+                    .name("agent-output".into())
+                    .spawn(move || copy_out(src, dst))
+                    .ok()
+            })
+            .collect();
+        let agent = self.clone();
+        let waiter = proc.clone();
+        std::thread::Builder::new()
+            .name("agent-wait".into())
+            .spawn(move || {
+                let status = reaper().wait(pid);
+                if waiter.spec.main {
+                    // Docker's rule: the container ends with its main process, and what
+                    // else runs (holding the output pipes, perhaps) goes with it.
+                    agent.kill_all();
+                }
+                for c in copiers {
+                    let _ = c.join();
+                }
+                lock(&waiter.input).take();
+                *lock(&waiter.state) = State::Exited(status);
+                waiter.ended.notify_all();
+            })
+            .map_err(io_error)?;
+        Ok(pid)
+    }
+}
+
+fn respond<C: Conn>(writer: &Mutex<C>, id: u64, result: Result<Reply, ErrorReply>) {
+    let response = Response {
+        id,
+        result: match result {
+            Ok(reply) => Outcome::Ok(reply),
+            Err(e) => Outcome::Error(e),
+        },
+    };
+    let _ = write_frame(&mut *lock(writer), &response);
+}
+
+fn io_error(e: impl std::fmt::Display) -> ErrorReply {
+    error(ErrorKind::Other, e.to_string())
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), ErrorReply> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io_error)
+}
+
+fn cloexec(fd: OwnedFd) -> Result<OwnedFd, ErrorReply> {
+    nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(io_error)?;
+    Ok(fd)
+}
+
+fn winsize(size: WindowSize) -> nix::pty::Winsize {
+    nix::pty::Winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+fn set_window_size(master: &OwnedFd, size: WindowSize) -> io::Result<()> {
+    let ws = winsize(size);
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer.
+    let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Process output to the host; end of file once every writer is gone (a terminal reports
+/// that as EIO).
+fn copy_out<C: Conn>(mut src: File, mut dst: C) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        if dst.write_all(&buf[..n]).is_err() {
+            // The host stopped listening; keep draining so the process is not blocked.
+            while matches!(src.read(&mut buf), Ok(n) if n > 0) {}
+            break;
+        }
+    }
+    dst.shutdown_write();
+}
+
+/// Host input to the process, until the host closes its side or `close_stdin`.
+fn copy_in<C: Conn>(mut src: C, dst: &Mutex<Option<File>>) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut dst = lock(dst);
+        let written = dst.as_mut().map(|f| f.write_all(&buf[..n]).is_ok());
+        if written != Some(true) {
+            break;
+        }
+    }
+    lock(dst).take();
+}
+
+/// Finds the program as execvp would, telling docker's two failures apart: nothing there
+/// (exit 127) and something there that cannot run (exit 126).
+fn resolve_executable(name: &str, path_var: &str) -> Result<String, ErrorReply> {
+    let runnable = |p: &Path| -> Result<(), ErrorKind> {
+        let meta = std::fs::metadata(p).map_err(|_| ErrorKind::NotFound)?;
+        if meta.is_dir() {
+            return Err(ErrorKind::PermissionDenied);
+        }
+        let c = CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| ErrorKind::NotFound)?;
+        // SAFETY: access(2) on a NUL-terminated path.
+        if unsafe { libc::access(c.as_ptr(), libc::X_OK) } != 0 {
+            return Err(ErrorKind::PermissionDenied);
+        }
+        Ok(())
+    };
+    if name.contains('/') {
+        return match runnable(Path::new(name)) {
+            Ok(()) => Ok(name.to_string()),
+            Err(ErrorKind::NotFound) => Err(error(
+                ErrorKind::NotFound,
+                format!("exec: \"{name}\": stat {name}: no such file or directory"),
+            )),
+            Err(kind) => Err(error(kind, format!("exec: \"{name}\": permission denied"))),
+        };
+    }
+    let mut denied = None;
+    for dir in path_var.split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let candidate = Path::new(dir).join(name);
+        match runnable(&candidate) {
+            Ok(()) => return Ok(candidate.to_string_lossy().into_owned()),
+            Err(ErrorKind::PermissionDenied) => denied = Some(candidate),
+            Err(_) => {}
+        }
+    }
+    match denied {
+        Some(_) => Err(error(
+            ErrorKind::PermissionDenied,
+            format!("exec: \"{name}\": permission denied"),
+        )),
+        None => Err(error(
+            ErrorKind::NotFound,
+            format!("exec: \"{name}\": executable file not found in $PATH"),
+        )),
+    }
+}
+
+/// An exec that failed after the checks (a missing interpreter or loader, a bad format).
+fn exec_error(name: &str, errno: Errno) -> ErrorReply {
+    let kind = match errno {
+        Errno::ENOENT => ErrorKind::NotFound,
+        Errno::EACCES | Errno::ENOEXEC | Errno::EPERM => ErrorKind::PermissionDenied,
+        _ => ErrorKind::Other,
+    };
+    error(
+        kind,
+        format!("exec {name}: {}", errno.desc().to_lowercase()),
+    )
+}
+
+fn rlimit_resource(name: &str) -> Result<libc::__rlimit_resource_t, ErrorReply> {
+    Ok(match name {
+        "as" => libc::RLIMIT_AS,
+        "core" => libc::RLIMIT_CORE,
+        "cpu" => libc::RLIMIT_CPU,
+        "data" => libc::RLIMIT_DATA,
+        "fsize" => libc::RLIMIT_FSIZE,
+        "locks" => libc::RLIMIT_LOCKS,
+        "memlock" => libc::RLIMIT_MEMLOCK,
+        "msgqueue" => libc::RLIMIT_MSGQUEUE,
+        "nice" => libc::RLIMIT_NICE,
+        "nofile" => libc::RLIMIT_NOFILE,
+        "nproc" => libc::RLIMIT_NPROC,
+        "rss" => libc::RLIMIT_RSS,
+        "rtprio" => libc::RLIMIT_RTPRIO,
+        "rttime" => libc::RLIMIT_RTTIME,
+        "sigpending" => libc::RLIMIT_SIGPENDING,
+        "stack" => libc::RLIMIT_STACK,
+        other => {
+            return Err(error(
+                ErrorKind::InvalidArgument,
+                format!("unknown ulimit {other:?}"),
+            ))
+        }
+    })
+}
+
+/// Wraps a raw stream socket (vsock in the guest) as a [`Conn`].
+pub struct Socket(OwnedFd);
+
+impl Socket {
+    /// # Safety
+    /// `fd` must be an open stream socket this call takes ownership of.
+    pub unsafe fn from_raw(fd: i32) -> Socket {
+        Socket(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+impl From<OwnedFd> for Socket {
+    fn from(fd: OwnedFd) -> Socket {
+        Socket(fd)
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match nix::unistd::read(&self.0, buf) {
+                Err(Errno::EINTR) => continue,
+                other => return other.map_err(io::Error::from),
+            }
+        }
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match nix::sys::socket::send(
+                self.0.as_raw_fd(),
+                buf,
+                nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+            ) {
+                Err(Errno::EINTR) => continue,
+                other => return other.map_err(io::Error::from),
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Conn for Socket {
+    fn try_clone(&self) -> io::Result<Self> {
+        Ok(Socket(self.0.try_clone()?))
+    }
+
+    fn shutdown_write(&self) {
+        let _ = nix::sys::socket::shutdown(self.0.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+    }
+}
