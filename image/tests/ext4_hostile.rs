@@ -253,6 +253,46 @@ fn absurd_sizes_are_refused_before_reading() {
     );
 }
 
+/// Directories a path implies cost memory like listed entries: a one-entry layer with a deep
+/// path must not build an unbounded tree.
+#[test]
+fn implied_directories_count_as_entries_and_deep_paths_are_refused() {
+    // A one-entry layer whose PAX path is `path`, converted with `opts`.
+    let refused = |path: &str, opts: &Options| {
+        let mut t = Tar::new();
+        t.pax(&[("path", path.as_bytes())]).file("x", &ROOT, b"");
+        entry_err(fails(&one(&mut t), opts), L1, path)
+    };
+    let opts = Options {
+        max_entries: 100,
+        ..Options::default()
+    };
+    let kind = refused(&("d/".repeat(200) + "f"), &opts);
+    assert!(
+        matches!(kind, EntryError::TooManyEntries { limit: 100 }),
+        "{kind:?}"
+    );
+    // An opaque marker implies its directories too.
+    let kind = refused(&("w/".repeat(200) + ".wh..wh..opq"), &opts);
+    assert!(
+        matches!(kind, EntryError::TooManyEntries { limit: 100 }),
+        "{kind:?}"
+    );
+
+    // Whatever the entry budget, no real tree is this deep or this long.
+    let kind = refused(&("a/".repeat(1500) + "f"), &Options::default());
+    assert!(
+        matches!(kind, EntryError::PathTooDeep { limit: 1024 }),
+        "{kind:?}"
+    );
+    let too_long = format!("{}/f", "n".repeat(250)).repeat(20);
+    let kind = refused(&too_long, &Options::default());
+    assert!(
+        matches!(kind, EntryError::PathTooLong { limit: 4096 }),
+        "{kind:?}"
+    );
+}
+
 #[test]
 fn unknown_entry_types_and_bad_names_are_refused() {
     let mut t = Tar::new();

@@ -60,8 +60,9 @@
 //! Refused: absolute paths; `..` climbing above the root; any path through a symlink (the
 //! tree is built without following one); hardlinks to missing entries, directories or paths
 //! outside the root; relative symlink targets climbing above the root (absolute targets are
-//! kept: they resolve inside the guest); duplicates within a layer; sizes, totals, entry
-//! counts and per-entry tar metadata beyond [`Options`]' limits; streams cut short or
+//! kept: they resolve inside the guest); duplicates within a layer; paths longer than 4096
+//! bytes or deeper than 1024 directories; sizes, totals, entry counts (directories a path
+//! implies count as entries) and per-entry tar metadata beyond [`Options`]' limits; streams cut short or
 //! without their end-of-archive marker. Each yields [`Error::Entry`] (or [`Error::Tar`],
 //! [`Error::MissingEnd`]) naming the layer and the path in the tar; the temporary image is
 //! removed, so nothing half-written is left next to `out`.
@@ -114,7 +115,9 @@ pub struct Options {
     /// Largest total of file data accepted over all layers: a cap against decompression bombs
     /// and absurd headers.
     pub max_total_size: u64,
-    /// Most tar entries accepted over all layers (the metadata tree is held in memory).
+    /// Most nodes of the metadata tree, which is held in memory: every tar entry over all
+    /// layers, and every directory a path implies without listing it. A node costs a few
+    /// hundred bytes with its name.
     pub max_entries: u64,
     /// fsync the image before renaming it into place.
     pub sync: bool,
@@ -132,7 +135,7 @@ impl Default for Options {
             label: String::new(),
             max_file_size: 64 << 30,
             max_total_size: 256 << 30,
-            max_entries: 10_000_000,
+            max_entries: 1_000_000,
             sync: true,
         }
     }
@@ -201,6 +204,10 @@ pub enum EntryError {
     DotDotEscape,
     #[error("a name component is longer than 255 bytes")]
     NameTooLong,
+    #[error("path longer than {limit} bytes")]
+    PathTooLong { limit: usize },
+    #[error("path deeper than {limit} directories")]
+    PathTooDeep { limit: usize },
     #[error("NUL byte in the path")]
     NulInPath,
     #[error("parent {0:?} is a symlink; refusing to follow it")]

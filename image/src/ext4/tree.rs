@@ -16,6 +16,12 @@ pub(super) const ROOT: NodeId = 0;
 const WHITEOUT: &[u8] = b".wh.";
 const OPAQUE: &[u8] = b".wh..wh..opq";
 const MAX_NAME: usize = 255;
+/// Longest tar path accepted, Linux's PATH_MAX: a PAX record can carry a megabyte of path,
+/// and every component may imply a directory.
+const MAX_PATH: usize = 4096;
+/// Deepest path accepted. Real trees stay within a few dozen levels; the cap keeps the
+/// per-entry walk short whatever the entry budget.
+const MAX_DEPTH: usize = 1024;
 /// A symlink target must fit in one block, like the kernel's PATH_MAX.
 const MAX_SYMLINK: usize = 4095;
 
@@ -200,16 +206,8 @@ impl<'o> Builder<'o> {
                 Some(real) => real,
                 None => entry.path_bytes().into_owned(),
             };
-            self.entries += 1;
-            if self.entries > self.opts.max_entries {
-                return Err(entry_error(
-                    name,
-                    &path,
-                    EntryError::TooManyEntries {
-                        limit: self.opts.max_entries,
-                    },
-                ));
-            }
+            self.count_entry()
+                .map_err(|kind| entry_error(name, &path, kind))?;
             self.apply_entry(layer, &path, pax, &mut entry)
                 .map_err(|kind| entry_error(name, &path, kind))?;
             state.meta_bytes.set(0);
@@ -365,6 +363,18 @@ impl<'o> Builder<'o> {
         Ok(())
     }
 
+    /// Every node of the tree counts, listed or implied by a path: the tree is what the
+    /// limit keeps in memory.
+    fn count_entry(&mut self) -> Result<(), EntryError> {
+        self.entries += 1;
+        if self.entries > self.opts.max_entries {
+            return Err(EntryError::TooManyEntries {
+                limit: self.opts.max_entries,
+            });
+        }
+        Ok(())
+    }
+
     fn push(&mut self, meta: Meta, kind: Kind) -> NodeId {
         self.tree.nodes.push(Node { meta, kind });
         self.tree.nodes.len() - 1
@@ -397,6 +407,7 @@ impl<'o> Builder<'o> {
                     _ => return Err(EntryError::NotADirectory(lossy(&path[..=i].join(&b'/')))),
                 },
                 None if create => {
+                    self.count_entry()?;
                     let node = self.push(Meta::implicit_dir(), Kind::Dir(BTreeMap::new()));
                     self.set_child(dir, name, node, layer);
                     node
@@ -741,6 +752,9 @@ fn normalize(path: &[u8]) -> Result<Vec<Vec<u8>>, EntryError> {
     if path.first() == Some(&b'/') {
         return Err(EntryError::AbsolutePath);
     }
+    if path.len() > MAX_PATH {
+        return Err(EntryError::PathTooLong { limit: MAX_PATH });
+    }
     let mut out: Vec<Vec<u8>> = Vec::new();
     for part in path.split(|&b| b == b'/') {
         match part {
@@ -753,6 +767,9 @@ fn normalize(path: &[u8]) -> Result<Vec<Vec<u8>>, EntryError> {
             name if name.contains(&0) => return Err(EntryError::NulInPath),
             name => out.push(name.to_vec()),
         }
+    }
+    if out.len() > MAX_DEPTH {
+        return Err(EntryError::PathTooDeep { limit: MAX_DEPTH });
     }
     Ok(out)
 }
