@@ -6,7 +6,7 @@ mod ext4_util;
 use std::path::Path;
 
 use ext4_util::*;
-use hk_image::ext4::{EntryError, Error, Options, Size};
+use hk_image::ext4::{EntryError, Error, Inodes, Options, Size};
 use tar::EntryType;
 
 /// Converts into an empty directory, expects failure, and checks nothing was left behind.
@@ -346,6 +346,41 @@ fn a_fixed_size_too_small_for_the_content_is_refused() {
     assert!(matches!(err, Error::TooBig { .. }), "{err:?}");
     assert!(dir_entries(dir.path()).is_empty());
     assert!(!Path::new(&out).exists());
+}
+
+#[test]
+fn a_fixed_size_too_small_for_the_inodes_is_refused() {
+    // One 128 MiB block group holds at most 32768 inodes; more need more groups than a fixed
+    // size of one group has. Run in a thread: the layout search must end, not spin.
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let dir = scratch();
+        let out = dir.path().join("rootfs.ext4");
+        let mut t = Tar::new();
+        t.file("f", &ROOT, b"f");
+        let opts = Options {
+            size: Size::Fixed { bytes: 128 << 20 },
+            inodes: Inodes::Fixed { count: 100_000 },
+            ..Options::default()
+        };
+        let err = try_convert(&one(&mut t), &out, &opts).map(|_| ());
+        let _ = done.send((err, dir_entries(dir.path())));
+    });
+    let (err, left) = result
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the conversion must end");
+    let err = err.expect_err("100000 inodes do not fit in one block group");
+    assert!(
+        matches!(
+            err,
+            Error::TooManyInodes {
+                needed: 100_000,
+                limit: 32_768
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 #[test]

@@ -15,6 +15,7 @@ use super::{Inodes, Options, Size, Stats};
 pub(super) enum Error {
     Io(io::Error),
     TooBig { needed: u64, limit: u64 },
+    TooManyInodes { needed: u64, limit: u64 },
 }
 
 impl From<io::Error> for Error {
@@ -378,8 +379,8 @@ struct Layout {
 
 impl Layout {
     /// Bitmaps and inode tables follow the metadata (flex_bg lets them live outside their
-    /// group). Their size depends on the group count, which depends on the total size:
-    /// iterate to the fixed point.
+    /// group). With a fixed size the group count follows from it; otherwise the tables' size
+    /// depends on the group count, which depends on the total size: iterate to the fixed point.
     fn new(meta_end: u64, last_ino: u32, opts: &Options) -> Result<Self, Error> {
         let want_inodes = match opts.inodes {
             Inodes::Auto { headroom_percent } => {
@@ -389,54 +390,74 @@ impl Layout {
         };
         let max_groups = GDT_RESERVED_BLOCKS * BLOCK_SIZE / DESC_SIZE as u64;
         let limit = (max_groups * BLOCKS_PER_GROUP).min(u64::from(u32::MAX));
-        let mut groups = ceil_div(meta_end, BLOCKS_PER_GROUP).max(1);
-        let (total, ipg, tables_end) = loop {
-            let mut ipg =
-                ceil_div(want_inodes, groups).next_multiple_of(u64::from(INODES_PER_BLOCK));
-            if ipg > BLOCKS_PER_GROUP {
-                groups = ceil_div(want_inodes, BLOCKS_PER_GROUP);
-                ipg = ceil_div(want_inodes, groups).next_multiple_of(u64::from(INODES_PER_BLOCK));
-            }
-            let table_blocks = ipg / u64::from(INODES_PER_BLOCK);
-            let tables_end = meta_end + groups * (2 + table_blocks);
-            let total = match opts.size {
-                Size::Auto { headroom_percent } => {
-                    let t = tables_end + tables_end * u64::from(headroom_percent) / 100;
-                    // Keep the last group from being a sliver of a few blocks.
-                    t.max((ceil_div(t, BLOCKS_PER_GROUP) - 1) * BLOCKS_PER_GROUP + 1024)
-                }
-                Size::Fixed { bytes } => bytes / BLOCK_SIZE,
-            };
-            if total < tables_end {
-                return Err(Error::TooBig {
-                    needed: tables_end,
-                    limit: total,
-                });
-            }
+        let ipg_for = |groups: u64| {
+            ceil_div(want_inodes, groups).next_multiple_of(u64::from(INODES_PER_BLOCK))
+        };
+        let tables_end_for =
+            |groups: u64, ipg: u64| meta_end + groups * (2 + ipg / u64::from(INODES_PER_BLOCK));
+        let check_limit = |total: u64, groups: u64| {
             if total > limit || groups > max_groups {
                 return Err(Error::TooBig {
                     needed: total,
                     limit,
                 });
             }
-            let need_groups = ceil_div(total, BLOCKS_PER_GROUP);
-            if need_groups == groups {
-                break (total, ipg, tables_end);
+            Ok(())
+        };
+
+        let headroom_percent = match opts.size {
+            Size::Auto { headroom_percent } => headroom_percent,
+            Size::Fixed { bytes } => {
+                let total = bytes / BLOCK_SIZE;
+                let groups = ceil_div(total, BLOCKS_PER_GROUP).max(1);
+                check_limit(total, groups)?;
+                // An inode bitmap is one block: a group holds at most one inode per bit.
+                if want_inodes > groups * BLOCKS_PER_GROUP {
+                    return Err(Error::TooManyInodes {
+                        needed: want_inodes,
+                        limit: groups * BLOCKS_PER_GROUP,
+                    });
+                }
+                let ipg = ipg_for(groups);
+                let tables_end = tables_end_for(groups, ipg);
+                if total < tables_end {
+                    return Err(Error::TooBig {
+                        needed: tables_end,
+                        limit: total,
+                    });
+                }
+                return Ok(Self {
+                    groups,
+                    ipg,
+                    total,
+                    tables_end,
+                });
             }
-            if need_groups < groups && matches!(opts.size, Size::Auto { .. }) {
+        };
+        let mut groups = ceil_div(meta_end, BLOCKS_PER_GROUP)
+            .max(ceil_div(want_inodes, BLOCKS_PER_GROUP))
+            .max(1);
+        loop {
+            let ipg = ipg_for(groups);
+            let tables_end = tables_end_for(groups, ipg);
+            let t = tables_end + tables_end * u64::from(headroom_percent) / 100;
+            // Keep the last group from being a sliver of a few blocks.
+            let total = t.max((ceil_div(t, BLOCKS_PER_GROUP) - 1) * BLOCKS_PER_GROUP + 1024);
+            check_limit(total, groups)?;
+            let need_groups = ceil_div(total, BLOCKS_PER_GROUP);
+            if need_groups <= groups {
                 // Fewer groups would shrink the tables and need more groups again: keep these
                 // and grow the filesystem into the last one, so the loop only ever moves up.
-                let total = (groups - 1) * BLOCKS_PER_GROUP + 1024;
-                break (total, ipg, tables_end);
+                let total = total.max((groups - 1) * BLOCKS_PER_GROUP + 1024);
+                return Ok(Self {
+                    groups,
+                    ipg,
+                    total,
+                    tables_end,
+                });
             }
             groups = need_groups;
-        };
-        Ok(Self {
-            groups,
-            ipg,
-            total,
-            tables_end,
-        })
+        }
     }
 }
 

@@ -191,6 +191,8 @@ pub enum Error {
     },
     #[error("the filesystem needs {needed} blocks of 4 KiB but {limit} are allowed")]
     TooBig { needed: u64, limit: u64 },
+    #[error("the filesystem needs {needed} inodes but its size holds at most {limit}")]
+    TooManyInodes { needed: u64, limit: u64 },
     #[error("invalid options: {0}")]
     Options(String),
 }
@@ -287,6 +289,7 @@ pub fn convert<R: Read>(
     let stats = finish::write(tree, data, &file, opts, &names).map_err(|e| match e {
         finish::Error::Io(source) => output_err(source),
         finish::Error::TooBig { needed, limit } => Error::TooBig { needed, limit },
+        finish::Error::TooManyInodes { needed, limit } => Error::TooManyInodes { needed, limit },
     })?;
     if opts.sync {
         file.sync_all().map_err(output_err)?;
