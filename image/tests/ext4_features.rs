@@ -299,6 +299,45 @@ fn whiteouts_and_opaque_directories_apply_across_layers() {
     assert_eq!(stat(&img, b"/h2").unwrap().links, 1);
 }
 
+/// Whiteouts and opaque markers only hide lower layers, also below directories this layer
+/// passed through without listing them (`p/sub/new` with no `p/` or `p/sub/` entry).
+#[test]
+fn whiteouts_spare_this_layers_entries_below_directories_it_passed_through() {
+    let lower_meta = meta(0o750, 7, 7, 1);
+    let mut l1 = Tar::new();
+    l1.dir("p", &lower_meta)
+        .file("p/old", &ROOT, b"old")
+        .dir("p/sub", &lower_meta)
+        .file("p/sub/old", &ROOT, b"old")
+        .dir("q", &ROOT)
+        .file("q/old", &ROOT, b"old")
+        .dir("q/sub", &lower_meta)
+        .file("q/sub/old", &ROOT, b"old");
+    let mut l2 = Tar::new();
+    l2.file("p/sub/new", &ROOT, b"new")
+        .file(".wh.p", &ROOT, b"")
+        .file("q/sub/new", &ROOT, b"new")
+        .file("q/.wh..wh..opq", &ROOT, b"");
+    let dir = scratch();
+    let (img, _) = convert_checked(&[l1.finish(), l2.finish()], dir.path());
+    for (path, want) in [
+        (&b"/p"[..], &["sub"][..]),
+        (b"/p/sub", &["new"]),
+        (b"/q", &["sub"]),
+        (b"/q/sub", &["new"]),
+    ] {
+        let want: Vec<Vec<u8>> = want.iter().map(|n| n.as_bytes().to_vec()).collect();
+        assert_eq!(ls(&img, path), want, "{path:?}");
+    }
+    assert_eq!(cat(&img, b"/p/sub/new"), b"new");
+    // What stays only because this layer wrote below it is an implied directory: the hidden
+    // lower directory's owner and mode went with it.
+    for path in [&b"/p"[..], b"/p/sub", b"/q/sub"] {
+        let st = stat(&img, path).unwrap();
+        assert_eq!((st.mode, st.uid, st.gid), (0o755, 0, 0), "{path:?}");
+    }
+}
+
 #[test]
 fn thousands_of_files_make_a_multi_block_directory() {
     let mut t = Tar::new();

@@ -522,7 +522,14 @@ fn ensure_lost_found(tree: &mut Tree) -> NodeId {
     });
     let node = tree.nodes.len() - 1;
     if let Kind::Dir(root) = &mut tree.nodes[ROOT].kind {
-        root.insert(b"lost+found".to_vec(), Child { node, layer: 0 });
+        root.insert(
+            b"lost+found".to_vec(),
+            Child {
+                node,
+                layer: 0,
+                touched: 0,
+            },
+        );
     }
     node
 }

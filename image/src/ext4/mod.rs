@@ -48,7 +48,9 @@
 //! # Layer semantics (OCI image-spec, "Applying changesets")
 //! Later layers override earlier ones; `.wh.NAME` removes NAME of lower layers and
 //! `.wh..wh..opq` hides all lower-layer content of its directory. Whiteouts only apply to
-//! lower layers, and never appear in the output. Within one layer, a second entry for the
+//! lower layers, and never appear in the output: what the same layer wrote stays, also
+//! below a directory it only passed through (`a/b/new` without `a/`), which then remains as
+//! the plain directory the path implies. Within one layer, a second entry for the
 //! same path is an error unless both are directories (then the last metadata wins).
 //! Other `.wh..wh.*` names (aufs bookkeeping such as `.wh..wh.plnk`) are skipped.
 //!

@@ -63,13 +63,16 @@ pub(super) struct Node {
     pub kind: Kind,
 }
 
-/// A name in a directory. `layer` is the layer that last wrote it: whiteouts and opaque
-/// markers only hide names from lower layers, and a second write in the same layer is a
-/// duplicate.
+/// A name in a directory. Whiteouts and opaque markers only hide what lower layers wrote,
+/// so each name records which layer wrote it and which layer last wrote anything below it.
 #[derive(Clone, Copy)]
 pub(super) struct Child {
     pub node: NodeId,
+    /// The layer that last wrote this name (listed, or implied by a path).
     pub layer: usize,
+    /// The last layer that wrote this name or a path through it: a directory a layer only
+    /// passed through is still lower content itself, but what the layer put below is not.
+    pub touched: usize,
 }
 
 pub(super) struct Tree {
@@ -252,14 +255,20 @@ impl<'o> Builder<'o> {
                 }
                 if let Ok(dir) = self.walk(parent_path, layer, false) {
                     match self.child(dir, hidden) {
-                        Some(c) if c.layer < layer => {
+                        Some(c) if c.touched < layer => {
                             if let Kind::Dir(children) = &mut self.tree.nodes[dir].kind {
                                 children.remove(hidden);
                             }
                         }
-                        // This layer already re-created it (the tar listed it before its
-                        // whiteout): only what lower layers put inside goes.
-                        Some(c) => self.make_opaque(c.node, layer),
+                        // This layer already wrote it or something below it (the tar listed
+                        // that before the whiteout): only what lower layers put there goes.
+                        Some(c) => {
+                            if c.layer < layer {
+                                self.tree.nodes[c.node].meta = Meta::implicit_dir();
+                                self.set_child(dir, hidden, c.node, layer);
+                            }
+                            self.make_opaque(c.node, layer);
+                        }
                         None => {}
                     }
                 }
@@ -389,18 +398,35 @@ impl<'o> Builder<'o> {
 
     fn set_child(&mut self, dir: NodeId, name: &[u8], node: NodeId, layer: usize) {
         if let Kind::Dir(children) = &mut self.tree.nodes[dir].kind {
-            children.insert(name.to_vec(), Child { node, layer });
+            children.insert(
+                name.to_vec(),
+                Child {
+                    node,
+                    layer,
+                    touched: layer,
+                },
+            );
         }
     }
 
-    /// Walks to the directory at `path`, never through a symlink; with `create`, missing
-    /// directories are made (tars may list `a/b` without `a/`).
+    /// Walks to the directory at `path`, never through a symlink; with `create` (the walk
+    /// of an entry this layer writes), missing directories are made (tars may list `a/b`
+    /// without `a/`) and existing ones are marked as touched by this layer.
     fn walk(&mut self, path: &[Vec<u8>], layer: usize, create: bool) -> Result<NodeId, EntryError> {
         let mut dir = ROOT;
         for (i, name) in path.iter().enumerate() {
             dir = match self.child(dir, name) {
                 Some(child) => match self.tree.nodes[child.node].kind {
-                    Kind::Dir(_) => child.node,
+                    Kind::Dir(_) => {
+                        if create {
+                            if let Kind::Dir(children) = &mut self.tree.nodes[dir].kind {
+                                if let Some(c) = children.get_mut(name.as_slice()) {
+                                    c.touched = layer;
+                                }
+                            }
+                        }
+                        child.node
+                    }
                     Kind::Symlink(_) => {
                         return Err(EntryError::ThroughSymlink(lossy(&path[..=i].join(&b'/'))))
                     }
@@ -438,15 +464,26 @@ impl<'o> Builder<'o> {
     }
 
     /// Drops every name below `dir` that a lower layer wrote; names of this layer stay, and
-    /// directories this layer re-declared lose their lower content too.
+    /// directories this layer re-declared lose their lower content too. A lower directory
+    /// this layer only passed through stays as the directory its paths imply.
     fn make_opaque(&mut self, dir: NodeId, layer: usize) {
         let mut stack = vec![dir];
+        let mut implied = Vec::new();
         while let Some(dir) = stack.pop() {
             let Kind::Dir(children) = &mut self.tree.nodes[dir].kind else {
                 continue;
             };
-            children.retain(|_, c| c.layer >= layer);
-            stack.extend(children.values().map(|c| c.node));
+            children.retain(|_, c| c.touched >= layer);
+            for c in children.values_mut() {
+                if c.layer < layer {
+                    c.layer = layer;
+                    implied.push(c.node);
+                }
+                stack.push(c.node);
+            }
+        }
+        for node in implied {
+            self.tree.nodes[node].meta = Meta::implicit_dir();
         }
     }
 
