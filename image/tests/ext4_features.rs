@@ -338,6 +338,24 @@ fn whiteouts_spare_this_layers_entries_below_directories_it_passed_through() {
     }
 }
 
+/// Docker strips a leading `/` from names and hardlink targets: they mean the same place in
+/// the layer.
+#[test]
+fn a_leading_slash_is_stripped_as_docker_does() {
+    let mut t = Tar::new();
+    t.raw(EntryType::Directory, b"/etc/", b"", 0, b"")
+        .raw(EntryType::Regular, b"//etc/passwd", b"", 5, b"root\n")
+        .raw(EntryType::Link, b"/etc/passwd-", b"/etc/passwd", 0, b"");
+    let dir = scratch();
+    let (img, stats) = convert_checked(&[t.finish()], dir.path());
+    assert_eq!(cat(&img, b"/etc/passwd"), b"root\n");
+    assert_eq!(
+        stat(&img, b"/etc/passwd-").unwrap().ino,
+        stat(&img, b"/etc/passwd").unwrap().ino
+    );
+    assert_eq!((stats.files, stats.hardlinks), (1, 1));
+}
+
 #[test]
 fn thousands_of_files_make_a_multi_block_directory() {
     let mut t = Tar::new();

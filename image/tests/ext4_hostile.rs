@@ -43,16 +43,6 @@ fn one(t: &mut Tar) -> Vec<Vec<u8>> {
 const L1: &str = "test (layer 1/1)";
 
 #[test]
-fn absolute_paths_are_refused() {
-    let err = fails(
-        &one(Tar::new().raw(EntryType::Regular, b"/etc/passwd", b"", 4, b"root")),
-        &Options::default(),
-    );
-    let kind = entry_err(err, L1, "/etc/passwd");
-    assert!(matches!(kind, EntryError::AbsolutePath), "{kind:?}");
-}
-
-#[test]
 fn dotdot_escapes_are_refused() {
     for path in ["../escape", "a/../../escape"] {
         let err = fails(
@@ -66,7 +56,7 @@ fn dotdot_escapes_are_refused() {
 
 #[test]
 fn hardlinks_outside_the_root_are_refused() {
-    for target in ["/etc/shadow", "../etc/shadow"] {
+    for target in ["../etc/shadow", "/a/../../etc/shadow"] {
         let err = fails(
             &one(Tar::new().raw(EntryType::Link, b"l", target.as_bytes(), 0, b"")),
             &Options::default(),

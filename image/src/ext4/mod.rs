@@ -59,7 +59,7 @@
 //! non-directory `/lost+found` is replaced by the directory e2fsck requires.
 //!
 //! # Hostile input
-//! Refused: absolute paths; `..` climbing above the root; any path through a symlink (the
+//! Refused: `..` climbing above the root; any path through a symlink (the
 //! tree is built without following one); hardlinks to missing entries, directories or paths
 //! outside the root; relative symlink targets climbing above the root (absolute targets are
 //! kept: they resolve inside the guest); duplicates within a layer; paths longer than 4096
@@ -68,6 +68,9 @@
 //! without their end-of-archive marker. Each yields [`Error::Entry`] (or [`Error::Tar`],
 //! [`Error::MissingEnd`]) naming the layer and the path in the tar; the temporary image is
 //! removed, so nothing half-written is left next to `out`.
+//!
+//! Accepted as Docker accepts them, since they cost no safety: a leading `/` in a name or a
+//! hardlink target is dropped (the same place in the layer).
 
 mod disk;
 mod finish;
@@ -202,8 +205,6 @@ pub enum Error {
 /// What is wrong with one tar entry.
 #[derive(Debug, thiserror::Error)]
 pub enum EntryError {
-    #[error("absolute path")]
-    AbsolutePath,
     #[error("`..` climbs out of the root")]
     DotDotEscape,
     #[error("a name component is longer than 255 bytes")]

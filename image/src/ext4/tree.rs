@@ -446,9 +446,7 @@ impl<'o> Builder<'o> {
 
     fn resolve_hardlink(&mut self, target: &[u8], layer: usize) -> Result<NodeId, EntryError> {
         let components = normalize(target).map_err(|e| match e {
-            EntryError::AbsolutePath | EntryError::DotDotEscape => {
-                EntryError::HardlinkOutside(lossy(target))
-            }
+            EntryError::DotDotEscape => EntryError::HardlinkOutside(lossy(target)),
             other => other,
         })?;
         let Some((name, parent)) = components.split_last() else {
@@ -784,11 +782,9 @@ pub(super) fn lossy(bytes: &[u8]) -> String {
 }
 
 /// Splits a tar path into components: `.` and empty components vanish, `..` pops (and may not
-/// climb above the root), absolute paths are refused.
+/// climb above the root). A leading `/` is one more empty component: Docker reads an
+/// absolute name as the same place in the layer.
 fn normalize(path: &[u8]) -> Result<Vec<Vec<u8>>, EntryError> {
-    if path.first() == Some(&b'/') {
-        return Err(EntryError::AbsolutePath);
-    }
     if path.len() > MAX_PATH {
         return Err(EntryError::PathTooLong { limit: MAX_PATH });
     }
@@ -940,7 +936,7 @@ mod tests {
         );
         assert_eq!(normalize(b"a/../b").unwrap(), vec![b"b".to_vec()]);
         assert!(normalize(b"./").unwrap().is_empty());
-        assert!(matches!(normalize(b"/etc"), Err(EntryError::AbsolutePath)));
+        assert_eq!(normalize(b"//etc/").unwrap(), vec![b"etc".to_vec()]);
         assert!(matches!(
             normalize(b"a/../../x"),
             Err(EntryError::DotDotEscape)
