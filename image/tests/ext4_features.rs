@@ -356,6 +356,27 @@ fn a_leading_slash_is_stripped_as_docker_does() {
     assert_eq!((stats.files, stats.hardlinks), (1, 1));
 }
 
+/// A relative symlink target whose `..` climbs above the root resolves at the root in the
+/// guest (the kernel stops `..` at `/`), so it is kept as written, as containerd does.
+#[test]
+fn symlink_targets_climbing_above_the_root_are_kept() {
+    let mut t = Tar::new();
+    t.dir("a", &ROOT)
+        .symlink("a/up", "../../etc/shadow")
+        .symlink("top", "../../../bin");
+    let dir = scratch();
+    let (img, stats) = convert_checked(&[t.finish()], dir.path());
+    assert_eq!(stats.symlinks, 2);
+    assert_eq!(
+        stat(&img, b"/a/up").unwrap().fast_link.as_deref(),
+        Some("../../etc/shadow")
+    );
+    assert_eq!(
+        stat(&img, b"/top").unwrap().fast_link.as_deref(),
+        Some("../../../bin")
+    );
+}
+
 #[test]
 fn thousands_of_files_make_a_multi_block_directory() {
     let mut t = Tar::new();

@@ -59,18 +59,19 @@
 //! non-directory `/lost+found` is replaced by the directory e2fsck requires.
 //!
 //! # Hostile input
-//! Refused: `..` climbing above the root; any path through a symlink (the
-//! tree is built without following one); hardlinks to missing entries, directories or paths
-//! outside the root; relative symlink targets climbing above the root (absolute targets are
-//! kept: they resolve inside the guest); duplicates within a layer; paths longer than 4096
-//! bytes or deeper than 1024 directories; sizes, totals, entry counts (directories a path
-//! implies count as entries) and per-entry tar metadata beyond [`Options`]' limits; streams cut short or
-//! without their end-of-archive marker. Each yields [`Error::Entry`] (or [`Error::Tar`],
+//! Refused: `..` climbing above the root; any path through a symlink (the tree is built
+//! without following one); hardlinks to missing entries, directories or paths outside the
+//! root; duplicates within a layer; paths longer than 4096 bytes or deeper than 1024
+//! directories; sizes, totals, entry counts (directories a path implies count as entries)
+//! and per-entry tar metadata beyond [`Options`]' limits; streams cut short or without their
+//! end-of-archive marker. Each yields [`Error::Entry`] (or [`Error::Tar`],
 //! [`Error::MissingEnd`]) naming the layer and the path in the tar; the temporary image is
 //! removed, so nothing half-written is left next to `out`.
 //!
-//! Accepted as Docker accepts them, since they cost no safety: a leading `/` in a name or a
-//! hardlink target is dropped (the same place in the layer).
+//! Accepted, as Docker and containerd accept them, since they cost no safety: a leading `/`
+//! in a name or a hardlink target is dropped (the same place in the layer); symlink targets
+//! are kept as written, even relative ones whose `..` climbs above the root: they resolve
+//! inside the guest, where `..` stops at `/`.
 
 mod disk;
 mod finish;
@@ -227,8 +228,6 @@ pub enum EntryError {
     HardlinkToDir(String),
     #[error("more than 65000 hard links to one file")]
     TooManyLinks,
-    #[error("symlink target {0:?} climbs above the root")]
-    SymlinkEscape(String),
     #[error("invalid symlink target: {0}")]
     BadSymlink(&'static str),
     #[error("duplicate entry for this path in the same layer")]
