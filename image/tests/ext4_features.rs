@@ -377,6 +377,33 @@ fn symlink_targets_climbing_above_the_root_are_kept() {
     );
 }
 
+/// A second entry for a path in the same layer replaces the first, as extracting the tar
+/// would (Docker keeps the last); a hardlink made to the first keeps its content.
+#[test]
+fn the_last_of_duplicate_entries_wins() {
+    let mut t = Tar::new();
+    t.file("dup", &ROOT, b"first")
+        .hardlink("h", "dup")
+        .file("dup", &ROOT, b"second")
+        .file("big", &ROOT, &noise(4096, 3))
+        .file("big", &ROOT, b"small")
+        .file("was-file", &ROOT, b"f")
+        .dir("was-file", &ROOT)
+        .file("was-file/inside", &ROOT, b"i")
+        .dir("was-dir", &ROOT)
+        .file("was-dir/inside", &ROOT, b"i")
+        .file("was-dir", &ROOT, b"now a file");
+    let dir = scratch();
+    let (img, stats) = convert_checked(&[t.finish()], dir.path());
+    assert_eq!(cat(&img, b"/dup"), b"second");
+    assert_eq!(cat(&img, b"/h"), b"first");
+    assert_eq!(cat(&img, b"/big"), b"small");
+    // The blocks of the first `big`, of `was-file` and of `was-dir/inside` are freed.
+    assert_eq!(stats.unused_data_blocks, 3);
+    assert_eq!(ls(&img, b"/was-file"), [b"inside".to_vec()]);
+    assert_eq!(cat(&img, b"/was-dir"), b"now a file");
+}
+
 #[test]
 fn thousands_of_files_make_a_multi_block_directory() {
     let mut t = Tar::new();

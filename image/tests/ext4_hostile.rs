@@ -119,20 +119,6 @@ fn entries_below_a_symlink_are_refused() {
     ));
 }
 
-#[test]
-fn duplicate_entries_in_one_layer_are_refused() {
-    let err = fails(
-        &one(Tar::new().file("dup", &ROOT, b"1").file("dup", &ROOT, b"2")),
-        &Options::default(),
-    );
-    assert!(matches!(entry_err(err, L1, "dup"), EntryError::Duplicate));
-    let err = fails(
-        &one(Tar::new().file("dup", &ROOT, b"1").dir("dup", &ROOT)),
-        &Options::default(),
-    );
-    assert!(matches!(entry_err(err, L1, "dup"), EntryError::Duplicate));
-}
-
 fn file_tar(size: usize) -> Vec<u8> {
     let mut t = Tar::new();
     t.file("f", &ROOT, &vec![7u8; size]).file("g", &ROOT, b"g");

@@ -50,8 +50,9 @@
 //! `.wh..wh..opq` hides all lower-layer content of its directory. Whiteouts only apply to
 //! lower layers, and never appear in the output: what the same layer wrote stays, also
 //! below a directory it only passed through (`a/b/new` without `a/`), which then remains as
-//! the plain directory the path implies. Within one layer, a second entry for the
-//! same path is an error unless both are directories (then the last metadata wins).
+//! the plain directory the path implies. Within one layer, a second entry for a path
+//! replaces the first, as extracting the tar would (a directory over a directory only takes
+//! its metadata).
 //! Other `.wh..wh.*` names (aufs bookkeeping such as `.wh..wh.plnk`) are skipped.
 //!
 //! Sparse files: GNU (`S`) and PAX (GNU.sparse 0.0, 0.1, 1.0) entries keep their holes;
@@ -61,7 +62,7 @@
 //! # Hostile input
 //! Refused: `..` climbing above the root; any path through a symlink (the tree is built
 //! without following one); hardlinks to missing entries, directories or paths outside the
-//! root; duplicates within a layer; paths longer than 4096 bytes or deeper than 1024
+//! root; paths longer than 4096 bytes or deeper than 1024
 //! directories; sizes, totals, entry counts (directories a path implies count as entries)
 //! and per-entry tar metadata beyond [`Options`]' limits; streams cut short or without their
 //! end-of-archive marker. Each yields [`Error::Entry`] (or [`Error::Tar`],
@@ -71,7 +72,7 @@
 //! Accepted, as Docker and containerd accept them, since they cost no safety: a leading `/`
 //! in a name or a hardlink target is dropped (the same place in the layer); symlink targets
 //! are kept as written, even relative ones whose `..` climbs above the root: they resolve
-//! inside the guest, where `..` stops at `/`.
+//! inside the guest, where `..` stops at `/`; the last of duplicate entries in a layer wins.
 
 mod disk;
 mod finish;
@@ -230,8 +231,6 @@ pub enum EntryError {
     TooManyLinks,
     #[error("invalid symlink target: {0}")]
     BadSymlink(&'static str),
-    #[error("duplicate entry for this path in the same layer")]
-    Duplicate,
     #[error("the root must be a directory")]
     RootNotDir,
     #[error("size {size} exceeds the limit of {limit} bytes per file")]

@@ -306,12 +306,8 @@ impl<'o> Builder<'o> {
             return Ok(());
         };
         let parent = self.walk(parent_path, layer, true)?;
-        let existing = self.child(parent, name);
-        if let Some(old) = existing {
+        if let Some(old) = self.child(parent, name) {
             let old_is_dir = matches!(self.tree.nodes[old.node].kind, Kind::Dir(_));
-            if old.layer == layer && !(old_is_dir && matches!(new, New::Dir)) {
-                return Err(EntryError::Duplicate);
-            }
             if old_is_dir && matches!(new, New::Dir) {
                 // A directory over a directory merges: lower children stay visible.
                 self.tree.nodes[old.node].meta = meta;
