@@ -404,6 +404,56 @@ fn the_last_of_duplicate_entries_wins() {
     assert_eq!(cat(&img, b"/was-dir"), b"now a file");
 }
 
+/// Attributes ext4 cannot hold are left out with a warning, as Docker ignores those its
+/// filesystem refuses; the file and its other attributes stay. A PAX record given twice
+/// keeps its last value, as PAX has it.
+#[test]
+fn xattrs_ext4_cannot_hold_are_dropped_with_a_warning() {
+    let mut t = Tar::new();
+    t.pax(&[
+        ("SCHILY.xattr.user.ok", b"1"),
+        ("SCHILY.xattr.bogus.name", b"v"),
+        ("SCHILY.xattr.user.", b"empty name"),
+        ("SCHILY.xattr.system.posix_acl_access", b"not an acl"),
+        ("SCHILY.xattr.user.dup", b"first"),
+        ("SCHILY.xattr.user.huge", &[b'h'; 5000]),
+        ("SCHILY.xattr.user.dup", b"last"),
+    ])
+    .file("f", &ROOT, b"data");
+    let dir = scratch();
+    let (img, stats) = convert_checked(&[t.finish()], dir.path());
+    assert_eq!(cat(&img, b"/f"), b"data");
+    let mut xattrs = stat(&img, b"/f").unwrap().xattrs;
+    xattrs.sort();
+    assert_eq!(xattrs, ["user.dup (4) = \"last\"", "user.ok (1) = \"1\""]);
+    assert_eq!(stats.warnings.len(), 4, "{:#?}", stats.warnings);
+    let expected = [
+        ("bogus.name", "namespace not supported by ext4"),
+        ("user.", "empty name"),
+        ("system.posix_acl_access", "malformed POSIX ACL"),
+        ("user.huge", "exceed one 4 KiB block"),
+    ];
+    for (w, (name, reason)) in stats.warnings.iter().zip(expected) {
+        assert!(
+            w.contains("test (layer 1/1)")
+                && w.contains("\"f\"")
+                && w.contains(&format!("{name:?}"))
+                && w.contains(reason),
+            "{w}"
+        );
+    }
+
+    // A layer dropping thousands lists a screenful and counts the rest.
+    let mut t = Tar::new();
+    for i in 0..25 {
+        t.pax(&[("SCHILY.xattr.bogus.name", b"v")])
+            .file(format!("f{i}"), &ROOT, b"");
+    }
+    let (_, stats) = convert_checked(&[t.finish()], dir.path());
+    assert_eq!(stats.warnings.len(), 21);
+    assert_eq!(stats.warnings[20], "5 more xattrs dropped");
+}
+
 #[test]
 fn thousands_of_files_make_a_multi_block_directory() {
     let mut t = Tar::new();

@@ -271,15 +271,6 @@ fn unknown_entry_types_and_bad_names_are_refused() {
     t.pax(&[("path", b"etc/pass\0wd")]).file("x", &ROOT, b"");
     let kind = entry_err(fails(&one(&mut t), &Options::default()), L1, "etc/pass\0wd");
     assert!(matches!(kind, EntryError::NulInPath), "{kind:?}");
-
-    let mut t = Tar::new();
-    t.pax(&[("SCHILY.xattr.bogus.name", b"v")])
-        .file("x", &ROOT, b"");
-    let kind = entry_err(fails(&one(&mut t), &Options::default()), L1, "x");
-    assert!(
-        matches!(kind, EntryError::Xattr { ref name, .. } if name == "bogus.name"),
-        "{kind:?}"
-    );
 }
 
 #[test]

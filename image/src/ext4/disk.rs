@@ -1,7 +1,7 @@
 //! The ext4 on-disk format: the structures the writer emits, encoded little-endian into byte
 //! buffers (layouts from the kernel's fs/ext4/ext4.h, ext4_extents.h and xattr.h).
 
-use super::EntryError;
+use std::collections::HashMap;
 
 pub(super) const BLOCK_SIZE: u64 = 4096;
 pub(super) const BLOCKS_PER_GROUP: u64 = BLOCK_SIZE * 8;
@@ -399,47 +399,82 @@ struct Stored<'a> {
     value: Vec<u8>,
 }
 
-fn xattr_error(name: &[u8], reason: &'static str) -> EntryError {
-    EntryError::Xattr {
-        name: String::from_utf8_lossy(name).into_owned(),
-        reason,
+/// Full names (`user.foo`) and values, as the tar's `SCHILY.xattr.` records carry them.
+pub(super) type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Extended attributes (name, reason) left out of one entry.
+pub(super) type Dropped = Vec<(Vec<u8>, &'static str)>;
+
+/// One attribute in its stored form, or why ext4 cannot hold it.
+fn store<'a>(name: &'a [u8], value: &[u8]) -> Result<Stored<'a>, &'static str> {
+    let (index, short, value) = if name == ACL_ACCESS || name == ACL_DEFAULT {
+        let index = if name == ACL_ACCESS { 2 } else { 3 };
+        (
+            index,
+            &name[..0],
+            acl_to_disk(value).ok_or("malformed POSIX ACL")?,
+        )
+    } else {
+        let (prefix, index) = XATTR_PREFIXES
+            .iter()
+            .find(|(p, _)| name.starts_with(p))
+            .ok_or("namespace not supported by ext4")?;
+        (*index, &name[prefix.len()..], value.to_vec())
+    };
+    if short.len() > 255 {
+        return Err("name longer than 255 bytes");
     }
+    if index != 2 && index != 3 && short.is_empty() {
+        return Err("empty name");
+    }
+    Ok(Stored {
+        index,
+        name: short,
+        value,
+    })
 }
 
-fn stored(xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Stored<'_>>, EntryError> {
-    let mut out = Vec::with_capacity(xattrs.len());
-    for (name, value) in xattrs {
-        let (index, short, value) = if name == ACL_ACCESS || name == ACL_DEFAULT {
-            let index = if name == ACL_ACCESS { 2 } else { 3 };
-            let acl = acl_to_disk(value).ok_or_else(|| xattr_error(name, "malformed POSIX ACL"))?;
-            (index, &name[..0], acl)
-        } else {
-            let (prefix, index) = XATTR_PREFIXES
-                .iter()
-                .find(|(p, _)| name.starts_with(p))
-                .ok_or_else(|| xattr_error(name, "namespace not supported by ext4"))?;
-            (*index, &name[prefix.len()..], value.clone())
-        };
-        if short.len() > 255 {
-            return Err(xattr_error(name, "name longer than 255 bytes"));
-        }
-        if index != 2 && index != 3 && short.is_empty() {
-            return Err(xattr_error(name, "empty name"));
-        }
-        out.push(Stored {
-            index,
-            name: short,
-            value,
-        });
-    }
+fn stored(xattrs: &[(Vec<u8>, Vec<u8>)]) -> Vec<Stored<'_>> {
+    let mut out: Vec<Stored> = xattrs
+        .iter()
+        .map(|(name, value)| store(name, value).expect("kept by fit_xattrs"))
+        .collect();
     out.sort_by(|a, b| (a.index, a.name.len(), a.name).cmp(&(b.index, b.name.len(), b.name)));
-    if out
-        .windows(2)
-        .any(|w| w[0].index == w[1].index && w[0].name == w[1].name)
-    {
-        return Err(xattr_error(&xattrs[0].0, "listed twice"));
+    out
+}
+
+/// Splits an entry's attributes into those ext4 can hold and those it cannot, with the
+/// reason: unknown namespaces, bad names, malformed ACLs, and whatever no longer fits in
+/// one 4 KiB block (kept in tar order while they fit). A name given twice keeps its last
+/// value, as PAX records override earlier ones.
+pub(super) fn fit_xattrs(xattrs: Xattrs) -> (Xattrs, Dropped) {
+    let mut last = HashMap::new();
+    for (i, (name, _)) in xattrs.iter().enumerate() {
+        last.insert(name.clone(), i);
     }
-    Ok(out)
+    let mut kept = Vec::new();
+    let mut dropped = Vec::new();
+    // The block's header and the four zero bytes that end its entry list.
+    let mut used = 32 + 4;
+    for (i, (name, value)) in xattrs.into_iter().enumerate() {
+        if last[&name] != i {
+            continue;
+        }
+        match store(&name, &value) {
+            Err(reason) => dropped.push((name, reason)),
+            Ok(s) => {
+                let size =
+                    (16 + s.name.len()).next_multiple_of(4) + s.value.len().next_multiple_of(4);
+                if used + size > BLOCK_SIZE as usize {
+                    dropped.push((name, "attributes exceed one 4 KiB block"));
+                } else {
+                    used += size;
+                    kept.push((name, value));
+                }
+            }
+        }
+    }
+    (kept, dropped)
 }
 
 /// POSIX ACLs arrive in the xattr format (version 2, 8-byte entries); ext4 stores version 1
@@ -513,19 +548,6 @@ fn pack(attrs: &[Stored], area: &mut [u8], entries_off: usize, base: usize) -> O
     Some(hashes)
 }
 
-/// Refuses attributes ext4 cannot hold: unknown namespaces, over-long names, more than fits
-/// in one block.
-pub(super) fn check_xattrs(xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), EntryError> {
-    if xattrs.is_empty() {
-        return Ok(());
-    }
-    let attrs = stored(xattrs)?;
-    let mut block = vec![0u8; BLOCK_SIZE as usize];
-    pack(&attrs, &mut block, 32, 0)
-        .map(|_| ())
-        .ok_or_else(|| xattr_error(&xattrs[0].0, "attributes exceed one 4 KiB block"))
-}
-
 pub(super) enum XattrPlace {
     None,
     Inline(Vec<u8>),
@@ -537,7 +559,7 @@ pub(super) fn encode_xattrs(xattrs: &[(Vec<u8>, Vec<u8>)]) -> XattrPlace {
     if xattrs.is_empty() {
         return XattrPlace::None;
     }
-    let attrs = stored(xattrs).expect("checked when the entry was read");
+    let attrs = stored(xattrs);
     let mut inline = vec![0u8; INODE_SIZE - XATTR_INLINE_OFFSET];
     put32(&mut inline, 0, XATTR_MAGIC);
     if pack(&attrs, &mut inline, 4, 4).is_some() {

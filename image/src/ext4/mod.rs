@@ -72,7 +72,10 @@
 //! Accepted, as Docker and containerd accept them, since they cost no safety: a leading `/`
 //! in a name or a hardlink target is dropped (the same place in the layer); symlink targets
 //! are kept as written, even relative ones whose `..` climbs above the root: they resolve
-//! inside the guest, where `..` stops at `/`; the last of duplicate entries in a layer wins.
+//! inside the guest, where `..` stops at `/`; the last of duplicate entries in a layer wins;
+//! an extended attribute ext4 cannot hold (unknown namespace, bad name, malformed ACL, more
+//! than one 4 KiB block) is left out with a line in [`Stats::warnings`], as Docker leaves
+//! out those its filesystem refuses.
 
 mod disk;
 mod finish;
@@ -171,6 +174,9 @@ pub struct Stats {
     pub used_blocks: u64,
     /// Size of the image, in bytes.
     pub image_bytes: u64,
+    /// What was left out because ext4 cannot hold it, one line each (naming the layer, the
+    /// entry and the reason), at most a screenful: a hostile layer may drop millions.
+    pub warnings: Vec<String>,
 }
 
 /// Why a conversion failed.
@@ -245,8 +251,6 @@ pub enum EntryError {
     Unsupported(String),
     #[error("bad header: {0}")]
     BadHeader(String),
-    #[error("xattr {name:?}: {reason}")]
-    Xattr { name: String, reason: &'static str },
     #[error("reading its data: {0}")]
     Read(io::Error),
     #[error("writing its data into the image: {0}")]
@@ -286,12 +290,14 @@ pub fn convert<R: Read>(
         builder.apply_layer(index, &layer.name, layer.tar)?;
         names.push(layer.name);
     }
+    let warnings = builder.take_warnings();
     let (tree, data) = builder.into_parts();
-    let stats = finish::write(tree, data, &file, opts, &names).map_err(|e| match e {
+    let mut stats = finish::write(tree, data, &file, opts, &names).map_err(|e| match e {
         finish::Error::Io(source) => output_err(source),
         finish::Error::TooBig { needed, limit } => Error::TooBig { needed, limit },
         finish::Error::TooManyInodes { needed, limit } => Error::TooManyInodes { needed, limit },
     })?;
+    stats.warnings = warnings;
     if opts.sync {
         file.sync_all().map_err(output_err)?;
     }

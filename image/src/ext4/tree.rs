@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, Write};
 use std::rc::Rc;
 
-use super::disk::{Extent, BLOCK_SIZE, FIRST_DATA_BLOCK, LINK_MAX, MAX_EXTENT_LEN};
+use super::disk::{Dropped, Extent, BLOCK_SIZE, FIRST_DATA_BLOCK, LINK_MAX, MAX_EXTENT_LEN};
 use super::{EntryError, Error, Options};
 
 pub(super) type NodeId = usize;
@@ -100,7 +100,16 @@ pub(super) struct Builder<'o> {
     link_names: HashMap<NodeId, u32>,
     /// The current layer's reader state, to mark file-content reads.
     stream: Rc<StreamState>,
+    /// Attributes the current entry lost, until its layer's name and path are at hand.
+    dropped: Dropped,
+    warnings: Vec<String>,
+    /// Warnings beyond [`MAX_WARNINGS`], counted only.
+    unlisted: u64,
 }
+
+/// Warnings listed one per line; the rest are counted, so a hostile layer cannot fill memory
+/// or a screen with them.
+const MAX_WARNINGS: usize = 20;
 
 /// Most bytes of headers, PAX records, GNU long names and skipped data accepted between two
 /// entries' contents. The tar crate reads PAX and long-name records into memory whole, so
@@ -182,7 +191,19 @@ impl<'o> Builder<'o> {
             total_data: 0,
             link_names: HashMap::new(),
             stream: Rc::default(),
+            dropped: Vec::new(),
+            warnings: Vec::new(),
+            unlisted: 0,
         })
+    }
+
+    /// What was left out, one line each, the overflow summed up in a last line.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        let mut warnings = std::mem::take(&mut self.warnings);
+        if self.unlisted > 0 {
+            warnings.push(format!("{} more xattrs dropped", self.unlisted));
+        }
+        warnings
     }
 
     pub fn into_parts(self) -> (Tree, DataArea) {
@@ -213,6 +234,17 @@ impl<'o> Builder<'o> {
                 .map_err(|kind| entry_error(name, &path, kind))?;
             self.apply_entry(layer, &path, pax, &mut entry)
                 .map_err(|kind| entry_error(name, &path, kind))?;
+            for (xattr, reason) in std::mem::take(&mut self.dropped) {
+                if self.warnings.len() < MAX_WARNINGS {
+                    self.warnings.push(format!(
+                        "layer {name}: entry {:?}: xattr {:?} dropped: {reason}",
+                        lossy(&path),
+                        lossy(&xattr[..xattr.len().min(MAX_NAME)])
+                    ));
+                } else {
+                    self.unlisted += 1;
+                }
+            }
             state.meta_bytes.set(0);
         }
         drop(archive);
@@ -295,7 +327,8 @@ impl<'o> Builder<'o> {
             other => return Err(EntryError::Unsupported(format!("{other:?}"))),
         };
         let sparse = pax.sparse.clone();
-        let meta = read_meta(entry.header(), pax)?;
+        let (meta, dropped) = read_meta(entry.header(), pax)?;
+        self.dropped = dropped;
 
         let Some(name) = name else {
             // The root itself, "./": only its metadata can change.
@@ -838,7 +871,8 @@ fn device(header: &tar::Header) -> Result<(u32, u32), EntryError> {
     Ok((major, minor))
 }
 
-fn read_meta(header: &tar::Header, pax: Pax) -> Result<Meta, EntryError> {
+/// The entry's metadata, and the attributes left out because ext4 cannot hold them.
+fn read_meta(header: &tar::Header, pax: Pax) -> Result<(Meta, Dropped), EntryError> {
     let bad = |e: io::Error| EntryError::BadHeader(e.to_string());
     let perm = (header.mode().map_err(bad)? & 0o7777) as u16;
     let uid = u32::try_from(header.uid().map_err(bad)?)
@@ -852,15 +886,16 @@ fn read_meta(header: &tar::Header, pax: Pax) -> Result<Meta, EntryError> {
             0,
         ),
     };
-    super::disk::check_xattrs(&pax.xattrs)?;
-    Ok(Meta {
+    let (xattrs, dropped) = super::disk::fit_xattrs(pax.xattrs);
+    let meta = Meta {
         perm,
         uid,
         gid,
         mtime,
         mtime_nsec,
-        xattrs: pax.xattrs,
-    })
+        xattrs,
+    };
+    Ok((meta, dropped))
 }
 
 /// PAX times are decimal seconds with an optional fraction, possibly negative.
