@@ -13,6 +13,9 @@ use std::io::{self, BufReader, Read};
 use std::path::Path;
 use std::rc::Rc;
 
+/// Most bytes read after the tar's end-of-archive marker.
+const MAX_TAIL: u64 = 1 << 20;
+
 struct State {
     decoder: Box<dyn Read>,
     compression: Compression,
@@ -72,9 +75,17 @@ impl LayerReader {
         }))))
     }
 
-    /// Reads whatever the consumer left and checks the diff_id.
+    /// Reads whatever the consumer left and checks the diff_id. What follows a tar's
+    /// end-of-archive marker is padding (tar writes 10 KiB records); more than [`MAX_TAIL`]
+    /// is not, and a compressed tail of zeros could keep hk decompressing for hours.
     pub(crate) fn finish(&mut self) -> io::Result<()> {
-        io::copy(self, &mut io::sink())?;
+        let tail = io::copy(&mut self.by_ref().take(MAX_TAIL + 1), &mut io::sink())?;
+        if tail > MAX_TAIL {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("more than {MAX_TAIL} bytes of data after the end of the tar archive"),
+            ));
+        }
         self.0.borrow_mut().verify()
     }
 }
@@ -106,5 +117,46 @@ impl Read for LayerReader {
             h.update(&buf[..n]);
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A layer whose tar ends early and then goes on for 64 MiB: the end-of-archive marker
+    /// stops the ext4 writer, and what follows must not be read to its end.
+    #[test]
+    fn finish_refuses_a_long_tail_after_the_tar() {
+        let mut stream = vec![0u8; 1024]; // an empty tar: just its end-of-archive marker
+        stream.resize(64 << 20, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let blob = dir.path().join("blob");
+        std::fs::write(&blob, zstd::encode_all(&stream[..], 3).unwrap()).unwrap();
+        let info = LayerInfo {
+            digest: Digest::of(b"unused here"),
+            media_type: "application/vnd.oci.image.layer.v1.tar+zstd".into(),
+            size: 0,
+            diff_id: Digest::of(&stream),
+        };
+        let mut reader = LayerReader::open(&blob, &info).unwrap();
+        let mut tar = [0u8; 1024];
+        reader.read_exact(&mut tar).unwrap();
+        let err = reader.finish().unwrap_err();
+        assert!(
+            err.to_string().contains("after the end of the tar"),
+            "{err}"
+        );
+
+        // Ordinary padding after the marker (tar pads to 10 KiB records) is fine.
+        let padded = vec![0u8; 10240];
+        std::fs::write(&blob, zstd::encode_all(&padded[..], 3).unwrap()).unwrap();
+        let info = LayerInfo {
+            diff_id: Digest::of(&padded),
+            ..info
+        };
+        let mut reader = LayerReader::open(&blob, &info).unwrap();
+        reader.read_exact(&mut tar).unwrap();
+        reader.finish().unwrap();
     }
 }
