@@ -46,6 +46,14 @@ pub enum Error {
     #[error("conflict: unable to delete {image} (must be forced) - image is referenced in multiple repositories")]
     Conflict { image: String },
 
+    /// Docker's words, so that scripts and people who know them recognise the case.
+    #[error("image with reference {image} was found but does not match the specified platform: wanted {wanted}, actual: {actual}")]
+    PlatformMismatch {
+        image: String,
+        wanted: String,
+        actual: String,
+    },
+
     #[error("unsupported platform {0:?}: expected os/arch[/variant], e.g. linux/arm64")]
     InvalidPlatform(String),
 

@@ -29,7 +29,10 @@ const MAX_CONFIG: u64 = 16 << 20;
 const MAX_LAYER: u64 = 64 << 30;
 
 pub struct PullOptions {
-    pub platform: Platform,
+    /// What `--platform` asked for. `None` picks the host's entry from an index and takes a
+    /// single-platform image whatever its platform, as Docker does; `Some` also refuses a
+    /// single-platform image for another platform.
+    pub platform: Option<Platform>,
     /// `Some(false)` talks plain HTTP to this registry, like podman's `--tls-verify=false`.
     /// `None` uses plain HTTP only for localhost and `HK_INSECURE_REGISTRIES`.
     pub tls_verify: Option<bool>,
@@ -41,7 +44,7 @@ pub struct PullOptions {
 impl Default for PullOptions {
     fn default() -> Self {
         PullOptions {
-            platform: Platform::host(),
+            platform: None,
             tls_verify: None,
             convert: true,
         }
@@ -271,7 +274,8 @@ pub async fn pull(
     let (manifest_bytes, manifest_digest) = if is_index {
         let index = ImageIndex::from_reader(&top[..])
             .map_err(|e| p.image_err(format!("malformed image index: {e}")))?;
-        let digest = platform::select(&index, &opts.platform).map_err(|r| p.image_err(r))?;
+        let want = opts.platform.clone().unwrap_or_else(Platform::host);
+        let digest = platform::select(&index, &want).map_err(|r| p.image_err(r))?;
         let (bytes, got) = p
             .manifest(
                 &reference.with_digest(&digest),
@@ -338,6 +342,22 @@ pub async fn pull(
     let config_bytes = store.read_blob(&config_digest)?;
     let config = ImageConfiguration::from_reader(&config_bytes[..])
         .map_err(|e| p.image_err(format!("malformed config {config_digest}: {e}")))?;
+    if let Some(want) = opts.platform.as_ref().filter(|_| !is_index) {
+        let variant = config.variant().as_deref();
+        let (os, arch) = (config.os().to_string(), config.architecture().to_string());
+        if want.rank(&os, &arch, variant).is_none() {
+            return Err(Error::PlatformMismatch {
+                image: reference.to_string(),
+                wanted: want.to_string(),
+                actual: Platform {
+                    os,
+                    architecture: arch,
+                    variant: variant.map(Into::into),
+                }
+                .to_string(),
+            });
+        }
+    }
     let diff_ids = config
         .rootfs()
         .diff_ids()

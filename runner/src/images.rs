@@ -146,10 +146,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
     let reference = ImageRef::parse(&args.image)?;
-    let platform = match &args.platform {
-        Some(p) => p.parse::<Platform>()?,
-        None => Platform::host(),
-    };
+    let platform = args
+        .platform
+        .as_deref()
+        .map(str::parse::<Platform>)
+        .transpose()?;
     let opts = PullOptions {
         platform,
         tls_verify: args.tls_verify,

@@ -11,7 +11,18 @@ use hk_image::Digest;
 /// Pulls `name` expecting failure; checks the error mentions each of `needles` and that the
 /// store holds nothing of the failed pull but verified blobs.
 fn pull_fails(hk: &Hk, name: &str, needles: &[&str]) -> String {
-    let err = hk.fails(&["pull", name], 125);
+    pull_fails_with(hk, &[], name, needles)
+}
+
+/// [`pull_fails`] with more `hk pull` options.
+fn pull_fails_with(hk: &Hk, options: &[&str], name: &str, needles: &[&str]) -> String {
+    let args: Vec<&str> = ["pull"]
+        .iter()
+        .chain(options)
+        .chain([&name])
+        .copied()
+        .collect();
+    let err = hk.fails(&args, 125);
     for n in needles {
         assert!(err.contains(n), "error should mention {n:?}:\n{err}");
     }
@@ -306,4 +317,40 @@ fn layer_escaping_the_root_fails_the_whole_pull() {
             "../etc/passwd",
         ],
     );
+}
+
+/// A single-platform image (no index) whose config says another platform than `--platform`
+/// asks for is refused with Docker's words, before a layer is fetched; without
+/// `--platform` it is pulled, as Docker pulls it.
+#[test]
+fn single_manifest_for_another_platform_than_asked() {
+    let reg = Registry::start();
+    let image = one_layer(small_tar(9), Compression::Gzip);
+    reg.push_image("amd", "v1", &image);
+    let name = reg.image_ref("amd", "v1");
+    let hk = Hk::new();
+    pull_fails_with(
+        &hk,
+        &["--platform", "linux/arm64"],
+        &name,
+        &[&format!(
+            "image with reference {name} was found but does not match the specified \
+             platform: wanted linux/arm64, actual: linux/amd64"
+        )],
+    );
+    let layer = Digest::of(&compress(&image.layers[0].tar, Compression::Gzip));
+    assert!(
+        !hk.store_files("blobs/sha256")
+            .contains(&layer.hex().to_string()),
+        "no layer is fetched for the wrong platform"
+    );
+    hk.ok(&["pull", "-q", "--platform", "linux/amd64", &name]);
+
+    let mut arm = one_layer(small_tar(10), Compression::Gzip);
+    arm.architecture = "arm64".into();
+    reg.push_image("arm", "v1", &arm);
+    let arm_name = reg.image_ref("arm", "v1");
+    let hk = Hk::new();
+    hk.ok(&["pull", "-q", "--no-convert", &arm_name]);
+    hk.ok(&["pull", "-q", "--platform", "linux/arm64/v8", &arm_name]);
 }
