@@ -11,9 +11,10 @@ use crate::store::{Image, LayerInfo, Store};
 use crate::{platform, Digest, Error, ImageRef, Platform, Result};
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciEnvelope};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
-use oci_client::Client;
+use oci_client::{Client, RegistryOperation};
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use std::fs::File;
 use std::io::Write;
@@ -95,6 +96,18 @@ fn client(registry: &str, tls_verify: Option<bool>) -> Client {
     })
 }
 
+/// A plain HTTP client for what oci-client cannot bound (manifests) and for `login`. It keeps
+/// no idle connection: it makes one or two requests per pull, and an idle connection would
+/// stay open beside the layer downloads for the whole pull.
+fn http_client() -> reqwest::Result<reqwest::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        .read_timeout(Duration::from_secs(120))
+        .pool_max_idle_per_host(0)
+        .build()
+}
+
 fn registry_auth(registry: &str) -> Result<RegistryAuth> {
     Ok(match auth::lookup(registry)? {
         Some(Credentials { username, password }) => RegistryAuth::Basic(username, password),
@@ -119,8 +132,13 @@ impl Drop for TempFile {
 struct Puller<'a> {
     store: &'a Store,
     client: Client,
+    /// For manifests, which oci-client would read whole before hk could check their size.
+    http: reqwest::Client,
+    scheme: &'static str,
     reference: &'a ImageRef,
     auth: RegistryAuth,
+    /// The registry's bearer token for pulling, when it uses token auth.
+    token: Option<String>,
     image: String,
     progress: &'a dyn Progress,
 }
@@ -133,29 +151,101 @@ impl Puller<'_> {
         }
     }
 
+    /// Fetches a manifest or index, at most [`MAX_MANIFEST`] bytes of it: a size announced
+    /// beyond that fails before the body is read, and a body that grows beyond it fails as
+    /// it streams in.
     async fn manifest(
         &self,
         reference: &oci_client::Reference,
         accept: &[&str],
     ) -> Result<(Vec<u8>, Digest)> {
-        let (body, digest) = self
-            .client
-            .pull_manifest_raw(reference, &self.auth, accept)
+        let registry_err = |cause| Error::Registry {
+            image: self.image.clone(),
+            cause,
+        };
+        let url = format!(
+            "{}://{}/v2/{}/manifests/{}{}",
+            self.scheme,
+            reference.resolve_registry(),
+            reference.repository(),
+            reference
+                .digest()
+                .unwrap_or_else(|| reference.tag().unwrap_or("latest")),
+            reference
+                .namespace()
+                .map(|ns| format!("?ns={ns}"))
+                .unwrap_or_default(),
+        );
+        let mut request = self
+            .http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, accept.join(", "));
+        request = match (&self.token, &self.auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, _) => request,
+        };
+        let mut response = request
+            .send()
             .await
-            .map_err(|source| Error::Registry {
-                image: self.image.clone(),
-                cause: source,
-            })?;
-        if body.len() > MAX_MANIFEST {
-            return Err(self.image_err(format!("manifest of {} bytes is too large", body.len())));
+            .map_err(|e| registry_err(OciDistributionError::RequestError(e)))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(registry_err(self.refusal(response, url).await));
+        }
+        if let Some(announced) = response
+            .content_length()
+            .filter(|&n| n > MAX_MANIFEST as u64)
+        {
+            return Err(self.image_err(format!("manifest of {announced} bytes is too large")));
+        }
+        let header_digest = response
+            .headers()
+            .get("Docker-Content-Digest")
+            .map(|v| v.to_str().unwrap_or_default().to_string());
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| registry_err(OciDistributionError::RequestError(e)))?
+        {
+            if body.len() + chunk.len() > MAX_MANIFEST {
+                return Err(self.image_err(format!("manifest is larger than {MAX_MANIFEST} bytes")));
+            }
+            body.extend_from_slice(&chunk);
         }
         let actual = Digest::of(&body);
-        if Digest::parse(&digest).ok().as_ref() != Some(&actual) {
+        if let Some(digest) =
+            header_digest.filter(|d| Digest::parse(d).ok() != Some(actual.clone()))
+        {
             return Err(self.image_err(format!(
                 "manifest digest mismatch: registry says {digest}, content is {actual}"
             )));
         }
-        Ok((body.to_vec(), actual))
+        Ok((body, actual))
+    }
+
+    /// The registry's answer to a failed request, read no further than an error needs.
+    async fn refusal(&self, mut response: reqwest::Response, url: String) -> OciDistributionError {
+        let code = response.status().as_u16();
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            body.extend_from_slice(&chunk);
+            if body.len() >= 64 << 10 {
+                break;
+            }
+        }
+        if code == 401 {
+            return OciDistributionError::UnauthorizedError { url };
+        }
+        match serde_json::from_slice::<OciEnvelope>(&body) {
+            Ok(envelope) => OciDistributionError::RegistryError { envelope, url },
+            Err(_) => OciDistributionError::ServerError {
+                code,
+                url,
+                message: String::from_utf8_lossy(&body).into_owned(),
+            },
+        }
     }
 
     /// Streams one blob into the store, checking size as it comes and digest at the end.
@@ -245,12 +335,31 @@ pub async fn pull(
     let _lock = store.writer_lock()?;
     let client = client(reference.api_registry(), opts.tls_verify);
     let auth = registry_auth(reference.registry())?;
+    let image = reference.to_string();
+    let token = client
+        .auth(reference.oci(), &auth, RegistryOperation::Pull)
+        .await
+        .map_err(|cause| Error::Registry {
+            image: image.clone(),
+            cause,
+        })?;
+    let http = http_client().map_err(|e| Error::Registry {
+        image: image.clone(),
+        cause: OciDistributionError::RequestError(e),
+    })?;
     let p = Puller {
         store,
         client,
+        http,
+        scheme: if plain_http(reference.api_registry(), opts.tls_verify) {
+            "http"
+        } else {
+            "https"
+        },
         reference,
         auth,
-        image: reference.to_string(),
+        token,
+        image,
         progress,
     };
 
@@ -441,7 +550,6 @@ pub async fn pull(
 /// Checks credentials against a registry the way `docker login` does: `/v2/` with basic
 /// auth, following a bearer challenge to the token server when the registry uses one.
 pub async fn login(registry: &str, creds: &Credentials, tls_verify: Option<bool>) -> Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let host = match registry {
         "docker.io" => "index.docker.io",
         r => r,
@@ -455,10 +563,7 @@ pub async fn login(registry: &str, creds: &Credentials, tls_verify: Option<bool>
         registry: registry.to_string(),
         reason,
     };
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| fail(e.to_string()))?;
+    let http = http_client().map_err(|e| fail(e.to_string()))?;
     let resp = http
         .get(format!("{scheme}://{host}/v2/"))
         .basic_auth(&creds.username, Some(&creds.password))

@@ -180,7 +180,7 @@ fn pull_killed_while_building_the_root_filesystem() {
 #[test]
 fn layers_download_three_at_a_time() {
     let reg = Registry::start();
-    reg.push_image("wide", "v1", &big_image(5, 2 << 20));
+    reg.push_image("wide", "v1", &big_image(7, 2 << 20));
     // Slow enough (2 MiB/s per connection) that downloads overlap if they run concurrently.
     let proxy = Throttle::start(&reg.addr, 2 << 20);
     let hk = Hk::new();
@@ -191,13 +191,14 @@ fn layers_download_three_at_a_time() {
         &format!("{}/wide:v1", proxy.addr),
     ]);
     // One connection per download in flight (HTTP/1.1), docker's limit of three, plus at
-    // most the one that fetched manifest and config: five at once would mean no limit.
+    // most the two that fetched manifest and config and may still be closing (manifests
+    // come through their own client): seven at once would mean no limit.
     let max = proxy.max_open.load(Ordering::SeqCst);
-    assert!((3..=4).contains(&max), "{max} connections at once");
+    assert!((3..=5).contains(&max), "{max} connections at once");
     assert_eq!(
         hk.store_files("blobs/sha256").len(),
-        7,
-        "5 layers, config, manifest"
+        9,
+        "7 layers, config, manifest"
     );
 }
 

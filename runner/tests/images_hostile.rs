@@ -354,3 +354,75 @@ fn single_manifest_for_another_platform_than_asked() {
     hk.ok(&["pull", "-q", "--no-convert", &arm_name]);
     hk.ok(&["pull", "-q", "--platform", "linux/arm64/v8", &arm_name]);
 }
+
+/// A registry that answers `/v2/` as an open one and every manifest request with `head`,
+/// then `body` (raw bytes, chunked or not as `head` says), then holds the connection
+/// for 20 s without ending the reply: a client that reads a manifest whole before checking
+/// its size waits, and grows.
+fn stalling_registry(head: &'static str, body: Vec<u8>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let body = std::sync::Arc::new(body);
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if req.starts_with(b"GET /v2/ ") {
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+                    );
+                    return;
+                }
+                let _ = conn.write_all(head.as_bytes());
+                let _ = conn.write_all(&body);
+                std::thread::sleep(std::time::Duration::from_secs(20));
+            });
+        }
+    });
+    addr
+}
+
+/// Manifests are a few KiB; the 4 MiB cap must hold before a byte of the body is buffered
+/// (an announced size) or as it streams in (no size announced), not after the whole body.
+#[test]
+fn oversized_manifests_fail_before_being_read_whole() {
+    let hk = Hk::new();
+    let announced = stalling_registry(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n\
+         Content-Length: 5368709120\r\n\r\n",
+        Vec::new(),
+    );
+    let mut chunked = Vec::new();
+    for _ in 0..65 {
+        chunked.extend_from_slice(format!("{:x}\r\n", 64 << 10).as_bytes());
+        chunked.extend(std::iter::repeat_n(b' ', 64 << 10));
+        chunked.extend_from_slice(b"\r\n");
+    }
+    let streamed = stalling_registry(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n",
+        chunked,
+    );
+    for (addr, needle) in [
+        (announced, "manifest of 5368709120 bytes is too large"),
+        (streamed, "manifest is larger than 4194304 bytes"),
+    ] {
+        let name = format!("{addr}/big:v1");
+        let start = std::time::Instant::now();
+        pull_fails(&hk, &name, &["big:v1", needle]);
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "the pull waited for the rest of the manifest: {:?}",
+            start.elapsed()
+        );
+    }
+}
