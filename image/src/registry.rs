@@ -306,8 +306,10 @@ impl Puller<'_> {
                 });
             }
         }
-        file.flush().map_err(Error::io(&path))?;
-        drop(file);
+        file.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .map_err(Error::io(&path))?;
         if hasher.len != size {
             return Err(fail(format!(
                 "size mismatch: registry sent {} bytes, manifest declares {size}",

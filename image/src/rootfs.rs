@@ -3,7 +3,7 @@
 
 use crate::ext4;
 use crate::layer::LayerReader;
-use crate::store::{Image, Store};
+use crate::store::{rename_durably, Image, Store};
 use crate::{Error, Result};
 use std::fs::{self, File};
 use std::path::PathBuf;
@@ -41,7 +41,7 @@ impl Store {
             let _ = fs::remove_file(&temp);
             return Err(e);
         }
-        fs::rename(&temp, &path).map_err(Error::io(&path))?;
+        rename_durably(&temp, &path)?;
         open_shared(&path)?.ok_or_else(|| Error::Io {
             path,
             cause: std::io::ErrorKind::NotFound.into(),

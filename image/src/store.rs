@@ -8,12 +8,14 @@
 //! - `rootfs/<chain id hex>.ext4`: converted root filesystems, shared read-only by VMs;
 //! - `tmp/`: everything in the making.
 //!
-//! Every file appears by rename of a finished temp file, so a reader sees all of it or none,
-//! and a writer killed with SIGKILL leaves only junk in `tmp/`. Concurrency is one flock on
-//! `lock`: writers (pulls, conversions) hold it shared, garbage collection exclusive, so GC
-//! never deletes a blob a running pull has fetched but not yet recorded, and may empty `tmp/`
-//! because no writer is alive. Two pulls of the same image write identical content under
-//! identical names; whichever rename lands last wins, and both are right.
+//! Every file appears by rename of a finished, fsynced temp file, and the directory is
+//! fsynced after, so a reader sees all of it or none, a writer killed with SIGKILL leaves
+//! only junk in `tmp/`, and a crash cannot leave a name whose file comes back empty.
+//! Concurrency is one flock on `lock`: writers (pulls, conversions) hold it shared, garbage
+//! collection exclusive, so GC never deletes a blob a running pull has fetched but not yet
+//! recorded, and may empty `tmp/` because no writer is alive. Two pulls of the same image
+//! write identical content under identical names; whichever rename lands last wins, and both
+//! are right.
 
 use crate::digest::{chain_id, Digest};
 use crate::reference::familiar;
@@ -177,17 +179,17 @@ impl Store {
         self.blob_path(digest).is_file()
     }
 
-    /// Whether the blob is here with its full size. Blobs are not fsynced (a pull would pay
-    /// for it on every layer); after a power loss a renamed blob can come back short, and
-    /// this makes the next pull fetch it again instead of trusting it.
+    /// Whether the blob is here with its full size. Blobs are fsynced before they land, so
+    /// a short one is damage (a failing disk, a person); fetching it again is cheaper than
+    /// failing on it later.
     pub(crate) fn has_blob_sized(&self, digest: &Digest, size: u64) -> bool {
         fs::metadata(self.blob_path(digest)).is_ok_and(|m| m.is_file() && m.len() == size)
     }
 
-    /// Moves a verified temp file to its content address.
+    /// Moves a verified temp file, already fsynced, to its content address.
     pub(crate) fn commit_blob(&self, temp: &Path, digest: &Digest) -> Result<()> {
         let dest = self.blob_path(digest);
-        fs::rename(temp, &dest).map_err(Error::io(&dest))
+        rename_durably(temp, &dest)
     }
 
     /// Stores small content (manifests) that is already in memory and already verified.
@@ -195,7 +197,7 @@ impl Store {
         let digest = Digest::of(data);
         if !self.has_blob(&digest) {
             let temp = self.temp_path("blob");
-            fs::write(&temp, data).map_err(Error::io(&temp))?;
+            write_synced(&temp, data)?;
             self.commit_blob(&temp, &digest)?;
         }
         Ok(digest)
@@ -216,11 +218,9 @@ impl Store {
 
     fn write_json(&self, dest: &Path, value: &impl Serialize) -> Result<()> {
         let temp = self.temp_path("record");
-        let mut f = File::create(&temp).map_err(Error::io(&temp))?;
         let json = serde_json::to_vec_pretty(value).expect("store records serialize");
-        f.write_all(&json).map_err(Error::io(&temp))?;
-        drop(f);
-        fs::rename(&temp, dest).map_err(Error::io(dest))
+        write_synced(&temp, &json)?;
+        rename_durably(&temp, dest)
     }
 
     fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
@@ -498,6 +498,24 @@ impl Store {
         }
         Ok(stats)
     }
+}
+
+/// Writes a new file and fsyncs it: renamed into place afterwards, it can never come back
+/// empty or short after a crash while its name survives.
+fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
+    let mut f = File::create(path).map_err(Error::io(path))?;
+    f.write_all(data).map_err(Error::io(path))?;
+    f.sync_all().map_err(Error::io(path))
+}
+
+/// Renames a finished, fsynced file into place and fsyncs the directory, so the new name
+/// itself survives a crash.
+pub(crate) fn rename_durably(from: &Path, to: &Path) -> Result<()> {
+    fs::rename(from, to).map_err(Error::io(to))?;
+    let dir = to.parent().unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io(dir))
 }
 
 fn remove_path(path: &Path) -> Result<()> {

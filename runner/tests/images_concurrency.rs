@@ -202,6 +202,95 @@ fn layers_download_three_at_a_time() {
     );
 }
 
+/// Makes `fsync` and `fdatasync` fail with EIO in the process `cmd` starts (a seccomp filter
+/// installed between fork and exec), as a failing disk would.
+fn failing_fsync(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use nix::libc;
+    use std::os::unix::process::CommandExt;
+    #[cfg(target_arch = "x86_64")]
+    const AUDIT_ARCH: u32 = 0xc000_003e;
+    #[cfg(target_arch = "aarch64")]
+    const AUDIT_ARCH: u32 = 0xc000_00b7;
+    let op = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let jeq = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
+    let ret = libc::BPF_RET | libc::BPF_K;
+    let filter = [
+        op(load, 4, 0, 0), // seccomp_data.arch
+        op(jeq, AUDIT_ARCH, 1, 0),
+        op(ret, libc::SECCOMP_RET_ALLOW, 0, 0),
+        op(load, 0, 0, 0), // seccomp_data.nr
+        op(jeq, libc::SYS_fsync as u32, 2, 0),
+        op(jeq, libc::SYS_fdatasync as u32, 1, 0),
+        op(ret, libc::SECCOMP_RET_ALLOW, 0, 0),
+        op(ret, libc::SECCOMP_RET_ERRNO | libc::EIO as u32, 0, 0),
+    ];
+    // SAFETY: the closure only makes two prctl calls on memory it owns (no allocation),
+    // which is what may run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Blobs and records are fsynced before they are renamed into place, so that a crash cannot
+/// leave a name pointing at a record or blob that comes back empty. A pull whose fsync fails
+/// must therefore fail and record nothing: neither a blob it fetched nor a new name.
+#[test]
+fn a_pull_that_cannot_make_its_files_durable_records_nothing() {
+    let reg = Registry::start();
+    let image = big_image(1, 64 << 10);
+    reg.push_image("durable", "v1", &image);
+    reg.push_image("durable", "v2", &image);
+    let (v1, v2) = (
+        reg.image_ref("durable", "v1"),
+        reg.image_ref("durable", "v2"),
+    );
+    let hk = Hk::new();
+    let no_fsync = |name: &str| {
+        let out = failing_fsync(&mut hk.cmd(&["pull", "-q", "--no-convert", name]))
+            .output()
+            .expect("run hk pull");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(125), "{err}");
+        assert!(err.contains("Input/output error"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    };
+
+    // Fresh store: the first blob cannot be made durable, so it never lands.
+    no_fsync(&v1);
+    assert!(hk.store_files("blobs/sha256").is_empty());
+    assert!(hk.store_files("refs").is_empty());
+    assert!(hk.store_files("images").is_empty());
+
+    // Every blob already there: the new name's record cannot be made durable.
+    hk.ok(&["pull", "-q", "--no-convert", &v1]);
+    no_fsync(&v2);
+    assert_eq!(hk.store_files("refs").len(), 1, "only v1 is named");
+    hk.ok(&["pull", "-q", "--no-convert", &v2]);
+    assert_eq!(hk.store_files("refs").len(), 2);
+    hk.assert_store_consistent();
+}
+
 /// SIGKILLs `child` (an `hk pull`) as soon as an entry of the store's `tmp/` matches `seen`,
 /// polling every `poll`; fails if the pull ends first or `limit` passes.
 fn kill_when_tmp_has(
