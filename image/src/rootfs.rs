@@ -72,6 +72,9 @@ impl Store {
                 cause: source,
             }
         })?;
+        for warning in &stats.warnings {
+            self.warn(&format!("{name}: {warning}"));
+        }
         for (label, mut reader) in readers {
             reader.finish().map_err(|e| Error::Blob {
                 image: name.to_string(),

@@ -6,7 +6,9 @@
 //! - `refs/<escaped name>`: a name (`docker.io/library/alpine:latest` or `name@digest`) and
 //!   the image it points to;
 //! - `rootfs/<chain id hex>.ext4`: converted root filesystems, shared read-only by VMs;
-//! - `tmp/`: everything in the making.
+//! - `tmp/`: everything in the making;
+//! - `quarantine/`: records that could not be read, set aside (with a warning) for a person
+//!   to look at.
 //!
 //! Every file appears by rename of a finished, fsynced temp file, and the directory is
 //! fsynced after, so a reader sees all of it or none, a writer killed with SIGKILL leaves
@@ -23,13 +25,14 @@ use crate::{Error, ImageRef, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub struct Store {
     root: PathBuf,
+    warn: Box<dyn Fn(&str) + Send + Sync>,
 }
 
 /// A layer as the store knows it: the blob and what decompressing it must produce.
@@ -123,7 +126,21 @@ impl Store {
             let d = root.join(dir);
             fs::create_dir_all(&d).map_err(Error::io(&d))?;
         }
-        Ok(Store { root })
+        Ok(Store {
+            root,
+            warn: Box::new(|_| {}),
+        })
+    }
+
+    /// Where warnings go: records set aside as unreadable, attributes a root filesystem
+    /// could not hold. The library never prints; without this they are dropped.
+    pub fn on_warning(mut self, warn: impl Fn(&str) + Send + Sync + 'static) -> Store {
+        self.warn = Box::new(warn);
+        self
+    }
+
+    pub(crate) fn warn(&self, message: &str) {
+        (self.warn)(message)
     }
 
     /// `$HK_DATA_DIR`, else `$XDG_DATA_HOME/hk`, else `~/.local/share/hk`.
@@ -223,20 +240,71 @@ impl Store {
         rename_durably(&temp, dest)
     }
 
-    fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
-        match fs::read(path) {
-            Ok(data) => serde_json::from_slice(&data)
-                .map(Some)
-                .map_err(|e| Error::Corrupt {
-                    path: path.to_path_buf(),
-                    reason: e.to_string(),
-                }),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::Io {
-                path: path.to_path_buf(),
-                cause: e,
-            }),
+    /// Reads a record. One that cannot be read or parsed, or that does not belong under its
+    /// file name, is moved to `quarantine/` with a warning and reads as absent: one bad file
+    /// must not take every listing, removal and collection down with it.
+    fn read_record<T: for<'de> Deserialize<'de>>(
+        &self,
+        path: &Path,
+        belongs: impl Fn(&T) -> bool,
+    ) -> Result<Option<T>> {
+        let mut file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return self.quarantine(path, None, &e.to_string()),
+        };
+        let mut data = Vec::new();
+        let problem = match file.read_to_end(&mut data) {
+            Err(e) => e.to_string(),
+            Ok(_) => match serde_json::from_slice::<T>(&data) {
+                Ok(record) if belongs(&record) => return Ok(Some(record)),
+                Ok(_) => "its content belongs under another name".into(),
+                Err(e) => e.to_string(),
+            },
+        };
+        self.quarantine(path, Some(&file), &problem)
+    }
+
+    /// Moves a bad record out of the way, unless a writer has just replaced it: then it is
+    /// left alone and only this reading misses it (a listing; removal and collection hold the
+    /// store's exclusive lock, so no writer runs beside them).
+    fn quarantine<T: for<'de> Deserialize<'de>>(
+        &self,
+        path: &Path,
+        read: Option<&File>,
+        problem: &str,
+    ) -> Result<Option<T>> {
+        let dir = self.root.join("quarantine");
+        fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+        let kind = path
+            .parent()
+            .and_then(Path::file_name)
+            .unwrap_or_default()
+            .to_string_lossy();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        // Unique like a temp file, so records quarantined twice never overwrite each other.
+        let unique = self.temp_path(&format!("{kind}-{name}"));
+        let dest = dir.join(unique.file_name().unwrap_or_default());
+        if let Some(file) = read {
+            if !same_file(file, path)? {
+                return Ok(None);
+            }
         }
+        match fs::rename(path, &dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(Error::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: format!("{problem}; cannot move it to quarantine: {e}"),
+                })
+            }
+        }
+        self.warn(&format!(
+            "store record {kind}/{name} is unreadable ({problem}); moved to {}",
+            dest.strip_prefix(&self.root).unwrap_or(&dest).display()
+        ));
+        Ok(None)
     }
 
     fn image_path(&self, manifest: &Digest) -> PathBuf {
@@ -272,7 +340,9 @@ impl Store {
         let mut out = Vec::new();
         for entry in fs::read_dir(&dir).map_err(Error::io(&dir))? {
             let entry = entry.map_err(Error::io(&dir))?;
-            if let Some(r) = Self::read_json::<RefRecord>(&entry.path())? {
+            let file_name = entry.file_name();
+            let belongs = |r: &RefRecord| *escape(&r.name) == *file_name;
+            if let Some(r) = self.read_record(&entry.path(), belongs)? {
                 out.push(r);
             }
         }
@@ -281,7 +351,11 @@ impl Store {
     }
 
     fn image_record(&self, manifest: &Digest) -> Result<Option<Image>> {
-        Self::read_json(&self.image_path(manifest))
+        self.read_image_record(&self.image_path(manifest))
+    }
+
+    fn read_image_record(&self, path: &Path) -> Result<Option<Image>> {
+        self.read_record(path, |i: &Image| self.image_path(&i.manifest) == path)
     }
 
     /// Every image in the store with its names, newest pull first.
@@ -291,7 +365,7 @@ impl Store {
         let mut out = Vec::new();
         for entry in fs::read_dir(&dir).map_err(Error::io(&dir))? {
             let entry = entry.map_err(Error::io(&dir))?;
-            if let Some(mut image) = Self::read_json::<Image>(&entry.path())? {
+            if let Some(mut image) = self.read_image_record(&entry.path())? {
                 attach_names(&mut image, &refs);
                 out.push(image);
             }
@@ -516,6 +590,21 @@ pub(crate) fn rename_durably(from: &Path, to: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(Error::io(dir))
+}
+
+/// Whether `path` still names the file `file` has open: a name can be renamed over or
+/// unlinked between opening and acting on it.
+pub(crate) fn same_file(file: &File, path: &Path) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let open = file.metadata().map_err(Error::io(path))?;
+    match fs::metadata(path) {
+        Ok(now) => Ok(now.dev() == open.dev() && now.ino() == open.ino()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::Io {
+            path: path.to_path_buf(),
+            cause: e,
+        }),
+    }
 }
 
 fn remove_path(path: &Path) -> Result<()> {

@@ -134,7 +134,9 @@ pub fn image(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
 
 fn store() -> anyhow::Result<Store> {
     let root = Store::default_root();
-    Store::open(&root).with_context(|| format!("cannot open the image store {}", root.display()))
+    let store = Store::open(&root)
+        .with_context(|| format!("cannot open the image store {}", root.display()))?;
+    Ok(store.on_warning(|w| eprintln!("WARNING: {w}")))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

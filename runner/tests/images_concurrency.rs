@@ -1,5 +1,6 @@
-//! Store robustness: two `hk pull` processes of one image at once, and a pull killed with
-//! SIGKILL in the middle of a layer followed by a pull that must simply work.
+//! Store robustness: two `hk pull` processes of one image at once, a pull killed with
+//! SIGKILL in the middle of a layer followed by a pull that must simply work, files that
+//! cannot be made durable, and records that cannot be read.
 
 mod common;
 
@@ -289,6 +290,68 @@ fn a_pull_that_cannot_make_its_files_durable_records_nothing() {
     hk.ok(&["pull", "-q", "--no-convert", &v2]);
     assert_eq!(hk.store_files("refs").len(), 2);
     hk.assert_store_consistent();
+}
+
+/// Puts three bad records in the store: one cut short, one that is not JSON, and one whose
+/// content names another image than its file name does.
+fn spoil_records(hk: &Hk, seed: u8) {
+    let data = hk.data.path();
+    let good = std::fs::read_dir(data.join("images"))
+        .unwrap()
+        .flatten()
+        .next()
+        .expect("an image record")
+        .path();
+    let name = |c: u8| format!("{}.json", format!("{c:02x}").repeat(32));
+    std::fs::write(data.join("images").join(name(seed)), b"{\"manifest\": ").unwrap();
+    std::fs::write(data.join("refs").join(format!("bad{seed}")), b"\0\0\0").unwrap();
+    std::fs::copy(good, data.join("images").join(name(seed + 1))).unwrap();
+}
+
+/// One unreadable record must not take `images`, `rmi`, `prune` and garbage collection down
+/// with it: each bad record is moved to quarantine/ with a one-line warning, and the command
+/// goes on with the rest.
+#[test]
+fn unreadable_records_are_quarantined_with_a_warning() {
+    let reg = Registry::start();
+    reg.push_image("rec", "v1", &big_image(1, 64 << 10));
+    reg.push_image("rec", "v2", &big_image(2, 64 << 10));
+    let (v1, v2) = (reg.image_ref("rec", "v1"), reg.image_ref("rec", "v2"));
+    let hk = Hk::new();
+    hk.ok(&["pull", "-q", "--no-convert", &v1]);
+    hk.ok(&["pull", "-q", "--no-convert", &v2]);
+
+    let warned = |args: &[&str], n: usize| {
+        let out = hk.run(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "hk {args:?}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), n, "hk {args:?}: {err}");
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.starts_with("WARNING: store record ") && l.contains("quarantine")),
+            "{err}"
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    spoil_records(&hk, 0x10);
+    let listed = warned(&["images"], 3);
+    assert!(listed.contains("v1") && listed.contains("v2"), "{listed}");
+    assert_eq!(hk.store_files("quarantine").len(), 3);
+    assert_eq!(hk.store_files("images").len(), 2);
+    assert_eq!(hk.store_files("refs").len(), 2);
+    warned(&["images"], 0);
+
+    spoil_records(&hk, 0x20);
+    let removed = warned(&["rmi", &v1], 3);
+    assert!(removed.contains("Deleted:"), "{removed}");
+    spoil_records(&hk, 0x30);
+    warned(&["image", "prune", "-a", "-f"], 3);
+    assert!(hk.store_files("images").is_empty());
+    assert!(hk.store_files("refs").is_empty());
+    assert!(hk.store_files("blobs/sha256").is_empty());
+    assert_eq!(hk.store_files("quarantine").len(), 9);
 }
 
 /// SIGKILLs `child` (an `hk pull`) as soon as an entry of the store's `tmp/` matches `seen`,
