@@ -63,7 +63,7 @@ pub enum Error {
         cause: std::io::Error,
     },
 
-    #[error("store record {}: {reason}", path.display())]
+    #[error("corrupt store file {}: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
 }
 

@@ -21,6 +21,8 @@ struct State {
     compression: Compression,
     hasher: Option<Hasher>,
     expected: Digest,
+    /// The whole stream was read and is not what the config says.
+    mismatch: bool,
 }
 
 impl State {
@@ -33,6 +35,7 @@ impl State {
         if actual == self.expected {
             Ok(())
         } else {
+            self.mismatch = true;
             Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
@@ -72,7 +75,13 @@ impl LayerReader {
             compression,
             hasher: Some(Hasher::default()),
             expected: layer.diff_id.clone(),
+            mismatch: false,
         }))))
+    }
+
+    /// Whether the stream was read to its end and did not hash to the diff_id.
+    pub(crate) fn diff_id_mismatch(&self) -> bool {
+        self.0.borrow().mismatch
     }
 
     /// Reads whatever the consumer left and checks the diff_id. What follows a tar's

@@ -450,7 +450,11 @@ pub async fn pull(
         &config_type,
     )
     .await?;
-    let config_bytes = store.read_blob(&config_digest)?;
+    let config_bytes = store.read_blob(&config_digest).map_err(|e| Error::Blob {
+        image: p.image.clone(),
+        part: format!("config {}", config_digest.short()),
+        reason: e.to_string(),
+    })?;
     let config = ImageConfiguration::from_reader(&config_bytes[..])
         .map_err(|e| p.image_err(format!("malformed config {config_digest}: {e}")))?;
     if let Some(want) = opts.platform.as_ref().filter(|_| !is_index) {

@@ -66,23 +66,57 @@ impl Store {
                 tar: reader,
             });
         }
-        let stats = ext4::convert(layers, out, &ext4::Options::default()).map_err(|source| {
-            Error::Convert {
+        let converted = ext4::convert(layers, out, &ext4::Options::default())
+            .map_err(|source| Error::Convert {
                 image: name.to_string(),
                 cause: source,
+            })
+            .and_then(|stats| {
+                for (label, reader) in &mut readers {
+                    reader.finish().map_err(|e| Error::Blob {
+                        image: name.to_string(),
+                        part: format!("layer {label}"),
+                        reason: e.to_string(),
+                    })?;
+                }
+                Ok(stats)
+            });
+        match converted {
+            Ok(stats) => {
+                for warning in &stats.warnings {
+                    self.warn(&format!("{name}: {warning}"));
+                }
+                Ok(stats)
             }
-        })?;
-        for warning in &stats.warnings {
-            self.warn(&format!("{name}: {warning}"));
+            Err(e) => Err(self
+                .blame_stored_layers(image, name, &readers)?
+                .unwrap_or(e)),
         }
-        for (label, mut reader) in readers {
-            reader.finish().map_err(|e| Error::Blob {
-                image: name.to_string(),
-                part: format!("layer {label}"),
-                reason: e.to_string(),
-            })?;
+    }
+
+    /// After a failed conversion: a layer blob damaged in place (right size, wrong bytes)
+    /// fails every conversion the same way, and one whose content is not what the config
+    /// says cannot succeed either. Both are deleted so that the next pull fetches them
+    /// again; a damaged one becomes the error, being the cause.
+    fn blame_stored_layers(
+        &self,
+        image: &Image,
+        name: &str,
+        readers: &[(String, LayerReader)],
+    ) -> Result<Option<Error>> {
+        for (l, (label, reader)) in image.layers.iter().zip(readers) {
+            if let Some(reason) = self.drop_if_corrupt(&l.digest)? {
+                return Ok(Some(Error::Blob {
+                    image: name.to_string(),
+                    part: format!("layer {label}"),
+                    reason: format!("stored blob {reason}"),
+                }));
+            }
+            if reader.diff_id_mismatch() {
+                self.remove_blob(&l.digest);
+            }
         }
-        Ok(stats)
+        Ok(None)
     }
 }
 

@@ -19,7 +19,7 @@
 //! write identical content under identical names; whichever rename lands last wins, and both
 //! are right.
 
-use crate::digest::{chain_id, Digest};
+use crate::digest::{chain_id, Digest, Hasher};
 use crate::reference::familiar;
 use crate::{Error, ImageRef, Result};
 use serde::{Deserialize, Serialize};
@@ -220,17 +220,50 @@ impl Store {
         Ok(digest)
     }
 
-    /// Reads a small blob back, checking it still has the content its name promises.
+    /// Reads a small blob back, checking it still has the content its name promises. One
+    /// that does not is deleted: it has the right size, so without that every pull would
+    /// trust it and fail on it again.
     pub(crate) fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
         let path = self.blob_path(digest);
-        let data = fs::read(&path).map_err(Error::io(&path))?;
-        if Digest::of(&data) != *digest {
-            return Err(Error::Corrupt {
-                path,
-                reason: "content does not match its digest".into(),
-            });
+        let mut file = File::open(&path).map_err(Error::io(&path))?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).map_err(Error::io(&path))?;
+        let actual = Digest::of(&data);
+        if actual != *digest {
+            let reason = delete_corrupt(&file, &path, &actual);
+            return Err(Error::Corrupt { path, reason });
         }
         Ok(data)
+    }
+
+    /// Checks a stored blob against its digest and deletes it when it no longer matches
+    /// (damaged in place), so that the next pull fetches it again. Returns what is wrong
+    /// with it, if anything.
+    pub(crate) fn drop_if_corrupt(&self, digest: &Digest) -> Result<Option<String>> {
+        let path = self.blob_path(digest);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::Io { path, cause: e }),
+        };
+        let mut hasher = Hasher::default();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => hasher.update(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::Io { path, cause: e }),
+            }
+        }
+        let actual = hasher.finish();
+        Ok((actual != *digest).then(|| delete_corrupt(&file, &path, &actual)))
+    }
+
+    /// Deletes a blob whose content is not what the image config says: fetching it again
+    /// is the only way to a different outcome.
+    pub(crate) fn remove_blob(&self, digest: &Digest) {
+        let _ = fs::remove_file(self.blob_path(digest));
     }
 
     fn write_json(&self, dest: &Path, value: &impl Serialize) -> Result<()> {
@@ -590,6 +623,20 @@ pub(crate) fn rename_durably(from: &Path, to: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(Error::io(dir))
+}
+
+/// Deletes a blob `file` read as `actual`, not what its name says, unless a pull has just
+/// put a good copy in its place; returns what to tell a person.
+fn delete_corrupt(file: &File, path: &Path, actual: &Digest) -> String {
+    let deleted = same_file(file, path).is_ok_and(|same| same) && fs::remove_file(path).is_ok();
+    format!(
+        "content is {actual}, not what its name says{}",
+        if deleted {
+            "; deleted it, pull again to fetch it"
+        } else {
+            ""
+        }
+    )
 }
 
 /// Whether `path` still names the file `file` has open: a name can be renamed over or

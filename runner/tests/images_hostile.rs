@@ -426,3 +426,46 @@ fn oversized_manifests_fail_before_being_read_whole() {
         );
     }
 }
+
+/// A stored blob damaged in place (right size, wrong bytes) fails the pull that trips on it,
+/// and is deleted so that the next pull fetches it again instead of failing the same way.
+#[test]
+fn a_corrupt_stored_blob_is_fetched_again() {
+    let reg = Registry::start();
+    let image = one_layer(small_tar(11), Compression::Gzip);
+    reg.push_image("rot", "v1", &image);
+    let name = reg.image_ref("rot", "v1");
+    let layer = Digest::of(&compress(&image.layers[0].tar, Compression::Gzip));
+    let config = Digest::of(&image.config());
+    let hk = Hk::new();
+    hk.ok(&["pull", "-q", "--no-convert", &name]);
+    let flip = |digest: &Digest| {
+        let path = hk.data.path().join("blobs/sha256").join(digest.hex());
+        let mut data = std::fs::read(&path).unwrap();
+        let mid = data.len() / 2;
+        data[mid] ^= 0x55;
+        std::fs::write(&path, data).unwrap();
+    };
+
+    flip(&layer);
+    let err = hk.fails(&["pull", &name], 125);
+    assert!(err.contains(layer.short()), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let out = hk.ok(&["pull", &name]);
+    assert!(
+        out.contains(&format!("{}: Pull complete", layer.short())),
+        "{out}"
+    );
+    hk.assert_store_consistent();
+
+    flip(&config);
+    let err = hk.fails(&["pull", &name], 125);
+    assert!(
+        err.contains(&format!("rot:v1: config {}", config.short())),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    hk.ok(&["pull", &name]);
+    hk.assert_store_consistent();
+    assert!(!hk.ok(&["image", "rootfs", &name]).trim().is_empty());
+}
