@@ -3,16 +3,25 @@
 
 use crate::ext4;
 use crate::layer::LayerReader;
-use crate::store::{rename_durably, Image, Store};
+use crate::store::{rename_durably, same_file, Image, Store};
 use crate::{Error, Result};
 use std::fs::{self, File};
 use std::path::PathBuf;
 
 /// A converted root filesystem, held open with a shared flock for as long as this value
-/// lives: garbage collection never deletes an image a VM is running on.
+/// lives: garbage collection never deletes an image a VM is running on. While it lives,
+/// `path` names the locked file.
 pub struct Rootfs {
     pub path: PathBuf,
-    _lock: File,
+    file: File,
+}
+
+impl Rootfs {
+    /// The locked file itself, read-only: give a VM this descriptor (or
+    /// `/proc/self/fd/N`) rather than opening the path again.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
 }
 
 impl Store {
@@ -120,13 +129,19 @@ impl Store {
     }
 }
 
+/// Opens and share-locks the root filesystem at `path`. Garbage collection unlinks a file
+/// while holding its exclusive lock, so one opened just before may be locked only once it
+/// is gone: then the path names nothing (or a newer build), and this reads as absent.
 fn open_shared(path: &std::path::Path) -> Result<Option<Rootfs>> {
     match File::open(path) {
         Ok(f) => {
             f.lock_shared().map_err(Error::io(path))?;
+            if !same_file(&f, path)? {
+                return Ok(None);
+            }
             Ok(Some(Rootfs {
                 path: path.to_path_buf(),
-                _lock: f,
+                file: f,
             }))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

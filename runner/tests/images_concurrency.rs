@@ -354,6 +354,60 @@ fn unreadable_records_are_quarantined_with_a_warning() {
     assert_eq!(hk.store_files("quarantine").len(), 9);
 }
 
+/// Garbage collection deletes a root filesystem by taking its exclusive flock, then
+/// unlinking it. A caller that opened the file just before and then waits for its shared
+/// lock must not come away holding the unlinked file under a path that names nothing: it
+/// checks that the file it locked is still the one at the path, and builds it anew if not.
+#[test]
+fn a_root_filesystem_unlinked_while_its_lock_is_awaited_is_built_again() {
+    use std::os::unix::fs::MetadataExt;
+    let reg = Registry::start();
+    reg.push_image("race", "v1", &big_image(1, 64 << 10));
+    let name = reg.image_ref("race", "v1");
+    let hk = Hk::new();
+    hk.ok(&["pull", "-q", &name]);
+    let path = std::path::PathBuf::from(hk.ok(&["image", "rootfs", &name]).trim());
+
+    // Play garbage collection: hold the file's exclusive lock...
+    let gc = std::fs::File::open(&path).unwrap();
+    gc.lock().unwrap();
+    let old_ino = gc.metadata().unwrap().ino();
+    let child = hk
+        .cmd(&["image", "rootfs", &name])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // ...until `hk image rootfs` waits for its shared lock on that very file...
+    let waiter = format!(":{old_ino} ");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains("->") && l.contains(&waiter))
+    {
+        assert!(Instant::now() < deadline, "hk never waited for the lock");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // ...then unlink it and let go.
+    std::fs::remove_file(&path).unwrap();
+    drop(gc);
+
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        path.to_str().unwrap()
+    );
+    // (The new build may get the old inode number back: only existence tells.)
+    assert!(path.is_file(), "the printed root filesystem exists");
+    assert_e2fsck_clean(&path);
+}
+
 /// SIGKILLs `child` (an `hk pull`) as soon as an entry of the store's `tmp/` matches `seen`,
 /// polling every `poll`; fails if the pull ends first or `limit` passes.
 fn kill_when_tmp_has(
