@@ -21,7 +21,9 @@ fn mnt(
     flags: MsFlags,
     data: Option<&str>,
 ) -> Result<(), String> {
-    fs::create_dir_all(target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
+    if fs::symlink_metadata(target).is_err() {
+        fs::create_dir_all(target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
+    }
     mount(Some(source), target, fstype, flags, data).map_err(|e| {
         format!(
             "mount {source} on {} ({}): {e}",

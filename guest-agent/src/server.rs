@@ -12,7 +12,7 @@ use crate::spawn::{spawn, Launch};
 use crate::users;
 use hk_agent_protocol::{
     read_frame_value, write_frame, ErrorKind, ErrorReply, ExitStatus, Fd, Open, Outcome,
-    ProcessSpec, Reply, Request, RequestBody, Response, Setup, WindowSize,
+    ProcessSpec, Reply, Request, RequestBody, Response, Setup, WindowSize, DEFAULT_PATH,
 };
 use nix::errno::Errno;
 use std::collections::HashMap;
@@ -28,8 +28,6 @@ use std::time::{Duration, Instant};
 
 /// How long `start` waits for the host to attach a process's streams.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
-/// docker's default PATH, used when the process's environment has none.
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// A byte stream to the host.
 pub trait Conn: Read + Write + Send + Sync + Sized + 'static {

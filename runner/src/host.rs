@@ -81,3 +81,22 @@ pub fn guest_kernel() -> Option<PathBuf> {
     let path = cache_dir().join("kernel").join("guest").join("vmlinux");
     path.exists().then_some(path)
 }
+
+/// Where running containers keep their state (sockets, writable layers, console logs):
+/// `$XDG_RUNTIME_DIR/hk` as podman does, else `/tmp/hk-<uid>` (created private).
+pub fn runtime_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HK_RUNTIME_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        return PathBuf::from(dir).join("hk");
+    }
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let dir = std::env::temp_dir().join(format!("hk-{uid}"));
+    if std::fs::create_dir(&dir).is_ok() {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    }
+    dir
+}

@@ -41,8 +41,9 @@ fn run_in_lab(writable: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let status = cmd
         .status()
         .with_context(|| format!("run {}", lab.display()))?;
+    // 125 is both the lab's own failure (it says so on stderr) and hk's (docker's runner
+    // error); either way the message is above and the status passes through.
     match status.code() {
-        Some(125) => bail!("the nested lab failed to run the command (see above)"),
         Some(code) => Ok(ExitCode::from(code as u8)),
         None => bail!("the nested lab was killed: {status}"),
     }

@@ -4,7 +4,10 @@
 mod host;
 mod images;
 mod info;
+mod initramfs;
 mod lab;
+mod run;
+mod term;
 mod vm;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a command in a new container, in its own microVM
+    Run(run::RunArgs),
     /// Show where hk finds its kernel and whether this host can run VMs
     Info(info::Args),
     /// Download an image from a registry
@@ -45,11 +50,12 @@ enum Command {
 
 /// Docker and Podman exit with 125 when the failure is the runner's own rather than the
 /// container's; hk keeps that convention so scripts written for them keep working.
-const EXIT_RUNNER_ERROR: u8 = 125;
+pub(crate) const EXIT_RUNNER_ERROR: u8 = 125;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => run::run(args),
         Command::Info(args) => info::run(args),
         Command::Pull(args) => images::pull(args),
         Command::Images(args) => images::images(args),

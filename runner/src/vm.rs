@@ -2,12 +2,12 @@
 //! For people who embed the VMM or debug a guest, and for the boot benchmark.
 
 use crate::host::{self, Kvm};
+use crate::term::RawTerminal;
 use anyhow::{bail, Context};
 use hk_vmm::console::RotatingLog;
 use hk_vmm::{Disk, GuestExit, VmConfig};
-use nix::sys::termios::{self, SetArg, Termios};
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -165,36 +165,6 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// A terminal in raw mode (no line editing, no echo, no signals from keys), restored to
-/// exactly its old settings when dropped; the guest's own tty does all of that.
-struct RawTerminal {
-    fd: OwnedFd,
-    saved: Termios,
-}
-
-impl RawTerminal {
-    /// `None` when `fd` is not a terminal (a pipe or a file needs no mode).
-    fn enter(fd: &OwnedFd) -> anyhow::Result<Option<RawTerminal>> {
-        let Ok(saved) = termios::tcgetattr(fd) else {
-            return Ok(None);
-        };
-        let mut raw = saved.clone();
-        termios::cfmakeraw(&mut raw);
-        termios::tcsetattr(fd, SetArg::TCSANOW, &raw)
-            .context("cannot put the terminal in raw mode")?;
-        Ok(Some(RawTerminal {
-            fd: fd.try_clone().context("cannot keep the terminal")?,
-            saved,
-        }))
-    }
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        let _ = termios::tcsetattr(&self.fd, SetArg::TCSANOW, &self.saved);
-    }
-}
-
 /// `FILE` or `FILE,ro`; the guest sees disk number `index` with the serial `diskN`.
 fn parse_disk(spec: &str, index: usize) -> anyhow::Result<Disk> {
     let (path, read_only) = match spec.rsplit_once(',') {
@@ -211,7 +181,7 @@ fn parse_disk(spec: &str, index: usize) -> anyhow::Result<Disk> {
 }
 
 /// "256" and "256m" are MiB; "1g" is GiB. Units are binary, as docker's --memory.
-fn parse_memory(text: &str) -> anyhow::Result<u64> {
+pub(crate) fn parse_memory(text: &str) -> anyhow::Result<u64> {
     let lower = text.trim().to_ascii_lowercase();
     let lower = lower.strip_suffix("ib").unwrap_or(&lower);
     let lower = lower.strip_suffix('b').unwrap_or(lower);

@@ -3,7 +3,7 @@
 //! becomes `hk vm boot`'s exit status through the VMM's control page.
 //!
 //! The agent must be built static first (`scripts/test` does):
-//! RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p hk-guest-agent
+//! RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile agent -p hk-guest-agent
 //! --target x86_64-unknown-linux-gnu
 
 use hk_tests::{guest_kernel, run_with_kvm, scratch_dir, Initramfs};
@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn agent_binary() -> PathBuf {
-    // <target>/<profile>/hk → <target>/x86_64-unknown-linux-gnu/release/hk-agent
+    // <target>/<profile>/hk → <target>/x86_64-unknown-linux-gnu/agent/hk-agent
     let hk = Path::new(env!("CARGO_BIN_EXE_hk"));
     let target = hk.parent().and_then(Path::parent).expect("target dir");
-    let agent = target.join("x86_64-unknown-linux-gnu/release/hk-agent");
+    let agent = target.join("x86_64-unknown-linux-gnu/agent/hk-agent");
     assert!(
         agent.exists(),
         "{} is missing: build the static agent first (scripts/test does): \

@@ -32,6 +32,8 @@ pub const AGENT_PORT: u32 = 1024;
 pub const HOST_PORT: u32 = 1024;
 /// Largest frame either side accepts.
 pub const MAX_FRAME: u32 = 1 << 20;
+/// docker's default PATH, for a process whose environment has none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The first frame of a connection the host opens to the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
