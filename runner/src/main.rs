@@ -28,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run a command in a new container, in its own microVM
     Run(run::RunArgs),
+    /// Run a command in a running container
+    Exec(run::ExecArgs),
     /// Show where hk finds its kernel and whether this host can run VMs
     Info(info::Args),
     /// Download an image from a registry
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Exec(args) => run::exec(args),
         Command::Info(args) => info::run(args),
         Command::Pull(args) => images::pull(args),
         Command::Images(args) => images::images(args),

@@ -28,6 +28,33 @@ pub struct RunArgs {
     /// image file
     #[arg(long, value_name = "DIR|FILE.ext4")]
     rootfs: PathBuf,
+    /// Name the container (for `hk exec`); default: the first 12 characters of its ID
+    #[arg(long)]
+    name: Option<String>,
+    /// Container host name (default: the first 12 characters of its ID)
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Number of vCPUs
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// Guest memory (512m, 1g)
+    #[arg(long, default_value = "512m")]
+    memory: String,
+    #[command(flatten)]
+    process: ProcessArgs,
+}
+
+#[derive(clap::Args)]
+pub struct ExecArgs {
+    /// The container, by name or ID
+    container: String,
+    #[command(flatten)]
+    process: ProcessArgs,
+}
+
+/// What `run` and `exec` say about the process, as docker's flags.
+#[derive(clap::Args)]
+pub struct ProcessArgs {
     /// Keep stdin open and pass it to the command
     #[arg(short, long)]
     interactive: bool,
@@ -43,17 +70,14 @@ pub struct RunArgs {
     /// User (name or UID) and optionally group, as in the container's /etc/passwd
     #[arg(short, long, value_name = "USER[:GROUP]")]
     user: Option<String>,
-    /// Container host name (default: the first 12 characters of its ID)
-    #[arg(long)]
-    hostname: Option<String>,
-    /// Number of vCPUs
-    #[arg(long, default_value_t = 1)]
-    cpus: u32,
-    /// Guest memory (512m, 1g)
-    #[arg(long, default_value = "512m")]
-    memory: String,
-    /// The command and its arguments
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The command and its arguments (after `--` when an argument could be taken for an
+    /// option of hk's)
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required = true,
+        value_name = "CMD"
+    )]
     command: Vec<String>,
 }
 
@@ -71,12 +95,15 @@ const UPPER_INODES: u32 = 1 << 20;
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     let memory_mib = parse_memory(&args.memory)?;
+    if let Some(name) = &args.name {
+        check_name(name)?;
+    }
     // What can be prepared on the host is, before a hop into the nested lab: the lab sees
     // the host's files read-only, and emulation makes everything there slow.
     let initrd = crate::initramfs::agent_initramfs()?;
     let lower = crate::initramfs::rootfs_image(&args.rootfs)?;
     if crate::lab::needed() {
-        if args.interactive {
+        if args.process.interactive {
             bail!(
                 "-i cannot reach a container in the nested lab, which forwards no input; \
                  use a host with hardware KVM"
@@ -94,7 +121,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .context("no guest kernel: build one with kernel/build.sh guest (or set HK_KERNEL)")?;
 
     let id = container_id();
-    let state = StateDir::create(&id)?;
+    let state = StateDir::create(args.name.as_deref().unwrap_or(&id[..12]))?;
     let upper = state.path.join("upper.ext4");
     empty_ext4(&upper)?;
     let console_log = state.path.join("console.log");
@@ -176,7 +203,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         resolv_conf: Some(resolv_conf()),
     })?;
 
-    let code = run_main(&client, &args, &hostname, forwarded);
+    let code = run_process(&client, &args.process, "main", Some(&hostname), forwarded);
     // The container is done either way: end the VM, then clean up.
     let status = match &code {
         Ok(code) => u32::from(*code),
@@ -193,17 +220,54 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     code.map(ExitCode::from)
 }
 
-/// Runs the container's command to its end; returns hk's exit code.
-fn run_main(
+/// `hk exec`: another process in a running container, through its VM's vsock socket.
+pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
+    check_name(&args.container)?;
+    let socket = host::runtime_dir()
+        .join("run")
+        .join(&args.container)
+        .join("vsock.sock");
+    if !socket.exists() {
+        bail!(
+            "no such container: {} (hk exec takes the name given to hk run --name)",
+            args.container
+        );
+    }
+    let forwarded = forwarded_signals();
+    forwarded
+        .thread_block()
+        .context("cannot block signals to forward them")?;
+    let client = Client::open(Arc::new(HybridConnector(socket)))
+        .with_context(|| format!("container {} is not running", args.container))?;
+    let id = format!("exec-{}", &container_id()[..12]);
+    run_process(&client, &args.process, &id, None, forwarded).map(ExitCode::from)
+}
+
+/// Container names as docker allows them; they name a directory, so nothing else.
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && name.len() <= 128;
+    if !ok {
+        bail!("invalid container name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed");
+    }
+    Ok(())
+}
+
+/// Runs a process in the container to its end; returns hk's exit code. `main`: the
+/// container's main process, with its host name.
+fn run_process(
     client: &Client,
-    args: &RunArgs,
-    hostname: &str,
+    args: &ProcessArgs,
+    id: &str,
+    hostname: Option<&str>,
     forwarded: SigSet,
 ) -> anyhow::Result<u8> {
-    let mut env = vec![
-        format!("PATH={DEFAULT_PATH}"),
-        format!("HOSTNAME={hostname}"),
-    ];
+    let mut env = vec![format!("PATH={DEFAULT_PATH}")];
+    if let Some(hostname) = hostname {
+        env.push(format!("HOSTNAME={hostname}"));
+    }
     if args.tty {
         env.push("TERM=xterm".into());
     }
@@ -227,7 +291,7 @@ fn run_main(
     };
     let size = term::window_size().unwrap_or(WindowSize { rows: 24, cols: 80 });
     let mut process = client.create(ProcessSpec {
-        id: "main".into(),
+        id: id.into(),
         argv: args.command.clone(),
         env,
         cwd: args.workdir.clone().unwrap_or_else(|| "/".into()),
@@ -235,7 +299,7 @@ fn run_main(
         user: args.user.clone(),
         tty: args.tty.then_some(size),
         stdin: args.interactive,
-        main: true,
+        main: hostname.is_some(),
         ..ProcessSpec::default()
     })?;
     if let Err(e) = process.start() {
@@ -259,19 +323,19 @@ fn run_main(
         if args.interactive {
             pump_stdin(pty.try_clone()?);
         }
-        outputs.push(pump(pty, std::io::stdout()));
+        outputs.push(pump(pty, std::io::stdout(), client.process(id)));
     } else {
         if let Some(stdin) = streams.stdin {
             pump_stdin(stdin);
         }
         if let Some(out) = streams.stdout {
-            outputs.push(pump(out, std::io::stdout()));
+            outputs.push(pump(out, std::io::stdout(), client.process(id)));
         }
         if let Some(err) = streams.stderr {
-            outputs.push(pump(err, std::io::stderr()));
+            outputs.push(pump(err, std::io::stderr(), client.process(id)));
         }
     }
-    forward_signals(forwarded, client.process("main"), args.tty);
+    forward_signals(forwarded, client.process(id), args.tty);
     let status = process.wait();
     for o in outputs {
         let _ = o.join();
@@ -284,8 +348,14 @@ fn run_main(
     })
 }
 
-/// Copies a guest stream to one of hk's outputs until the guest closes it.
-fn pump(mut from: UnixStream, mut to: impl Write + Send + 'static) -> std::thread::JoinHandle<()> {
+/// Copies a guest stream to one of hk's outputs until the guest closes it. When the output
+/// breaks (a reader that went away), the process gets SIGPIPE, as it would writing to that
+/// pipe itself.
+fn pump(
+    mut from: UnixStream,
+    mut to: impl Write + Send + 'static,
+    process: hk_agent_protocol::Process,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 << 10];
         loop {
@@ -293,6 +363,7 @@ fn pump(mut from: UnixStream, mut to: impl Write + Send + 'static) -> std::threa
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     if to.write_all(&buf[..n]).and_then(|()| to.flush()).is_err() {
+                        let _ = process.signal(Signal::SIGPIPE as i32);
                         break;
                     }
                 }
@@ -360,6 +431,34 @@ impl Connector for VsockConnector {
     fn connect(&self) -> std::io::Result<UnixStream> {
         self.0
             .connect(hk_agent_protocol::AGENT_PORT, Duration::from_secs(10))
+    }
+}
+
+/// Opens connections to the agent from another process, through the VM's hybrid vsock
+/// socket (`CONNECT <port>` / `OK <port>`).
+struct HybridConnector(PathBuf);
+
+impl Connector for HybridConnector {
+    fn connect(&self) -> std::io::Result<UnixStream> {
+        let mut stream = UnixStream::connect(&self.0)?;
+        writeln!(stream, "CONNECT {}", hk_agent_protocol::AGENT_PORT)?;
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while byte[0] != b'\n' {
+            if stream.read(&mut byte)? == 0 || line.len() > 32 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "the VM refused the connection",
+                ));
+            }
+            line.push(byte[0]);
+        }
+        if !line.starts_with(b"OK ") {
+            return Err(std::io::Error::other(
+                "unexpected answer from the VM's vsock socket",
+            ));
+        }
+        Ok(stream)
     }
 }
 
@@ -453,10 +552,23 @@ struct StateDir {
 }
 
 impl StateDir {
-    fn create(id: &str) -> anyhow::Result<StateDir> {
-        let path = host::runtime_dir().join("run").join(&id[..12]);
-        std::fs::create_dir_all(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
+    /// The state directory of container `name`; refused while a live container has it.
+    fn create(name: &str) -> anyhow::Result<StateDir> {
+        let parent = host::runtime_dir().join("run");
+        std::fs::create_dir_all(&parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+        let path = parent.join(name);
+        if std::fs::create_dir(&path).is_err() {
+            // Left behind by a container that is gone (its hk was killed), or in use.
+            if UnixStream::connect(path.join("vsock.sock")).is_ok() {
+                bail!(
+                    "the container name {name:?} is already in use by a running container;                      choose another --name"
+                );
+            }
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+        }
         Ok(StateDir { path })
     }
 }

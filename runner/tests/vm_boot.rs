@@ -65,6 +65,12 @@ panic)
     echo "init exits: the kernel panics"
     exit 1
     ;;
+poweroff)
+    echo "powering off"
+    poweroff -f
+    sleep 60
+    echo "still running after poweroff"
+    ;;
 esac
 echo "unknown case $1"
 ctl_exit 99
@@ -122,7 +128,9 @@ fn lab() -> &'static Lab {
         let d = |name: &str| dir.join(name).display().to_string();
         std::fs::write(dir.join("input.txt"), console_input()).unwrap();
         // (name, flags, stdin, init's case)
-        let cases: [(&str, String, Stdin, &str); 9] = [
+        let triple = dir.join("triple-fault.elf");
+        std::fs::write(&triple, triple_fault_kernel()).unwrap();
+        let cases: [(&str, String, Stdin, &str); 12] = [
             (
                 "marker",
                 format!("--disk {},ro --boot-timer", d("marker.img")),
@@ -130,10 +138,19 @@ fn lab() -> &'static Lab {
                 "marker",
             ),
             ("sizes", "--cpus 2 --memory 384m".into(), Stdin::Null, "sizes"),
+            // RAM above the 3 GiB hole, and more vCPUs than the lab has CPUs.
+            ("big", "--cpus 4 --memory 4g".into(), Stdin::Null, "sizes"),
             ("write", format!("--disk {}", d("rw.img")), Stdin::Null, "write"),
             ("write-ro", format!("--disk {},ro", d("ro.img")), Stdin::Null, "write-ro"),
             ("status", String::new(), Stdin::Null, "status"),
             ("panic", String::new(), Stdin::Null, "panic"),
+            ("poweroff", String::new(), Stdin::Null, "poweroff"),
+            (
+                "triple-fault",
+                format!("--kernel {}", triple.display()),
+                Stdin::Null,
+                "none",
+            ),
             ("input-file", "-i".into(), Stdin::File, "input"),
             ("input-pipe", "-i".into(), Stdin::Pipe, "input"),
             ("input-tty", "-i".into(), Stdin::Terminal, "input"),
@@ -156,10 +173,15 @@ fn lab() -> &'static Lab {
                 dir.join(format!("{name}.sh")),
                 format!(
                     "if [ -t 0 ]; then stty -g >{name}.tty-before; fi\n\
-                     $pin \"$hk\" vm boot --kernel \"$kernel\" --initrd \"$initrd\" {flags} \
+                     $pin \"$hk\" vm boot {kernel} --initrd \"$initrd\" {flags} \
                      --console {name}.console --cmdline 'console=ttyS0 quiet -- {case}' \
                      2>{name}.stderr\necho $? >{name}.status\n\
-                     if [ -t 0 ]; then stty -g >{name}.tty-after; fi\n"
+                     if [ -t 0 ]; then stty -g >{name}.tty-after; fi\n",
+                    kernel = if flags.contains("--kernel") {
+                        ""
+                    } else {
+                        "--kernel \"$kernel\""
+                    }
                 ),
             )
             .unwrap();
@@ -283,6 +305,20 @@ fn guest_sees_the_memory_it_was_given() {
 }
 
 #[test]
+fn a_guest_with_4_vcpus_and_memory_above_4_gib_sees_all_of_it() {
+    let b = boot("big");
+    assert_eq!(b.status, 0, "{b:?}");
+    assert_eq!(value(b, "cpus"), "4", "{b:?}");
+    assert_eq!(value(b, "online"), "0-3", "{b:?}");
+    let kib: u64 = value(b, "memtotal-kib").parse().unwrap();
+    // 4 GiB less the kernel's own: well above the 3 GiB below the hole.
+    assert!(
+        (3900 << 10..4096 << 10).contains(&kib),
+        "--memory 4g: MemTotal {kib} KiB"
+    );
+}
+
+#[test]
 fn a_clean_reboot_exits_zero() {
     let b = boot("sizes");
     assert_eq!(b.status, 0, "{b:?}");
@@ -319,6 +355,80 @@ fn a_guest_panic_is_an_error_exit() {
     assert_eq!(b.status, 134, "{b:?}");
     assert!(b.stderr.contains("panicked"), "{b:?}");
     assert!(b.console.contains("Kernel panic"), "{b:?}");
+}
+
+#[test]
+fn a_guest_power_off_ends_the_vm_cleanly() {
+    let b = boot("poweroff");
+    assert_eq!(b.status, 0, "{b:?}");
+    assert!(b.console.contains("powering off"), "{b:?}");
+    assert!(!b.console.contains("still running"), "{b:?}");
+}
+
+#[test]
+fn a_triple_fault_the_kernel_did_not_ask_for_is_an_error_exit() {
+    let b = boot("triple-fault");
+    assert_eq!(b.status, 134, "{b:?}");
+    assert!(b.stderr.contains("triple-faulted"), "{b:?}");
+}
+
+/// The smallest "kernel" that triple-faults at once: an ELF with a PVH entry note whose
+/// 32-bit entry code loads an empty IDT and executes int3. The exception cannot be
+/// delivered, nor the #GP and #DF after it, and the CPU resets, long before anything could
+/// write the BIOS reset flag.
+fn triple_fault_kernel() -> Vec<u8> {
+    const LOAD: u64 = 0x10_0000;
+    let mut code = vec![0u8; 0x20];
+    // lidt [LOAD + 0x10] (the 6 zero bytes there: limit 0); int3; hlt; jmp back to hlt.
+    code[..7].copy_from_slice(&[0x0f, 0x01, 0x1d, 0x10, 0x00, 0x10, 0x00]);
+    code[7..11].copy_from_slice(&[0xcc, 0xf4, 0xeb, 0xfd]);
+    let mut note = Vec::new();
+    for word in [4u32, 4, 18] {
+        note.extend_from_slice(&word.to_le_bytes());
+    }
+    note.extend_from_slice(b"Xen\0");
+    note.extend_from_slice(&(LOAD as u32).to_le_bytes());
+    let (note_off, code_off) = (0x200u64, 0x1000u64);
+    let mut elf = vec![0u8; code_off as usize];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2; // 64-bit
+    elf[5] = 1; // little endian
+    elf[6] = 1; // version
+    let put16 =
+        |e: &mut Vec<u8>, at: usize, v: u16| e[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    let put32 =
+        |e: &mut Vec<u8>, at: usize, v: u32| e[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    let put64 =
+        |e: &mut Vec<u8>, at: usize, v: u64| e[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    put16(&mut elf, 16, 2); // ET_EXEC
+    put16(&mut elf, 18, 62); // EM_X86_64
+    put32(&mut elf, 20, 1);
+    put64(&mut elf, 24, LOAD); // e_entry
+    put64(&mut elf, 32, 64); // e_phoff
+    put16(&mut elf, 52, 64); // e_ehsize
+    put16(&mut elf, 54, 56); // e_phentsize
+    put16(&mut elf, 56, 2); // e_phnum
+                            // PT_LOAD: the code at LOAD.
+    let ph = 64;
+    put32(&mut elf, ph, 1);
+    put32(&mut elf, ph + 4, 5); // R+X
+    put64(&mut elf, ph + 8, code_off);
+    put64(&mut elf, ph + 16, LOAD);
+    put64(&mut elf, ph + 24, LOAD);
+    put64(&mut elf, ph + 32, code.len() as u64);
+    put64(&mut elf, ph + 40, code.len() as u64);
+    put64(&mut elf, ph + 48, 0x1000);
+    // PT_NOTE: XEN_ELFNOTE_PHYS32_ENTRY = LOAD.
+    let ph = 64 + 56;
+    put32(&mut elf, ph, 4);
+    put32(&mut elf, ph + 4, 4); // R
+    put64(&mut elf, ph + 8, note_off);
+    put64(&mut elf, ph + 32, note.len() as u64);
+    put64(&mut elf, ph + 40, note.len() as u64);
+    put64(&mut elf, ph + 48, 4);
+    elf[note_off as usize..note_off as usize + note.len()].copy_from_slice(&note);
+    elf.extend_from_slice(&code);
+    elf
 }
 
 fn assert_console_input_arrived_whole(name: &str) {

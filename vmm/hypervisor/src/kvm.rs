@@ -2,8 +2,9 @@
 //! interrupt lines, ioeventfd for queue notifications.
 
 use crate::{Error, IrqLine, Result, Vcpu, VcpuExit, VcpuKick, Vm};
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_pit_config, kvm_run, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
+use std::cell::Cell;
 use std::sync::{Arc, Mutex, Once};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
@@ -155,32 +156,47 @@ pub struct KvmVcpu {
     kick: Arc<KvmKick>,
 }
 
-/// Who to kick: the thread running the vCPU and its `immediate_exit` byte. Set on each run,
-/// cleared when the vCPU is dropped so a late kick never touches an unmapped `kvm_run`.
-struct KvmKick(Mutex<Option<(libc::pthread_t, usize)>>);
+/// Who to kick: the thread running the vCPU. Set on its first run, cleared when the vCPU is
+/// dropped, so a late kick never signals a thread that moved on.
+struct KvmKick(Mutex<Option<libc::pthread_t>>);
+
+thread_local! {
+    /// The `kvm_run` of the vCPU this thread runs, for the kick signal's handler: the
+    /// handler sets `immediate_exit` from the vCPU's own thread (as Firecracker and Cloud
+    /// Hypervisor do), so no other thread ever writes into a `kvm_run` that `KVM_RUN`
+    /// holds. Const-initialised, so reading it in a signal handler allocates nothing.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
 
 impl VcpuKick for KvmKick {
     fn kick(&self) {
         let target = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((thread, immediate_exit)) = *target {
-            // SAFETY: the pointer is into the vCPU's kvm_run mapping, which stays mapped
-            // while the entry is set (cleared under this lock before the VcpuFd drops).
-            // immediate_exit covers a kick that lands between the run loop's check and
-            // KVM_RUN; the signal covers a vCPU already inside KVM_RUN.
+        if let Some(thread) = *target {
+            // SAFETY: the thread is alive while the entry is set (cleared under this lock
+            // before the vCPU, which its thread owns, is dropped).
             unsafe {
-                std::ptr::write_volatile(immediate_exit as *mut u8, 1);
                 libc::pthread_kill(thread, SIGRTMIN());
             }
         }
     }
 }
 
-extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+/// The kick: on the vCPU's thread, make the current or next `KVM_RUN` return at once. A
+/// kick that lands between the run loop's check and `KVM_RUN` is caught by
+/// `immediate_exit`; one inside `KVM_RUN` interrupts it (EINTR) by being a signal.
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let run = KVM_RUN.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: set by this thread to its vCPU's kvm_run mapping, which stays mapped
+        // until the vCPU is dropped on this thread, after which the pointer is cleared.
+        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    }
+}
 
 fn install_kick_handler() {
     static ONCE: Once = Once::new();
-    // The handler does nothing: its only job is to make KVM_RUN return EINTR. If it cannot
-    // be installed, kicks fall back to immediate_exit alone (taken at the next exit).
+    // If it cannot be installed, kicks are lost; the VMM's stop loop keeps kicking and a
+    // vCPU still leaves KVM_RUN at its next exit.
     ONCE.call_once(|| {
         let _ = register_signal_handler(SIGRTMIN(), on_kick);
     });
@@ -189,6 +205,12 @@ fn install_kick_handler() {
 impl Drop for KvmVcpu {
     fn drop(&mut self) {
         *self.kick.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // Only the thread that ran the vCPU has the pointer; it is dropped there.
+        KVM_RUN.with(|r| {
+            if std::ptr::eq(r.get(), self.fd.get_kvm_run()) {
+                r.set(std::ptr::null_mut());
+            }
+        });
     }
 }
 
@@ -197,21 +219,21 @@ impl Vcpu for KvmVcpu {
         {
             let mut target = self.kick.0.lock().unwrap_or_else(|e| e.into_inner());
             if target.is_none() {
-                let immediate_exit = &mut self.fd.get_kvm_run().immediate_exit as *mut u8;
+                KVM_RUN.with(|r| r.set(self.fd.get_kvm_run() as *mut kvm_run));
                 // SAFETY: pthread_self has no preconditions.
-                *target = Some((unsafe { libc::pthread_self() }, immediate_exit as usize));
+                *target = Some(unsafe { libc::pthread_self() });
             }
         }
         let exit = match self.fd.run() {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                // Re-arm: the kick has been seen. (Through the recorded pointer, because
-                // `self.fd` is still borrowed by the match.)
-                if let Some((_, immediate_exit)) =
-                    *self.kick.0.lock().unwrap_or_else(|e| e.into_inner())
-                {
-                    // SAFETY: points into this vCPU's kvm_run mapping, alive with `self`.
-                    unsafe { std::ptr::write_volatile(immediate_exit as *mut u8, 0) };
+                // Re-arm: the kick has been seen. This thread is the only writer of its
+                // kvm_run outside KVM_RUN (its signal handler runs on it too); the pointer
+                // is the thread's own because `self.fd` is still borrowed by the match.
+                let run = KVM_RUN.with(Cell::get);
+                if !run.is_null() {
+                    // SAFETY: this thread's vCPU's kvm_run mapping, alive with `self`.
+                    unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(0) };
                 }
                 return Ok(VcpuExit::Interrupted);
             }
