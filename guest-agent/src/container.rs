@@ -8,6 +8,7 @@
 //! and chroot into it. The agent keeps running from memory; its open sockets stay.
 
 use hk_agent_protocol::{Root, Setup};
+use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,49 @@ fn mnt(
     })
 }
 
+/// The virtual filesystems a Linux userland expects under `root`: (source, path, type,
+/// flags, options).
+const SPECIALS: [(&str, &str, &str, MsFlags, Option<&str>); 7] = {
+    let nodev = MsFlags::MS_NOSUID
+        .union(MsFlags::MS_NODEV)
+        .union(MsFlags::MS_NOEXEC);
+    [
+        ("proc", "proc", "proc", nodev, None),
+        ("sysfs", "sys", "sysfs", nodev, None),
+        (
+            "devtmpfs",
+            "dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        ),
+        (
+            "devpts",
+            "dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+            Some("ptmxmode=0666,mode=0620,gid=5"),
+        ),
+        ("shm", "dev/shm", "tmpfs", nodev, Some("mode=1777")),
+        ("mqueue", "dev/mqueue", "mqueue", nodev, None),
+        ("cgroup2", "sys/fs/cgroup", "cgroup2", nodev, None),
+    ]
+};
+
+/// Mounts [`SPECIALS`] under `root`; returns what failed (one already there is no failure).
+pub fn mount_specials(root: &Path) -> Vec<String> {
+    SPECIALS
+        .iter()
+        .filter_map(|&(source, target, fstype, flags, data)| {
+            match mnt(source, &root.join(target), Some(fstype), flags, data) {
+                Ok(()) => None,
+                Err(e) if e.ends_with(&Errno::EBUSY.to_string()) => None,
+                Err(e) => Some(e),
+            }
+        })
+        .collect()
+}
+
 /// The block device whose virtio serial is `serial`.
 fn disk(serial: &str) -> Result<PathBuf, String> {
     let entries = fs::read_dir("/sys/block").map_err(|e| format!("/sys/block: {e}"))?;
@@ -56,30 +100,8 @@ pub fn setup(setup: &Setup) -> Result<(), String> {
     };
     let stage = Path::new(STAGE);
     let merged = mount_root(root, stage)?;
-    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let specials: [(&str, &str, &str, MsFlags, Option<&str>); 7] = [
-        ("proc", "proc", "proc", nodev, None),
-        ("sysfs", "sys", "sysfs", nodev, None),
-        (
-            "devtmpfs",
-            "dev",
-            "devtmpfs",
-            MsFlags::MS_NOSUID,
-            Some("mode=0755"),
-        ),
-        (
-            "devpts",
-            "dev/pts",
-            "devpts",
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            Some("ptmxmode=0666,mode=0620,gid=5"),
-        ),
-        ("shm", "dev/shm", "tmpfs", nodev, Some("mode=1777")),
-        ("mqueue", "dev/mqueue", "mqueue", nodev, None),
-        ("cgroup2", "sys/fs/cgroup", "cgroup2", nodev, None),
-    ];
-    for (source, target, fstype, flags, data) in specials {
-        mnt(source, &merged.join(target), Some(fstype), flags, data)?;
+    if let Some(e) = mount_specials(&merged).into_iter().next() {
+        return Err(e);
     }
     etc_files(setup, stage, &merged, root.upper.is_some())?;
     switch_root(&merged)

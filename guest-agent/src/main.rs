@@ -176,43 +176,22 @@ fn serve(started_ns: u64, ctl: Option<ControlPage>) -> String {
     }
 }
 
-/// Mount failures are reported, not fatal: a container whose image lacks /run still
-/// deserves to run its command.
+/// Mount failures are reported, not fatal: a command run from the kernel command line still
+/// deserves to run without, say, cgroups.
 fn mount_basics() {
-    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 7] = [
-        ("proc", "/proc", "proc", nodev, None),
-        ("sysfs", "/sys", "sysfs", nodev, None),
-        (
-            "devtmpfs",
-            "/dev",
-            "devtmpfs",
-            MsFlags::MS_NOSUID,
-            Some("mode=0755"),
-        ),
-        (
-            "devpts",
-            "/dev/pts",
-            "devpts",
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-        ),
-        ("shm", "/dev/shm", "tmpfs", nodev, Some("mode=1777")),
-        (
-            "run",
-            "/run",
-            "tmpfs",
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=0755"),
-        ),
-        ("cgroup2", "/sys/fs/cgroup", "cgroup2", nodev, None),
-    ];
-    for (source, target, fstype, flags, data) in mounts {
-        let _ = fs::create_dir_all(target);
-        match mount(Some(source), target, Some(fstype), flags, data) {
-            Ok(()) | Err(Errno::EBUSY) => {}
-            Err(err) => eprintln!("hk-agent: mount {fstype} on {target}: {err}"),
-        }
+    let mut failed = hk_agent::container::mount_specials(std::path::Path::new("/"));
+    let _ = fs::create_dir_all("/run");
+    if let Err(e) = mount(
+        Some("run"),
+        "/run",
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    ) {
+        failed.push(format!("mount tmpfs on /run: {e}"));
+    }
+    for e in failed {
+        eprintln!("hk-agent: {e}");
     }
 }
 

@@ -99,7 +99,7 @@ const CASES: &[(&str, &str)] = &[
          echo $? >>exec.$i) & done; wait_execs() { for i in $(seq 1 20); do \
          while [ $(wc -l <exec.$i 2>/dev/null || echo 0) -lt 2 ]; do sleep 0.2; done; done; }; \
          wait_execs; cat $(for i in $(seq 1 20); do echo exec.$i; done); \
-         $hk exec c1 pkill sleep; wait; cat c1.main; echo main-status=$(cat c1.status); \
+         $hk exec c1 killall sleep; wait; cat c1.main; echo main-status=$(cat c1.status); \
          $hk exec c1 true; echo exec-after=$?",
     ),
     (

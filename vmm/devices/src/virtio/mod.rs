@@ -18,7 +18,7 @@ pub mod worker;
 use crate::{GuestMemory, Interrupt};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 pub use worker::{Events, Served};
 
 /// Feature bit every modern device offers and every modern driver must accept.
@@ -104,6 +104,35 @@ impl VirtioInterrupt {
 
     fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+}
+
+/// Serves up to `budget` chains of a request queue: `handle` answers each with its used
+/// length. A used ring outside guest memory means the queue is broken: serving stops
+/// rather than spins on it.
+pub(crate) fn serve_queue(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    budget: usize,
+    mut handle: impl FnMut(DescriptorChain<&GuestMemory>) -> u32,
+) -> Served {
+    let mut used = false;
+    let mut left = budget;
+    while left > 0 {
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            break;
+        };
+        let head = chain.head_index();
+        let len = handle(chain);
+        if queue.add_used(mem, head, len).is_err() {
+            break;
+        }
+        used = true;
+        left -= 1;
+    }
+    Served {
+        notify: used && queue.needs_notification(mem).unwrap_or(true),
+        more: left == 0,
     }
 }
 

@@ -5,12 +5,14 @@
 
 mod request;
 
-use super::{read_config_bytes, DeviceWorker, Events, Served, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{
+    read_config_bytes, serve_queue, DeviceWorker, Events, Served, VirtioDevice, VIRTIO_F_VERSION_1,
+};
 use crate::GuestMemory;
 use std::fs::File;
 use std::path::Path;
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 
 const VIRTIO_ID_BLOCK: u32 = 2;
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
@@ -149,30 +151,14 @@ impl DeviceWorker for BlockWorker {
         let Some(queue) = queues.first_mut() else {
             return Served::default();
         };
-        let mut used = false;
-        let mut budget = BUDGET;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
+        serve_queue(queue, mem, BUDGET, |chain| {
             let mut descriptors = std::mem::take(&mut self.descriptors);
             descriptors.clear();
             descriptors.extend(chain);
             let len = request::handle(&descriptors, self, mem);
             self.descriptors = descriptors;
-            // A used ring outside guest memory means the queue is broken: stop serving it
-            // rather than spin on it.
-            if queue.add_used(mem, head, len).is_err() {
-                break;
-            }
-            used = true;
-            budget -= 1;
-            if budget == 0 {
-                break;
-            }
-        }
-        Served {
-            notify: used && queue.needs_notification(mem).unwrap_or(true),
-            more: budget == 0,
-        }
+            len
+        })
     }
 }
 

@@ -1,9 +1,9 @@
 //! virtio-rng (virtio 1.x §5.4): fills the guest's write-only buffers from the host's
 //! getrandom(2), so a guest has entropy at boot without waiting for jitter.
 
-use super::{DeviceWorker, Events, Served, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{serve_queue, DeviceWorker, Events, Served, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::GuestMemory;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::Bytes;
 
 const VIRTIO_ID_RNG: u32 = 4;
@@ -81,10 +81,7 @@ impl DeviceWorker for RngWorker {
         let Some(queue) = queues.first_mut() else {
             return Served::default();
         };
-        let mut used = false;
-        let mut budget = BUDGET;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
+        serve_queue(queue, mem, BUDGET, |chain| {
             let mut written: u32 = 0;
             for desc in chain.writable() {
                 let room = MAX_BYTES_PER_REQUEST - written as usize;
@@ -100,19 +97,8 @@ impl DeviceWorker for RngWorker {
                 }
                 written += len as u32;
             }
-            if queue.add_used(mem, head, written).is_err() {
-                break;
-            }
-            used = true;
-            budget -= 1;
-            if budget == 0 {
-                break;
-            }
-        }
-        Served {
-            notify: used && queue.needs_notification(mem).unwrap_or(true),
-            more: budget == 0,
-        }
+            written
+        })
     }
 }
 
