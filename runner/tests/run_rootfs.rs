@@ -103,6 +103,17 @@ const CASES: &[(&str, &str)] = &[
          $hk exec c1 true; echo exec-after=$?",
     ),
     (
+        "sigterm",
+        "$run -- sh -c 'trap \"echo got-term; exit 3\" TERM; echo ready; sleep 100 & wait' \
+         >sigterm.log 2>&1 & hk=$!; n=0; until grep -q ready sigterm.log || [ $n -ge 600 ]; \
+         do sleep 0.2; n=$((n+1)); done; kill -TERM $hk; wait $hk; echo status=$?; cat sigterm.log",
+    ),
+    (
+        "kernel-panic",
+        "printf '#!/nonexistent\\n' >/tmp/bad-agent; chmod +x /tmp/bad-agent; \
+         HK_AGENT=/tmp/bad-agent $run -- true",
+    ),
+    (
         "flood",
         "rm -f /tmp/flood.fifo; mkfifo /tmp/flood.fifo; (exec 3</tmp/flood.fifo; sleep 25) & reader=$!; \
          $run --memory 128m -- cat /dev/zero >/tmp/flood.fifo & hk=$!; sleep 15; \
@@ -299,6 +310,24 @@ fn twenty_concurrent_execs_into_one_vm_each_get_their_own_output_and_status() {
     assert!(
         c.out.contains("exec-after=125"),
         "the container is gone: {c:?}"
+    );
+}
+
+#[test]
+fn sigterm_to_hk_reaches_the_process() {
+    let c = case("sigterm");
+    assert!(c.out.contains("got-term"), "{c:?}");
+    assert!(c.out.contains("status=3"), "{c:?}");
+}
+
+#[test]
+fn a_kernel_panic_before_the_agent_shows_the_kernels_last_lines() {
+    let c = case("kernel-panic");
+    assert_eq!(c.status, 125, "{c:?}");
+    assert!(c.err.contains("the guest kernel panicked"), "{c:?}");
+    assert!(
+        c.err.contains("Kernel panic"),
+        "the console log's tail: {c:?}"
     );
 }
 
