@@ -9,24 +9,58 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// hk-agent: `HK_AGENT`, else next to hk, else where a cargo build of this repository puts
-/// the static agent (`cargo build --profile agent --target x86_64-unknown-linux-gnu`).
+/// hk-agent: `HK_AGENT`, else where a cargo build of this repository puts the static agent
+/// (`cargo build --profile agent --target x86_64-unknown-linux-gnu`), else an installed one
+/// (`<prefix>/lib/hk/hk-agent` beside `<prefix>/bin/hk`). Not the `hk-agent` cargo builds
+/// next to hk for the host: that one is dynamically linked, and the initramfs has no libc.
 fn agent_binary() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("HK_AGENT") {
-        return Ok(PathBuf::from(path));
+    let path = match std::env::var_os("HK_AGENT") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let exe = std::env::current_exe().context("locate the hk binary")?;
+            let dir = exe.parent().context("hk has no directory")?;
+            let candidates = [
+                dir.join("../x86_64-unknown-linux-gnu/agent/hk-agent"),
+                dir.join("../../x86_64-unknown-linux-gnu/agent/hk-agent"),
+                dir.join("../lib/hk/hk-agent"),
+            ];
+            candidates.into_iter().find(|p| p.is_file()).context(
+                "hk-agent is missing: build it static with RUSTFLAGS=\"-C target-feature=+crt-static\" \
+                 cargo build --profile agent -p hk-guest-agent --target x86_64-unknown-linux-gnu, \
+                 or set HK_AGENT",
+            )?
+        }
+    };
+    if needs_interpreter(&path) {
+        bail!(
+            "{} is dynamically linked, and the VM's initramfs has no libc: build it static with \
+             RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --profile agent \
+             -p hk-guest-agent --target x86_64-unknown-linux-gnu",
+            path.display()
+        );
     }
-    let exe = std::env::current_exe().context("locate the hk binary")?;
-    let dir = exe.parent().context("hk has no directory")?;
-    let candidates = [
-        dir.join("hk-agent"),
-        dir.join("../x86_64-unknown-linux-gnu/agent/hk-agent"),
-        dir.join("../../x86_64-unknown-linux-gnu/agent/hk-agent"),
-    ];
-    candidates.into_iter().find(|p| p.is_file()).context(
-        "hk-agent is missing: build it static with RUSTFLAGS=\"-C target-feature=+crt-static\" \
-         cargo build --profile agent -p hk-guest-agent --target x86_64-unknown-linux-gnu, \
-         or set HK_AGENT",
-    )
+    Ok(path)
+}
+
+/// Whether an ELF executable names a program interpreter (PT_INTERP): a dynamically linked
+/// one. Anything unreadable or not ELF64 is left for the kernel to judge.
+fn needs_interpreter(path: &Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut header = [0u8; 64];
+    if file.read_exact_at(&mut header, 0).is_err() || &header[..5] != b"\x7fELF\x02" {
+        return false;
+    }
+    let u16_at = |b: &[u8], i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+    let phoff = u64::from_le_bytes(header[32..40].try_into().expect("8 bytes"));
+    let (phentsize, phnum) = (u16_at(&header, 54), u16_at(&header, 56));
+    (0..u64::from(phnum)).any(|i| {
+        let mut kind = [0u8; 4];
+        file.read_exact_at(&mut kind, phoff + i * u64::from(phentsize))
+            .is_ok_and(|()| u32::from_le_bytes(kind) == 3)
+    })
 }
 
 /// The agent's initramfs (an uncompressed newc cpio: nothing to unpack at boot but a copy),
@@ -168,4 +202,19 @@ fn convert_dir(root: &Path, out: &Path) -> anyhow::Result<()> {
     produced.with_context(|| format!("cannot read {}", root.display()))?;
     converted.with_context(|| format!("cannot convert {} to ext4", root.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::needs_interpreter;
+    use std::path::Path;
+
+    #[test]
+    fn a_dynamically_linked_program_is_told_from_a_static_one() {
+        // This test binary is dynamically linked; Debian's busybox-static (scripts/setup
+        // installs it) is not.
+        assert!(needs_interpreter(&std::env::current_exe().unwrap()));
+        assert!(!needs_interpreter(Path::new("/bin/busybox")));
+        assert!(!needs_interpreter(Path::new("/etc/passwd")));
+    }
 }
