@@ -145,13 +145,39 @@ fn mount_root(root: &Root, stage: &Path) -> Result<PathBuf, String> {
                 Some(&options),
             )?;
         }
-        None => mnt(
-            &lower.to_string_lossy(),
-            &merged,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_RDONLY,
-            None,
-        )?,
+        None => {
+            // A read-only root still needs its mount points (/proc, /dev, the /etc files),
+            // which the image may lack: a small scaffold of them lies over the image as a
+            // second lower layer of an overlay that has no upper, which makes it read-only.
+            let scaffold = stage.join("scaffold");
+            mnt(
+                "hk-scaffold",
+                &scaffold,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some("mode=0755,size=1m"),
+            )?;
+            for dir in ["proc", "sys", "dev", "etc"] {
+                if !lower.join(dir).is_dir() {
+                    fs::create_dir(scaffold.join(dir)).map_err(|e| format!("scaffold: {e}"))?;
+                }
+            }
+            for file in ["etc/hostname", "etc/hosts", "etc/resolv.conf"] {
+                if !lower.join(file).is_file() {
+                    fs::create_dir_all(scaffold.join("etc"))
+                        .and_then(|()| fs::write(scaffold.join(file), b""))
+                        .map_err(|e| format!("scaffold: {e}"))?;
+                }
+            }
+            let options = format!("lowerdir={}:{}", scaffold.display(), lower.display());
+            mnt(
+                "overlay",
+                &merged,
+                Some("overlay"),
+                MsFlags::MS_RDONLY,
+                Some(&options),
+            )?;
+        }
     }
     Ok(merged)
 }

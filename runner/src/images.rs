@@ -132,7 +132,7 @@ pub fn image(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn store() -> anyhow::Result<Store> {
+pub(crate) fn store() -> anyhow::Result<Store> {
     let root = Store::default_root();
     let store = Store::open(&root)
         .with_context(|| format!("cannot open the image store {}", root.display()))?;
@@ -159,55 +159,88 @@ pub fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
         convert: !args.no_convert,
     };
     let store = store()?;
+    pull_with_progress(&store, &reference, &opts, args.quiet, false)?;
+    println!("{}", reference.canonical());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Pulls with docker's progress output: on stdout for `hk pull`, on stderr for `hk run`,
+/// whose stdout is the container's.
+pub(crate) fn pull_with_progress(
+    store: &Store,
+    reference: &ImageRef,
+    opts: &PullOptions,
+    quiet: bool,
+    to_stderr: bool,
+) -> anyhow::Result<Image> {
     let before = store
         .resolve(&reference.canonical())
         .ok()
         .map(|i| i.manifest);
-    let renderer = Renderer::new(args.quiet);
-    if !args.quiet {
-        let tag = match reference.digest() {
-            Some(d) => d.to_string(),
-            None => reference.tag().unwrap_or("latest").to_string(),
-        };
-        println!("{tag}: Pulling from {}", reference.familiar_name());
-    }
-    let image = runtime()?.block_on(hk_image::pull(&store, &reference, &opts, &renderer));
+    let renderer = Renderer::new(quiet, to_stderr);
+    let tag = match reference.digest() {
+        Some(d) => d.to_string(),
+        None => reference.tag().unwrap_or("latest").to_string(),
+    };
+    renderer.say(&format!(
+        "{tag}: Pulling from {}",
+        reference.familiar_name()
+    ));
+    let image = runtime()?.block_on(hk_image::pull(store, reference, opts, &renderer));
     renderer.finish();
     let image = image?;
-    if !args.quiet {
-        if let Some(d) = image.repo_digests.first().and_then(|d| d.split_once('@')) {
-            println!("Digest: {}", d.1);
-        }
-        if before.as_ref() == Some(&image.manifest) {
-            println!("Status: Image is up to date for {reference}");
-        } else {
-            println!("Status: Downloaded newer image for {reference}");
-        }
+    if let Some(d) = image.repo_digests.first().and_then(|d| d.split_once('@')) {
+        renderer.say(&format!("Digest: {}", d.1));
     }
-    println!("{}", reference.canonical());
-    Ok(ExitCode::SUCCESS)
+    if before.as_ref() == Some(&image.manifest) {
+        renderer.say(&format!("Status: Image is up to date for {reference}"));
+    } else {
+        renderer.say(&format!("Status: Downloaded newer image for {reference}"));
+    }
+    Ok(image)
 }
 
 /// Pull progress: a bar per layer on a terminal, docker's plain status lines otherwise.
 struct Renderer {
     quiet: bool,
+    to_stderr: bool,
     bars: Option<MultiProgress>,
     layers: Mutex<HashMap<Digest, (ProgressBar, u64)>>,
 }
 
 impl Renderer {
-    fn new(quiet: bool) -> Renderer {
-        let bars = (!quiet && std::io::stdout().is_terminal()).then(MultiProgress::new);
+    fn new(quiet: bool, to_stderr: bool) -> Renderer {
+        let terminal = if to_stderr {
+            std::io::stderr().is_terminal()
+        } else {
+            std::io::stdout().is_terminal()
+        };
+        let bars = (!quiet && terminal).then(MultiProgress::new);
         Renderer {
             quiet,
+            to_stderr,
             bars,
             layers: Mutex::new(HashMap::new()),
         }
     }
 
+    /// A line of progress, unless quiet.
+    fn say(&self, line: &str) {
+        if self.quiet {
+            return;
+        }
+        match &self.bars {
+            Some(m) => {
+                let _ = m.println(line);
+            }
+            None if self.to_stderr => eprintln!("{line}"),
+            None => println!("{line}"),
+        }
+    }
+
     fn line(&self, layer: &Digest, status: &str) {
-        if !self.quiet && self.bars.is_none() {
-            println!("{}: {status}", layer.short());
+        if self.bars.is_none() {
+            self.say(&format!("{}: {status}", layer.short()));
         }
     }
 
@@ -224,13 +257,7 @@ impl Progress for Renderer {
     fn event(&self, event: Event<'_>) {
         match event {
             Event::Resolved { .. } => {}
-            Event::Converting => match &self.bars {
-                Some(m) => {
-                    let _ = m.println("Building root filesystem");
-                }
-                None if !self.quiet => println!("Building root filesystem"),
-                None => {}
-            },
+            Event::Converting => self.say("Building root filesystem"),
             Event::Exists { layer } => {
                 if let Some(m) = &self.bars {
                     let bar = m.add(ProgressBar::new(0));
@@ -276,7 +303,7 @@ impl Progress for Renderer {
 }
 
 /// docker's byte sizes: decimal units, three significant digits.
-fn human_size(bytes: u64) -> String {
+pub(crate) fn human_size(bytes: u64) -> String {
     let units = ["B", "kB", "MB", "GB", "TB"];
     let mut v = bytes as f64;
     let mut u = 0;
@@ -469,7 +496,7 @@ pub fn images(args: ImagesArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_table(rows: &[Vec<String>]) {
+pub(crate) fn print_table(rows: &[Vec<String>]) {
     let cols = rows.first().map_or(0, Vec::len);
     let widths: Vec<usize> = (0..cols)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))

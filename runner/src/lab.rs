@@ -5,6 +5,7 @@
 
 use crate::host::Kvm;
 use anyhow::{bail, Context};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -15,7 +16,8 @@ const IN_LAB_ENV: &str = "HK_IN_LAB";
 /// command run inside the lab. `writable` are paths the command writes (disk images, the
 /// data directory); the lab shares them read-write, everything else is read-only there.
 pub fn run_in_lab_if_needed(writable: &[PathBuf]) -> Option<anyhow::Result<ExitCode>> {
-    needed().then(|| run_in_lab(writable))
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    needed().then(|| run_in_lab(writable, &args))
 }
 
 /// Whether a VM started here would run in the lab.
@@ -23,7 +25,8 @@ pub fn needed() -> bool {
     std::env::var_os(IN_LAB_ENV).is_none() && Kvm::detect() == Kvm::Pvm
 }
 
-fn run_in_lab(writable: &[PathBuf]) -> anyhow::Result<ExitCode> {
+/// Runs `hk ARGS` in the lab.
+pub fn run_in_lab(writable: &[PathBuf], args: &[OsString]) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("locate the hk binary")?;
     let lab = find_lab(&exe)?;
     eprintln!(
@@ -34,10 +37,7 @@ fn run_in_lab(writable: &[PathBuf]) -> anyhow::Result<ExitCode> {
     for dir in share_dirs(writable) {
         cmd.arg("--share").arg(dir);
     }
-    cmd.arg("--")
-        .arg(&exe)
-        .args(std::env::args_os().skip(1))
-        .env(IN_LAB_ENV, "1");
+    cmd.arg("--").arg(&exe).args(args).env(IN_LAB_ENV, "1");
     let status = cmd
         .status()
         .with_context(|| format!("run {}", lab.display()))?;

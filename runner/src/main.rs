@@ -1,12 +1,15 @@
 //! `hk`: the command line of hk. It is the only place where errors become text for a person
 //! (anyhow at this edge, thiserror in the libraries below) and where exit codes are chosen.
 
+mod container;
 mod host;
 mod images;
 mod info;
 mod initramfs;
 mod lab;
+mod lifecycle;
 mod run;
+mod supervisor;
 mod term;
 mod vm;
 
@@ -30,6 +33,27 @@ enum Command {
     Run(run::RunArgs),
     /// Run a command in a running container
     Exec(run::ExecArgs),
+    /// List containers
+    Ps(lifecycle::PsArgs),
+    /// Start one or more stopped containers
+    Start(run::StartArgs),
+    /// Stop one or more running containers
+    Stop(lifecycle::StopArgs),
+    /// Restart one or more containers
+    Restart(lifecycle::StopArgs),
+    /// Send a signal to one or more running containers
+    Kill(lifecycle::KillArgs),
+    /// Remove one or more containers
+    Rm(lifecycle::RmArgs),
+    /// Fetch the logs of a container
+    Logs(lifecycle::LogsArgs),
+    /// Display detailed information on one or more containers
+    Inspect(lifecycle::NamesArgs),
+    /// Block until one or more containers stop, then print their exit codes
+    Wait(lifecycle::NamesArgs),
+    /// Manage containers
+    #[command(subcommand)]
+    Container(lifecycle::ContainerCommand),
     /// Show where hk finds its kernel and whether this host can run VMs
     Info(info::Args),
     /// Download an image from a registry
@@ -59,6 +83,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Exec(args) => run::exec(args),
+        Command::Ps(args) => lifecycle::ps(args),
+        Command::Start(args) => run::start(args),
+        Command::Stop(args) => lifecycle::stop(args),
+        Command::Restart(args) => lifecycle::restart(args),
+        Command::Kill(args) => lifecycle::kill(args),
+        Command::Rm(args) => lifecycle::rm(args),
+        Command::Logs(args) => lifecycle::logs(args),
+        Command::Inspect(args) => lifecycle::inspect(args),
+        Command::Wait(args) => lifecycle::wait(args),
+        Command::Container(cmd) => lifecycle::container(cmd),
         Command::Info(args) => info::run(args),
         Command::Pull(args) => images::pull(args),
         Command::Images(args) => images::images(args),

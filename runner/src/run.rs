@@ -1,60 +1,114 @@
-//! `hk run --rootfs DIR|FILE.ext4 -- CMD...`: one container in one microVM, in the
-//! foreground. The root filesystem is an ext4 image attached read-only (a directory is
-//! converted first, with hk's own ext4 writer), under an overlay whose upper layer is a
-//! fresh, sparse, writable ext4 disk; hk-agent, PID 1 in the guest, runs the command and
-//! hk passes its stdio, signals, terminal and exit status through.
+//! `hk run`, `hk start`, `hk exec`: containers as microVMs, with docker's flags. `run`
+//! creates a container from an image (or from `--rootfs DIR|FILE.ext4`), then supervises
+//! it in the foreground or starts a detached supervisor (`-d`); see `supervisor` for what
+//! runs the VM and `container` for what is kept on disk.
 
-use crate::host::{self, Kvm};
-use crate::term::{self, RawTerminal};
-use crate::vm::{parse_memory, CONSOLE_LOG_MAX};
+use crate::container::spec::{self, ImageDefaults, Overrides};
+use crate::container::{self, Config, Container};
+use crate::supervisor::{self, ProcessIo, Stdio, Timings, MIN_MEMORY_MIB};
+use crate::vm::parse_memory;
 use anyhow::{bail, Context};
-use hk_agent_protocol::{
-    Client, Connector, ErrorKind, ExitStatus, ProcessSpec, Root, Setup, WindowSize, DEFAULT_PATH,
-    HOST_PORT,
-};
-use hk_vmm::console::{tail, RotatingLog};
-use hk_vmm::{Disk, GuestExit, Outcome, Vm, VmConfig, VsockConfig, VsockHost};
-use nix::sys::signal::{SigSet, Signal};
-use std::io::{IsTerminal, Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use hk_agent_protocol::ProcessSpec;
+use hk_image::{ImageRef, Platform, PullOptions};
+use std::ffi::OsString;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// The container's root filesystem: a directory (converted to ext4 by hk) or an ext4
-    /// image file
+    /// Boot this root filesystem instead of an image's: a directory (converted to ext4 by
+    /// hk) or an ext4 image file; then every argument is the command
     #[arg(long, value_name = "DIR|FILE.ext4")]
-    rootfs: PathBuf,
-    /// Name the container (for `hk exec`); default: the first 12 characters of its ID
+    rootfs: Option<PathBuf>,
+    /// Assign a name to the container
     #[arg(long)]
     name: Option<String>,
-    /// Container host name (default: the first 12 characters of its ID)
+    /// Run the container in the background and print its ID
+    #[arg(short, long)]
+    detach: bool,
+    /// Remove the container when it exits
     #[arg(long)]
+    rm: bool,
+    /// Overwrite the image's ENTRYPOINT ("" clears it)
+    #[arg(long, value_name = "COMMAND", allow_hyphen_values = true)]
+    entrypoint: Option<String>,
+    /// Read environment variables from a file (KEY=VALUE lines)
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_file: Vec<PathBuf>,
+    /// Container host name (default: the first 12 characters of its ID)
+    #[arg(long, short = 'h')]
     hostname: Option<String>,
     /// Number of vCPUs
     #[arg(long, default_value_t = 1)]
     cpus: u32,
     /// Guest memory (512m, 1g)
-    #[arg(long, default_value = "512m")]
+    #[arg(short, long, default_value = "512m")]
     memory: String,
+    /// Mount the container's root filesystem read-only (no writable layer)
+    #[arg(long)]
+    read_only: bool,
+    /// Set metadata on the container (KEY=VALUE)
+    #[arg(short, long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Pull the image before running: missing, always or never
+    #[arg(long, default_value = "missing", value_parser = ["missing", "always", "never"])]
+    pull: String,
+    /// Use the image for this platform (os/arch[/variant])
+    #[arg(long)]
+    platform: Option<String>,
+    /// Write the container ID to this file
+    #[arg(long, value_name = "FILE")]
+    cidfile: Option<PathBuf>,
+    /// Print where the time went (image lookup, VM setup, boot, process, shutdown)
+    #[arg(long)]
+    timings: bool,
     #[command(flatten)]
-    process: ProcessArgs,
+    process: ProcessFlags,
+    /// The image, then the command and its arguments (with --rootfs: only the command)
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required = true,
+        value_name = "IMAGE [COMMAND [ARG...]]"
+    )]
+    args: Vec<String>,
 }
 
 #[derive(clap::Args)]
 pub struct ExecArgs {
-    /// The container, by name or ID
-    container: String,
     #[command(flatten)]
-    process: ProcessArgs,
+    process: ProcessFlags,
+    /// Detached mode: run the command in the background
+    #[arg(short, long)]
+    detach: bool,
+    /// The container (name or ID), then the command and its arguments
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required = true,
+        num_args = 2..,
+        value_name = "CONTAINER COMMAND [ARG...]"
+    )]
+    args: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct StartArgs {
+    /// Attach the container's output (and with -i its input) and wait for it
+    #[arg(short, long)]
+    attach: bool,
+    /// Attach the container's stdin
+    #[arg(short, long)]
+    interactive: bool,
+    #[arg(required = true, value_name = "CONTAINER")]
+    containers: Vec<String>,
 }
 
 /// What `run` and `exec` say about the process, as docker's flags.
 #[derive(clap::Args)]
-pub struct ProcessArgs {
+pub struct ProcessFlags {
     /// Keep stdin open and pass it to the command
     #[arg(short, long)]
     interactive: bool,
@@ -70,511 +124,427 @@ pub struct ProcessArgs {
     /// User (name or UID) and optionally group, as in the container's /etc/passwd
     #[arg(short, long, value_name = "USER[:GROUP]")]
     user: Option<String>,
-    /// The command and its arguments (after `--` when an argument could be taken for an
-    /// option of hk's)
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        required = true,
-        value_name = "CMD"
-    )]
-    command: Vec<String>,
 }
-
-/// Exit statuses of docker run when the command cannot be run.
-const EXIT_NOT_FOUND: u8 = 127;
-const EXIT_NOT_EXECUTABLE: u8 = 126;
-/// How long the guest may take to boot and say hello; the nested lab is slow.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(120);
-/// The guest's vsock context ID; each VM has its own vsock device, so all may use 3.
-const GUEST_CID: u64 = 3;
-/// Size of the container's writable layer: a sparse file, so it costs what is written.
-const UPPER_BYTES: u64 = 16 << 30;
-const UPPER_INODES: u32 = 1 << 20;
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
+    let mut timings = Timings::new(start);
     let memory_mib = parse_memory(&args.memory)?;
-    if let Some(name) = &args.name {
-        check_name(name)?;
+    if memory_mib < MIN_MEMORY_MIB {
+        bail!(
+            "--memory {} is too small for the guest kernel: give at least {MIN_MEMORY_MIB}m",
+            args.memory
+        );
     }
-    // What can be prepared on the host is, before a hop into the nested lab: the lab sees
-    // the host's files read-only, and emulation makes everything there slow.
-    let initrd = crate::initramfs::agent_initramfs()?;
-    let lower = crate::initramfs::rootfs_image(&args.rootfs)?;
-    if crate::lab::needed() {
-        if args.process.interactive {
+    if args.cpus == 0 || args.cpus > 255 {
+        bail!("--cpus {}: give a number of vCPUs from 1 to 255", args.cpus);
+    }
+    if let Some(name) = &args.name {
+        container::check_name(name)?;
+    }
+    let in_lab = crate::lab::needed();
+    if in_lab && args.detach {
+        bail!(
+            "-d needs a host with hardware KVM: in the nested lab a VM ends with the hk \
+             command that started it; run in the foreground"
+        );
+    }
+    if in_lab && args.process.interactive {
+        bail!(
+            "-i cannot reach a container in the nested lab, which forwards no input; \
+             use a host with hardware KVM"
+        );
+    }
+    if let Some(f) = &args.cidfile {
+        if f.exists() {
             bail!(
-                "-i cannot reach a container in the nested lab, which forwards no input; \
-                 use a host with hardware KVM"
+                "container ID file {} already exists: remove it first",
+                f.display()
             );
         }
-        if let Some(result) = crate::lab::run_in_lab_if_needed(&[]) {
-            return result;
-        }
     }
-    match Kvm::detect() {
-        Kvm::Hardware => {}
-        kvm => bail!("{}", kvm.explain()),
+    let mut labels = std::collections::BTreeMap::new();
+    for l in &args.labels {
+        let (k, v) = l.split_once('=').unwrap_or((l, ""));
+        labels.insert(k.to_string(), v.to_string());
     }
-    let kernel = host::guest_kernel()
-        .context("no guest kernel: build one with kernel/build.sh guest (or set HK_KERNEL)")?;
 
-    let id = container_id();
-    let state = StateDir::create(args.name.as_deref().unwrap_or(&id[..12]))?;
-    let upper = state.path.join("upper.ext4");
-    empty_ext4(&upper)?;
-    let console_log = state.path.join("console.log");
-    let console = RotatingLog::open(&console_log, CONSOLE_LOG_MAX)
-        .with_context(|| format!("cannot create {}", console_log.display()))?;
-    let vm = Vm::new(VmConfig {
-        kernel,
-        initrd: Some(initrd),
-        cmdline: "console=ttyS0 quiet".into(),
-        cpus: args.cpus,
-        memory_mib,
-        disks: vec![
-            Disk {
-                path: lower,
-                read_only: true,
-                serial: "hk-lower".into(),
-            },
-            Disk {
-                path: upper,
-                read_only: false,
-                serial: "hk-upper".into(),
-            },
-        ],
-        rng: true,
-        vsock: Some(VsockConfig {
-            guest_cid: GUEST_CID,
-            uds: Some(state.path.join("vsock.sock")),
-        }),
-        console: Box::new(std::io::LineWriter::new(console)),
-        console_input: None,
-        start,
-    })?;
-    let vsock = vm.vsock().expect("the VM has a vsock device");
-    let stopper = vm.stop_handle();
-    let hello = vsock.listen(HOST_PORT)?;
-    // Signals for the container are taken by a thread of hk's (sigwait), so they must be
-    // blocked before any thread starts: threads inherit the mask.
-    let forwarded = forwarded_signals();
-    forwarded
-        .thread_block()
-        .context("cannot block signals to forward them")?;
-    let running = std::thread::Builder::new()
-        .name("vm".into())
-        .spawn(move || vm.run())?;
-
-    let stream = loop {
-        if running.is_finished() {
-            let outcome = running
-                .join()
-                .map_err(|_| anyhow::anyhow!("the VM thread panicked"))?;
-            return Err(boot_failure(outcome, &console_log));
+    // The image and what it says, or the --rootfs and nothing.
+    let (image_name, image_id, rootfs, defaults, cmd) = match &args.rootfs {
+        Some(path) => {
+            let lower = crate::initramfs::rootfs_image(path)?;
+            let name = path.display().to_string();
+            (
+                name,
+                String::new(),
+                Some(lower),
+                ImageDefaults::default(),
+                &args.args[..],
+            )
         }
-        match hello.accept(Duration::from_millis(50)) {
-            Ok(stream) => break stream,
-            Err(_) if start.elapsed() < HELLO_TIMEOUT => {}
-            Err(_) => {
-                stopper.stop();
-                let _ = running.join();
-                bail!(
-                    "the guest agent did not start within {HELLO_TIMEOUT:?}; kernel log:\n{}",
-                    tail(&console_log, 20).join("\n")
-                );
-            }
+        None => {
+            let (image, rest) = args.args.split_first().expect("clap requires one");
+            let store = crate::images::store()?;
+            let found = find_image(&store, image, &args)?;
+            let config = store.config(&found)?;
+            // Converted now, on this host: the nested lab sees the store read-only.
+            store.rootfs(&found)?;
+            let defaults = ImageDefaults::from_oci(&config);
+            (
+                image.clone(),
+                found.config.to_string(),
+                None,
+                defaults,
+                rest,
+            )
         }
     };
-    let connector: Arc<dyn Connector> = Arc::new(VsockConnector(vsock));
-    let (client, _hello) = hk_agent_protocol::Client::from_hello(stream, connector)?;
+    timings.mark("image lookup");
+    let id = container::new_id();
     let hostname = args
         .hostname
         .clone()
         .unwrap_or_else(|| id[..12].to_string());
-    client.setup(Setup {
-        root: Some(Root {
-            lower: "hk-lower".into(),
-            upper: Some("hk-upper".into()),
-        }),
-        hostname: Some(hostname.clone()),
-        hosts: Some(etc_hosts()),
-        resolv_conf: Some(resolv_conf()),
-    })?;
-
-    let code = run_process(&client, &args.process, "main", Some(&hostname), forwarded);
-    // The container is done either way: end the VM, then clean up.
-    let status = match &code {
-        Ok(code) => u32::from(*code),
-        Err(_) => 1,
-    };
-    let _ = client.shutdown(status);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !running.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
+    let mut env = Vec::new();
+    for f in &args.env_file {
+        env.extend(spec::env_file(f)?);
     }
-    stopper.stop();
-    let _ = running.join();
-    drop(state);
-    code.map(ExitCode::from)
+    env.extend(args.process.env.iter().filter_map(|e| spec::env_flag(e)));
+    let overrides = Overrides {
+        entrypoint: args.entrypoint.as_deref(),
+        cmd,
+        env,
+        workdir: args.process.workdir.as_deref(),
+        user: args.process.user.as_deref(),
+        hostname: &hostname,
+        tty: args.process.tty,
+        open_stdin: args.process.interactive,
+    };
+    let process = spec::process(&defaults, &overrides)?;
+    let (entrypoint, cmd) = spec::command(&defaults, &overrides);
+    let mut all_labels = defaults.labels.clone();
+    all_labels.extend(labels);
+    let c = Container::create(Config {
+        id: id.clone(),
+        name: args.name.clone().unwrap_or_default(),
+        created: container::now(),
+        image: image_name,
+        image_id,
+        rootfs,
+        process,
+        entrypoint,
+        cmd,
+        hostname,
+        labels: all_labels,
+        stop_signal: defaults.stop_signal.clone(),
+        exposed_ports: defaults.exposed_ports.clone(),
+        cpus: args.cpus,
+        memory_mib,
+        read_only: args.read_only,
+        auto_remove: args.rm,
+    })?;
+    if let Some(f) = &args.cidfile {
+        std::fs::write(f, &id).with_context(|| format!("cannot write {}", f.display()))?;
+    }
+    if args.detach {
+        return match start_detached(&c)? {
+            Started::Ok => {
+                println!("{id}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Started::Failed(code) => Ok(ExitCode::from(code)),
+        };
+    }
+    if in_lab {
+        return start_in_lab(&c, args.timings);
+    }
+    let code = supervisor::supervise(
+        &c,
+        Stdio::Attached {
+            interactive: args.process.interactive,
+        },
+        args.timings.then_some(&mut timings),
+    )?;
+    if args.timings {
+        timings.print();
+    }
+    Ok(ExitCode::from(code))
+}
+
+/// The image, pulled as `--pull` says.
+fn find_image(
+    store: &hk_image::Store,
+    name: &str,
+    args: &RunArgs,
+) -> anyhow::Result<hk_image::Image> {
+    let local = store.resolve(name);
+    let missing = matches!(local, Err(hk_image::Error::NotFound(_)));
+    let pull = match args.pull.as_str() {
+        "always" => true,
+        "never" => false,
+        _ => missing,
+    };
+    if !pull {
+        return match local {
+            Err(hk_image::Error::NotFound(_)) => bail!(
+                "image {name} is not here: pull it (hk pull {name}) or check the name \
+                 (hk images)"
+            ),
+            other => Ok(other?),
+        };
+    }
+    let reference = ImageRef::parse(name)?;
+    if missing {
+        eprintln!("Unable to find image '{reference}' locally");
+    }
+    let opts = PullOptions {
+        platform: args
+            .platform
+            .as_deref()
+            .map(str::parse::<Platform>)
+            .transpose()?,
+        tls_verify: None,
+        convert: true,
+    };
+    crate::images::pull_with_progress(store, &reference, &opts, false, true)
+        .with_context(|| format!("cannot pull {name}: check the name, or hk login"))
+}
+
+/// `hk start`: detached supervisors, or one attached.
+pub fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
+    if args.attach || args.interactive {
+        let [one] = &args.containers[..] else {
+            bail!("you cannot start and attach multiple containers at once");
+        };
+        let c = Container::find(one)?;
+        if c.is_running() {
+            bail!("container {one} is already running");
+        }
+        if crate::lab::needed() {
+            if args.interactive {
+                bail!("-i cannot reach a container in the nested lab, which forwards no input");
+            }
+            return start_in_lab(&c, false);
+        }
+        let code = supervisor::supervise(
+            &c,
+            Stdio::Attached {
+                interactive: args.interactive,
+            },
+            None,
+        )?;
+        return Ok(ExitCode::from(code));
+    }
+    if crate::lab::needed() {
+        bail!(
+            "a detached container needs a host with hardware KVM: in the nested lab a VM ends \
+             with the hk command that started it; use hk start -a"
+        );
+    }
+    let mut failed = false;
+    for name in &args.containers {
+        let result = Container::find(name).and_then(|c| {
+            if c.is_running() {
+                return Ok(Started::Ok);
+            }
+            start_detached(&c)
+        });
+        match result {
+            Ok(Started::Ok) => println!("{name}"),
+            Ok(Started::Failed(_)) => failed = true,
+            Err(e) => {
+                eprintln!("hk: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(crate::EXIT_RUNNER_ERROR)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub enum Started {
+    Ok,
+    /// The process could not start; its error was printed; hk exits with this code.
+    Failed(u8),
+}
+
+/// Starts `hk container supervise ID` in a session of its own and waits until it says the
+/// main process runs (or why not).
+pub fn start_detached(c: &Container) -> anyhow::Result<Started> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("locate the hk binary")?;
+    let (reader, writer) = std::io::pipe().context("cannot make a pipe")?;
+    let log_path = c.dir.join("supervisor.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["container", "supervise", &c.config.id])
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; the supervisor leaves hk's session and
+    // terminal, so closing the terminal does not end the container.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .context("cannot start the container's supervisor")?;
+    drop(cmd);
+    let mut lines = std::io::BufReader::new(reader).lines();
+    let mut error = None;
+    while let Some(Ok(line)) = lines.next() {
+        if line == "ok" {
+            // The supervisor lives on, on its own; reaped by init when it ends.
+            std::thread::spawn(move || child.wait());
+            return Ok(Started::Ok);
+        }
+        if let Some(msg) = line.strip_prefix("error ") {
+            error = Some(msg.to_string());
+        }
+        if let Some(code) = line.strip_prefix("exit ") {
+            let _ = child.wait();
+            eprintln!("hk: {}", error.unwrap_or_default());
+            return Ok(Started::Failed(
+                code.parse().unwrap_or(crate::EXIT_RUNNER_ERROR),
+            ));
+        }
+    }
+    let _ = child.wait();
+    let state = c.state();
+    if !state.error.is_empty() {
+        bail!("{}", state.error);
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    bail!(
+        "the container's supervisor ended before the container started: {}",
+        log.trim()
+    )
+}
+
+#[derive(clap::Args)]
+pub struct SuperviseArgs {
+    /// Stay attached to this terminal (the nested lab's side of a foreground run)
+    #[arg(long)]
+    attach: bool,
+    /// Print where the time went
+    #[arg(long)]
+    timings: bool,
+    id: String,
+}
+
+/// `hk container supervise ID`: a container's supervisor; detached unless `--attach`.
+pub fn supervise_command(args: SuperviseArgs) -> anyhow::Result<ExitCode> {
+    use std::os::fd::AsFd;
+    let c = Container::find(&args.id)?;
+    if args.attach {
+        let mut timings = Timings::new(Instant::now());
+        let code = supervisor::supervise(
+            &c,
+            Stdio::Attached { interactive: false },
+            args.timings.then_some(&mut timings),
+        )?;
+        if args.timings {
+            timings.print();
+        }
+        return Ok(ExitCode::from(code));
+    }
+    let ready = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot keep the supervisor's pipe")?;
+    // From here on stdout is nothing: the pipe closes as soon as `ready` is done with it.
+    let null = std::fs::File::options().write(true).open("/dev/null")?;
+    // SAFETY: dup2 onto fd 1; both descriptors are valid.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        libc::dup2(null.as_raw_fd(), 1);
+    }
+    let code = supervisor::supervise(
+        &c,
+        Stdio::Detached {
+            ready: std::fs::File::from(ready),
+        },
+        None,
+    )?;
+    Ok(ExitCode::from(code))
+}
+
+/// A foreground container on a kvm-pvm host: the VM runs in the nested lab, on the
+/// container made here; the lab writes its state and layer back through a share.
+fn start_in_lab(c: &Container, timings: bool) -> anyhow::Result<ExitCode> {
+    // What can be prepared on the host is, before the hop: the lab sees the host's files
+    // read-only, and emulation makes everything there slow.
+    crate::initramfs::agent_initramfs()?;
+    let mut args: Vec<OsString> = vec!["container".into(), "supervise".into(), "--attach".into()];
+    if timings {
+        args.push("--timings".into());
+    }
+    args.push(c.config.id.clone().into());
+    let result = crate::lab::run_in_lab(std::slice::from_ref(&c.dir), &args);
+    if c.config.auto_remove {
+        let _ = c.remove();
+    }
+    result
 }
 
 /// `hk exec`: another process in a running container, through its VM's vsock socket.
 pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
-    check_name(&args.container)?;
-    let socket = host::runtime_dir()
-        .join("run")
-        .join(&args.container)
-        .join("vsock.sock");
-    if !socket.exists() {
-        bail!(
-            "no such container: {} (hk exec takes the name given to hk run --name)",
-            args.container
-        );
+    let (name, command) = args.args.split_first().expect("clap requires two");
+    let c = Container::find(name)?;
+    if !c.is_running() {
+        bail!("container {name} is not running: start it first (hk start {name})");
     }
-    let forwarded = forwarded_signals();
+    let forwarded = supervisor::forwarded_signals();
     forwarded
         .thread_block()
         .context("cannot block signals to forward them")?;
-    let client = Client::open(Arc::new(HybridConnector(socket)))
-        .with_context(|| format!("container {} is not running", args.container))?;
-    let id = format!("exec-{}", &container_id()[..12]);
-    run_process(&client, &args.process, &id, None, forwarded).map(ExitCode::from)
-}
-
-/// Container names as docker allows them; they name a directory, so nothing else.
-fn check_name(name: &str) -> anyhow::Result<()> {
-    let mut chars = name.chars();
-    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-        && name.len() <= 128;
-    if !ok {
-        bail!("invalid container name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed");
+    let client = supervisor::connect(&c)?;
+    let p = &c.config.process;
+    // docker exec: the container's env and user, then the flags.
+    let mut env = p.env.clone();
+    for e in args.process.env.iter().filter_map(|e| spec::env_flag(e)) {
+        let key = e.split('=').next().unwrap_or_default().to_string();
+        env.retain(|old| old.split('=').next() != Some(key.as_str()));
+        env.push(e);
     }
-    Ok(())
-}
-
-/// Runs a process in the container to its end; returns hk's exit code. `main`: the
-/// container's main process, with its host name.
-fn run_process(
-    client: &Client,
-    args: &ProcessArgs,
-    id: &str,
-    hostname: Option<&str>,
-    forwarded: SigSet,
-) -> anyhow::Result<u8> {
-    let mut env = vec![format!("PATH={DEFAULT_PATH}")];
-    if let Some(hostname) = hostname {
-        env.push(format!("HOSTNAME={hostname}"));
-    }
-    if args.tty {
+    if args.process.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
         env.push("TERM=xterm".into());
     }
-    for e in &args.env {
-        let pair = match e.split_once('=') {
-            Some(_) => e.clone(),
-            // docker: `-e KEY` takes KEY from the caller's environment, if set.
-            None => match std::env::var(e) {
-                Ok(v) => format!("{e}={v}"),
-                Err(_) => continue,
-            },
-        };
-        let key = pair.split('=').next().unwrap_or_default().to_string();
-        env.retain(|old| old.split('=').next() != Some(key.as_str()));
-        env.push(pair);
-    }
-    let raw = if args.tty && std::io::stdin().is_terminal() {
-        Some(RawTerminal::enter_stdin()?)
-    } else {
-        None
-    };
-    let size = term::window_size().unwrap_or(WindowSize { rows: 24, cols: 80 });
-    let mut process = client.create(ProcessSpec {
-        id: id.into(),
-        argv: args.command.clone(),
+    let id = format!("exec-{}", &container::new_id()[..12]);
+    let spec = ProcessSpec {
+        id,
+        argv: command.to_vec(),
         env,
-        cwd: args.workdir.clone().unwrap_or_else(|| "/".into()),
-        create_cwd: true,
-        user: args.user.clone(),
-        tty: args.tty.then_some(size),
-        stdin: args.interactive,
-        main: hostname.is_some(),
+        cwd: args
+            .process
+            .workdir
+            .clone()
+            .unwrap_or_else(|| p.cwd.clone()),
+        create_cwd: false,
+        user: args.process.user.clone().or_else(|| p.user.clone()),
+        stdin: args.process.interactive,
         ..ProcessSpec::default()
-    })?;
-    if let Err(e) = process.start() {
-        drop(raw);
-        return match e {
-            hk_agent_protocol::Error::Agent(reply) => {
-                eprintln!("hk: {}", reply.message);
-                Ok(match reply.kind {
-                    ErrorKind::NotFound => EXIT_NOT_FOUND,
-                    ErrorKind::PermissionDenied => EXIT_NOT_EXECUTABLE,
-                    _ => crate::EXIT_RUNNER_ERROR,
-                })
-            }
-            other => Err(other.into()),
-        };
-    }
-
-    let mut outputs = Vec::new();
-    let streams = std::mem::take(&mut process.streams);
-    if let Some(pty) = streams.pty {
-        if args.interactive {
-            pump_stdin(pty.try_clone()?);
-        }
-        outputs.push(pump(pty, std::io::stdout(), client.process(id)));
-    } else {
-        if let Some(stdin) = streams.stdin {
-            pump_stdin(stdin);
-        }
-        if let Some(out) = streams.stdout {
-            outputs.push(pump(out, std::io::stdout(), client.process(id)));
-        }
-        if let Some(err) = streams.stderr {
-            outputs.push(pump(err, std::io::stderr(), client.process(id)));
-        }
-    }
-    forward_signals(forwarded, client.process(id), args.tty);
-    let status = process.wait();
-    for o in outputs {
-        let _ = o.join();
-    }
-    drop(raw);
-    let status = status?;
-    Ok(match status {
-        ExitStatus::Code(c) => (c & 0xff) as u8,
-        ExitStatus::Signal(_) => (status.shell_code() & 0xff) as u8,
-    })
-}
-
-/// Copies a guest stream to one of hk's outputs until the guest closes it. When the output
-/// breaks (a reader that went away), the process gets SIGPIPE, as it would writing to that
-/// pipe itself.
-fn pump(
-    mut from: UnixStream,
-    mut to: impl Write + Send + 'static,
-    process: hk_agent_protocol::Process,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if to.write_all(&buf[..n]).and_then(|()| to.flush()).is_err() {
-                        let _ = process.signal(Signal::SIGPIPE as i32);
-                        break;
-                    }
-                }
-            }
-        }
-    })
-}
-
-/// Copies hk's stdin into the guest; at its end, the guest's stdin ends too.
-fn pump_stdin(mut to: UnixStream) {
-    std::thread::spawn(move || {
-        let mut stdin = std::io::stdin().lock();
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = to.shutdown(std::net::Shutdown::Write);
-    });
-}
-
-fn forwarded_signals() -> SigSet {
-    let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGWINCH,
-        Signal::SIGQUIT,
-    ] {
-        set.add(s);
-    }
-    set
-}
-
-/// docker run's --sig-proxy: signals to hk go to the container's process; a terminal's
-/// size changes follow.
-fn forward_signals(set: SigSet, process: hk_agent_protocol::Process, tty: bool) {
-    std::thread::spawn(move || loop {
-        let Ok(signal) = set.wait() else { return };
-        if signal == Signal::SIGWINCH {
-            if tty {
-                if let Some(size) = term::window_size() {
-                    let _ = process.resize(size.rows, size.cols);
-                }
-            }
-            continue;
-        }
-        if process.signal(signal as i32).is_err() {
-            return;
-        }
-    });
-}
-
-/// Opens connections to the agent through the VM's vsock.
-struct VsockConnector(VsockHost);
-
-impl Connector for VsockConnector {
-    fn connect(&self) -> std::io::Result<UnixStream> {
-        self.0
-            .connect(hk_agent_protocol::AGENT_PORT, Duration::from_secs(10))
-    }
-}
-
-/// Opens connections to the agent from another process, through the VM's hybrid vsock
-/// socket (`CONNECT <port>` / `OK <port>`).
-struct HybridConnector(PathBuf);
-
-impl Connector for HybridConnector {
-    fn connect(&self) -> std::io::Result<UnixStream> {
-        let mut stream = UnixStream::connect(&self.0)?;
-        writeln!(stream, "CONNECT {}", hk_agent_protocol::AGENT_PORT)?;
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        while byte[0] != b'\n' {
-            if stream.read(&mut byte)? == 0 || line.len() > 32 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionRefused,
-                    "the VM refused the connection",
-                ));
-            }
-            line.push(byte[0]);
-        }
-        if !line.starts_with(b"OK ") {
-            return Err(std::io::Error::other(
-                "unexpected answer from the VM's vsock socket",
-            ));
-        }
-        Ok(stream)
-    }
-}
-
-/// The VM ended before its agent said hello: say how, with the kernel's last words.
-fn boot_failure(outcome: Result<Outcome, hk_vmm::Error>, log: &Path) -> anyhow::Error {
-    let why = match outcome {
-        Ok(Outcome {
-            exit: GuestExit::Panic,
-            ..
-        }) => "the guest kernel panicked".to_string(),
-        Ok(o) => format!("the VM ended before its agent started ({:?})", o.exit),
-        Err(e) => format!("the VM failed: {e}"),
     };
-    let lines = tail(log, 20);
-    if lines.is_empty() {
-        anyhow::anyhow!("{why}")
-    } else {
-        anyhow::anyhow!("{why}; the kernel's last lines:\n{}", lines.join("\n"))
-    }
-}
-
-/// A random 64-hex-digit ID, as docker's container IDs.
-fn container_id() -> String {
-    let mut bytes = [0u8; 32];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into `bytes`.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if n != bytes.len() as isize {
-        // Without entropy, time and pid still make a unique name on this host.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        bytes[..16].copy_from_slice(&t.to_le_bytes());
-        bytes[16..20].copy_from_slice(&std::process::id().to_le_bytes());
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// docker's /etc/hosts for a container without a network.
-fn etc_hosts() -> String {
-    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
-     fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
-     ff02::2\tip6-allrouters\n"
-        .to_string()
-}
-
-/// The host's resolv.conf as docker passes it on: without loopback name servers (they
-/// would point into the container), and Google's if none is left.
-fn resolv_conf() -> String {
-    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let mut out = String::new();
-    let mut servers = 0;
-    for line in host.lines() {
-        let mut words = line.split_whitespace();
-        if words.next() == Some("nameserver") {
-            match words.next() {
-                Some(ip) if ip.starts_with("127.") || ip == "::1" => continue,
-                Some(_) => servers += 1,
-                None => continue,
-            }
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    if servers == 0 {
-        out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
-    }
-    out
-}
-
-/// An empty ext4 filesystem for the container's writable layer, sparse.
-fn empty_ext4(path: &Path) -> anyhow::Result<()> {
-    use hk_image::ext4::{convert, Inodes, Layer, Options, Size};
-    let opts = Options {
-        size: Size::Fixed { bytes: UPPER_BYTES },
-        inodes: Inodes::Fixed {
-            count: UPPER_INODES,
-        },
-        label: "hk-upper".into(),
-        sync: false,
-        ..Options::default()
+    let io = ProcessIo {
+        interactive: args.process.interactive,
+        tty: args.process.tty,
+        log: None,
+        to_terminal: !args.detach,
+        started: Default::default(),
     };
-    convert(std::iter::empty::<Layer<std::io::Empty>>(), path, &opts)
-        .with_context(|| format!("cannot create the writable layer {}", path.display()))?;
-    Ok(())
-}
-
-/// The container's runtime state: its writable layer, console log and vsock socket.
-/// Removed when the container ends.
-struct StateDir {
-    path: PathBuf,
-}
-
-impl StateDir {
-    /// The state directory of container `name`; refused while a live container has it.
-    fn create(name: &str) -> anyhow::Result<StateDir> {
-        let parent = host::runtime_dir().join("run");
-        std::fs::create_dir_all(&parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-        let path = parent.join(name);
-        if std::fs::create_dir(&path).is_err() {
-            // Left behind by a container that is gone (its hk was killed), or in use.
-            if UnixStream::connect(path.join("vsock.sock")).is_ok() {
-                bail!(
-                    "the container name {name:?} is already in use by a running container;                      choose another --name"
-                );
-            }
-            let _ = std::fs::remove_dir_all(&path);
-            std::fs::create_dir(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-        }
-        Ok(StateDir { path })
+    if args.detach {
+        let process = client.create(spec)?;
+        process.start()?;
+        return Ok(ExitCode::SUCCESS);
     }
-}
-
-impl Drop for StateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
+    let code = supervisor::run_process(&client, spec, &io, forwarded, None)?;
+    let _ = std::io::stdout().flush();
+    Ok(ExitCode::from(code))
 }

@@ -130,7 +130,7 @@ fn lab() -> &'static Lab {
         // SVM; see vm_boot.rs): hk is pinned to CPU 1 there.
         let mut script = format!(
             "pin=\nif [ \"$(nproc)\" -gt 1 ] && command -v taskset >/dev/null; then pin='taskset -c 1'; fi\n\
-             export HK_KERNEL={kernel} HK_CACHE_DIR=/tmp/hk-test-cache HK_RUNTIME_DIR=/tmp/hk-test-run\n\
+             export HK_KERNEL={kernel} HK_CACHE_DIR=/tmp/hk-test-cache HK_RUNTIME_DIR=/tmp/hk-test-run HK_DATA_DIR=/tmp/hk-test-data\n\
              hk=\"$pin {hk}\"\nrun=\"$hk run --rootfs {root}\"\ntools={tools}\nexport hk run tools\ncd {dir}\n",
             kernel = guest_kernel().display(),
             hk = env!("CARGO_BIN_EXE_hk"),

@@ -143,7 +143,8 @@ pub struct ProcessSpec {
     pub env: Vec<String>,
     /// Absolute working directory; "" means /.
     pub cwd: String,
-    /// Created (with parents, owned by the user) if missing, as docker does for WorkingDir.
+    /// Created (with parents, owned by root, mode 0755) if missing, as docker does for
+    /// WorkingDir.
     pub create_cwd: bool,
     /// `name`, `uid`, `name:group`, `uid:gid`: resolved in the container's own /etc/passwd
     /// and /etc/group. `None` is root.

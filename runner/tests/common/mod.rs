@@ -492,6 +492,8 @@ pub struct TestImage {
     pub architecture: String,
     /// Docker schema2 media types instead of OCI's.
     pub docker: bool,
+    /// The config's `config` object (Entrypoint, Cmd, Env, ...); a shell by default.
+    pub container_config: serde_json::Value,
 }
 
 impl TestImage {
@@ -500,6 +502,10 @@ impl TestImage {
             layers,
             architecture: "amd64".into(),
             docker: false,
+            container_config: serde_json::json!({
+                "Cmd": ["/bin/sh"],
+                "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            }),
         }
     }
 
@@ -513,7 +519,7 @@ impl TestImage {
             "architecture": self.architecture,
             "os": "linux",
             "created": "2024-05-01T12:00:00Z",
-            "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+            "config": self.container_config,
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
         })
         .to_string()

@@ -1,0 +1,540 @@
+//! docker's container lifecycle commands: `ps`, `stop`, `restart`, `kill`, `rm`, `logs`,
+//! `inspect`, `wait`, `container prune`. They read the containers' directories and reach
+//! running ones through their VM's vsock socket; none needs the supervisor's cooperation
+//! beyond holding its lock, so they work the same after a supervisor died.
+
+use crate::container::logs::{self, ReadOptions};
+use crate::container::{Container, Status};
+use crate::supervisor::{self, MAIN};
+use anyhow::{bail, Context};
+use nix::sys::signal::Signal;
+use serde_json::json;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct PsArgs {
+    /// Show all containers (default shows just running)
+    #[arg(short, long)]
+    all: bool,
+    /// Only display container IDs
+    #[arg(short, long)]
+    quiet: bool,
+    /// Don't truncate output
+    #[arg(long)]
+    no_trunc: bool,
+    /// Output format: `table`, or `json` (one object per line, as docker)
+    #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+    format: String,
+}
+
+#[derive(clap::Args)]
+pub struct StopArgs {
+    /// Seconds to wait for the stop signal to end the container before killing it
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    time: u64,
+    #[arg(required = true, value_name = "CONTAINER")]
+    containers: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct KillArgs {
+    /// Signal to send (name or number)
+    #[arg(short, long, default_value = "KILL")]
+    signal: String,
+    #[arg(required = true, value_name = "CONTAINER")]
+    containers: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct RmArgs {
+    /// Force the removal of a running container (kills it)
+    #[arg(short, long)]
+    force: bool,
+    #[arg(required = true, value_name = "CONTAINER")]
+    containers: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct LogsArgs {
+    /// Follow log output
+    #[arg(short, long)]
+    follow: bool,
+    /// Number of lines to show from the end of the logs ("all" for all)
+    #[arg(short = 'n', long, default_value = "all")]
+    tail: String,
+    /// Show timestamps
+    #[arg(short, long)]
+    timestamps: bool,
+    container: String,
+}
+
+#[derive(clap::Args)]
+pub struct NamesArgs {
+    #[arg(required = true, value_name = "CONTAINER")]
+    containers: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct PruneArgs {
+    /// Do not prompt for confirmation
+    #[arg(short, long)]
+    force: bool,
+}
+
+#[derive(clap::Subcommand)]
+pub enum ContainerCommand {
+    /// List containers
+    #[command(alias = "list", alias = "ls")]
+    Ps(PsArgs),
+    /// Remove all stopped containers
+    Prune(PruneArgs),
+    /// The process that keeps a container's VM (started by hk run -d and hk start)
+    #[command(hide = true)]
+    Supervise(crate::run::SuperviseArgs),
+}
+
+pub fn container(cmd: ContainerCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ContainerCommand::Ps(a) => ps(a),
+        ContainerCommand::Prune(a) => prune(a),
+        ContainerCommand::Supervise(a) => crate::run::supervise_command(a),
+    }
+}
+
+/// Runs `f` on each named container; docker's way: print the name on success, the error
+/// on failure, and exit 1 if any failed.
+fn each(
+    names: &[String],
+    mut f: impl FnMut(&Container) -> anyhow::Result<()>,
+) -> anyhow::Result<ExitCode> {
+    let mut failed = false;
+    for name in names {
+        match Container::find(name).and_then(|c| f(&c)) {
+            Ok(()) => println!("{name}"),
+            Err(e) => {
+                eprintln!("hk: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn stop(args: StopArgs) -> anyhow::Result<ExitCode> {
+    each(&args.containers, |c| {
+        stop_one(c, Duration::from_secs(args.time))
+    })
+}
+
+pub fn restart(args: StopArgs) -> anyhow::Result<ExitCode> {
+    each(&args.containers, |c| {
+        stop_one(c, Duration::from_secs(args.time))?;
+        match crate::run::start_detached(c)? {
+            crate::run::Started::Ok => Ok(()),
+            crate::run::Started::Failed(code) => bail!("the container exited with {code}"),
+        }
+    })
+}
+
+/// docker stop: the image's StopSignal (SIGTERM by default), then SIGKILL after the
+/// timeout; if even that does not end it, the supervisor and its VM are killed.
+fn stop_one(c: &Container, timeout: Duration) -> anyhow::Result<()> {
+    if !c.is_running() {
+        return Ok(());
+    }
+    let signal = if c.config.stop_signal.is_empty() {
+        Signal::SIGTERM
+    } else {
+        parse_signal(&c.config.stop_signal)?
+    };
+    if let Ok(client) = supervisor::connect(c) {
+        let main = client.process(MAIN);
+        if main.signal(signal as i32).is_ok() && wait_stopped(c, timeout) {
+            return Ok(());
+        }
+        if main.signal(Signal::SIGKILL as i32).is_ok() && wait_stopped(c, Duration::from_secs(10)) {
+            return Ok(());
+        }
+    }
+    kill_supervisor(c)
+}
+
+/// The last resort: the VM lives in its supervisor, so killing that ends the VM.
+fn kill_supervisor(c: &Container) -> anyhow::Result<()> {
+    let state = c.state();
+    if state.status == Status::Running && state.pid > 1 && c.is_running() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(state.pid as i32),
+            Signal::SIGKILL,
+        );
+    }
+    if !wait_stopped(c, Duration::from_secs(10)) {
+        bail!("container {} does not stop", c.config.name);
+    }
+    Ok(())
+}
+
+fn wait_stopped(c: &Container, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while c.is_running() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// A signal by name (`TERM`, `SIGTERM`, `sigterm`) or number, as docker's flags take it.
+fn parse_signal(text: &str) -> anyhow::Result<Signal> {
+    if let Ok(n) = text.parse::<i32>() {
+        return Signal::try_from(n).with_context(|| format!("invalid signal: {text}"));
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>()
+        .map_err(|_| anyhow::anyhow!("invalid signal: {text}"))
+}
+
+pub fn kill(args: KillArgs) -> anyhow::Result<ExitCode> {
+    let signal = parse_signal(&args.signal)?;
+    each(&args.containers, |c| {
+        if !c.is_running() {
+            bail!("cannot kill container {}: it is not running", c.config.name);
+        }
+        supervisor::connect(c)?
+            .process(MAIN)
+            .signal(signal as i32)
+            .with_context(|| format!("cannot signal container {}", c.config.name))
+    })
+}
+
+pub fn rm(args: RmArgs) -> anyhow::Result<ExitCode> {
+    each(&args.containers, |c| {
+        if c.is_running() {
+            if !args.force {
+                bail!(
+                    "cannot remove container {}: it is running: stop it first (hk stop {}) \
+                     or force the removal (hk rm -f {})",
+                    c.config.name,
+                    c.config.name,
+                    c.config.name
+                );
+            }
+            if let Ok(client) = supervisor::connect(c) {
+                let _ = client.process(MAIN).signal(Signal::SIGKILL as i32);
+            }
+            if !wait_stopped(c, Duration::from_secs(10)) {
+                kill_supervisor(c)?;
+            }
+        }
+        c.remove()
+    })
+}
+
+pub fn wait(args: NamesArgs) -> anyhow::Result<ExitCode> {
+    let mut failed = false;
+    for name in &args.containers {
+        match Container::find(name).and_then(|c| {
+            c.wait_stopped()?;
+            Ok(c.state().exit_code)
+        }) {
+            Ok(code) => println!("{code}"),
+            Err(e) => {
+                eprintln!("hk: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
+    let c = Container::find(&args.container)?;
+    let tail = match args.tail.as_str() {
+        "all" => None,
+        n => Some(
+            n.parse::<usize>()
+                .with_context(|| format!("--tail {n}: give a number of lines or \"all\""))?,
+        ),
+    };
+    let opts = ReadOptions {
+        tail,
+        timestamps: args.timestamps,
+    };
+    let path = c.log_path();
+    let end = logs::print(&path, &opts)?;
+    if args.follow {
+        logs::follow(&path, end, args.timestamps, || c.is_running())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// docker's STATUS column: "Up 5 minutes", "Exited (0) 2 seconds ago", "Created".
+fn status_text(c: &Container) -> String {
+    let s = c.state();
+    match s.status {
+        Status::Created => "Created".into(),
+        Status::Running => format!("Up {}", since(s.started_at.as_deref(), false)),
+        Status::Exited => format!(
+            "Exited ({}) {}",
+            s.exit_code,
+            since(s.finished_at.as_deref(), true)
+        ),
+    }
+}
+
+fn since(t: Option<&str>, ago: bool) -> String {
+    let Some(t) = t.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()) else {
+        return String::new();
+    };
+    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds();
+    let text = match secs {
+        s if s < 1 => "Less than a second".to_string(),
+        s if s < 60 => format!("{s} seconds"),
+        s if s < 120 => "About a minute".to_string(),
+        s if s < 3600 => format!("{} minutes", s / 60),
+        s if s < 7200 => "About an hour".to_string(),
+        s if s < 48 * 3600 => format!("{} hours", s / 3600),
+        s => format!("{} days", s / 86400),
+    };
+    if ago {
+        format!("{text} ago")
+    } else {
+        text
+    }
+}
+
+fn command_text(c: &Container, no_trunc: bool) -> String {
+    let text = c.config.process.argv.join(" ");
+    if no_trunc || text.chars().count() <= 20 {
+        format!("\"{text}\"")
+    } else {
+        format!("\"{}…\"", text.chars().take(19).collect::<String>())
+    }
+}
+
+pub fn ps(args: PsArgs) -> anyhow::Result<ExitCode> {
+    let mut all = Container::all()?;
+    all.reverse(); // newest first, as docker
+    let shown: Vec<&Container> = all.iter().filter(|c| args.all || c.is_running()).collect();
+    if args.quiet {
+        for c in shown {
+            println!(
+                "{}",
+                if args.no_trunc {
+                    &c.config.id
+                } else {
+                    c.short_id()
+                }
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.format == "json" {
+        for c in shown {
+            let s = c.state();
+            println!(
+                "{}",
+                json!({
+                    "Command": command_text(c, true),
+                    "CreatedAt": c.config.created,
+                    "ID": if args.no_trunc { c.config.id.as_str() } else { c.short_id() },
+                    "Image": c.config.image,
+                    "Labels": c.config.labels.iter().map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>().join(","),
+                    "Names": c.config.name,
+                    "Ports": "",
+                    "RunningFor": since(Some(&c.config.created), true),
+                    "State": c.state().status.as_str(),
+                    "Status": status_text(c),
+                    "ExitCode": s.exit_code,
+                })
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows = vec![vec![
+        "CONTAINER ID".to_string(),
+        "IMAGE".into(),
+        "COMMAND".into(),
+        "CREATED".into(),
+        "STATUS".into(),
+        "PORTS".into(),
+        "NAMES".into(),
+    ]];
+    for c in shown {
+        rows.push(vec![
+            if args.no_trunc {
+                c.config.id.clone()
+            } else {
+                c.short_id().to_string()
+            },
+            c.config.image.clone(),
+            command_text(c, args.no_trunc),
+            since(Some(&c.config.created), true),
+            status_text(c),
+            String::new(),
+            c.config.name.clone(),
+        ]);
+    }
+    crate::images::print_table(&rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn inspect(args: NamesArgs) -> anyhow::Result<ExitCode> {
+    let mut out = Vec::new();
+    let mut failed = false;
+    for name in &args.containers {
+        match Container::find(name) {
+            Ok(c) => out.push(inspect_json(&c)),
+            Err(e) => {
+                eprintln!("hk: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// docker's inspect document, with its field names where hk has the thing.
+fn inspect_json(c: &Container) -> serde_json::Value {
+    let cfg = &c.config;
+    let s = c.state();
+    let zero = "0001-01-01T00:00:00Z";
+    let (path, args) = cfg
+        .process
+        .argv
+        .split_first()
+        .map_or((String::new(), Vec::new()), |(p, a)| {
+            (p.clone(), a.to_vec())
+        });
+    let ports: serde_json::Map<String, serde_json::Value> = cfg
+        .exposed_ports
+        .iter()
+        .map(|p| (p.clone(), json!({})))
+        .collect();
+    json!({
+        "Id": cfg.id,
+        "Created": cfg.created,
+        "Path": path,
+        "Args": args,
+        "State": {
+            "Status": s.status.as_str(),
+            "Running": s.status == Status::Running,
+            "Paused": false,
+            "Restarting": false,
+            "OOMKilled": false,
+            "Dead": false,
+            "Pid": if s.status == Status::Running { s.pid } else { 0 },
+            "ExitCode": s.exit_code,
+            "Error": s.error,
+            "StartedAt": s.started_at.as_deref().unwrap_or(zero),
+            "FinishedAt": s.finished_at.as_deref().unwrap_or(zero),
+        },
+        "Image": cfg.image_id,
+        "LogPath": c.log_path(),
+        "Name": format!("/{}", cfg.name),
+        "Driver": "hk-microvm",
+        "HostConfig": {
+            "AutoRemove": cfg.auto_remove,
+            "ReadonlyRootfs": cfg.read_only,
+            "Memory": cfg.memory_mib << 20,
+            "NanoCpus": u64::from(cfg.cpus) * 1_000_000_000,
+            "NetworkMode": "none",
+        },
+        "Config": {
+            "Hostname": cfg.hostname,
+            "User": cfg.process.user.clone().unwrap_or_default(),
+            "Tty": cfg.process.tty,
+            "OpenStdin": cfg.process.open_stdin,
+            "Env": cfg.process.env,
+            "Cmd": cfg.cmd,
+            "Entrypoint": if cfg.entrypoint.is_empty() { json!(null) } else { json!(cfg.entrypoint) },
+            "Image": cfg.image,
+            "WorkingDir": cfg.process.cwd,
+            "Labels": cfg.labels,
+            "StopSignal": if cfg.stop_signal.is_empty() { "SIGTERM" } else { cfg.stop_signal.as_str() },
+            "ExposedPorts": ports,
+        },
+    })
+}
+
+pub fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
+    if !args.force && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        eprint!("WARNING! This will remove all stopped containers.\nAre you sure you want to continue? [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !answer.trim().eq_ignore_ascii_case("y") {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let mut deleted = Vec::new();
+    let mut bytes = 0u64;
+    for c in Container::all()? {
+        if c.is_running() {
+            continue;
+        }
+        bytes += du(&c.dir);
+        c.remove()?;
+        deleted.push(c.config.id.clone());
+    }
+    if !deleted.is_empty() {
+        println!("Deleted Containers:");
+        for id in &deleted {
+            println!("{id}");
+        }
+        println!();
+    }
+    println!(
+        "Total reclaimed space: {}",
+        crate::images::human_size(bytes)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Bytes a directory's files occupy on disk (sparse layers count what they hold).
+fn du(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_signal;
+    use nix::sys::signal::Signal;
+
+    #[test]
+    fn signals_by_name_or_number() {
+        assert_eq!(parse_signal("TERM").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("SIGKILL").unwrap(), Signal::SIGKILL);
+        assert_eq!(parse_signal("sigusr1").unwrap(), Signal::SIGUSR1);
+        assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
+        assert!(parse_signal("NOPE").is_err());
+        assert!(parse_signal("99").is_err());
+    }
+}

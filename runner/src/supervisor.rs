@@ -1,0 +1,611 @@
+//! The supervisor: the process that runs one container's VM, as podman's conmon keeps one
+//! container. It holds the container's lock for its whole life (see `container`), boots
+//! the VM on hk's VMM in its own address space, has the agent set the root up and start
+//! the main process, keeps the process's output in the container's log (and on the
+//! terminal when attached), records how it ended, and ends the VM.
+//!
+//! `hk run` and `hk start -a` supervise in the foreground; `hk run -d` and `hk start`
+//! start `hk container supervise ID` detached (its own session, no terminal), which tells
+//! its parent on a pipe when the main process has started, or why it could not.
+
+use crate::container::logs::{Log, StreamLog};
+use crate::container::{Container, State, Status};
+use crate::host::{self, Kvm};
+use crate::term::{self, RawTerminal};
+use anyhow::{bail, Context};
+use hk_agent_protocol::{
+    Client, Connector, ErrorKind, ExitStatus, ProcessSpec, Root, Setup, WindowSize, HOST_PORT,
+};
+use hk_vmm::console::{tail, RotatingLog};
+use hk_vmm::{Disk, GuestExit, Outcome, Vm, VmConfig, VsockConfig, VsockHost};
+use nix::sys::signal::{SigSet, Signal};
+use std::io::{IsTerminal, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Exit statuses of docker run when the command cannot be run.
+pub const EXIT_NOT_FOUND: u8 = 127;
+pub const EXIT_NOT_EXECUTABLE: u8 = 126;
+/// How long the guest may take to boot and say hello; the nested lab is slow.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(120);
+/// The guest's vsock context ID; each VM has its own vsock device, so all may use 3.
+const GUEST_CID: u64 = 3;
+/// The agent's name for the container's main process.
+pub const MAIN: &str = "main";
+/// Below this the guest kernel cannot unpack its initramfs and start the agent.
+pub const MIN_MEMORY_MIB: u64 = 64;
+
+/// Where the main process's stdio goes.
+pub enum Stdio {
+    /// hk's own stdio (`hk run`, `hk start -a`): output on the terminal and in the log,
+    /// stdin passed when `interactive`, signals to hk forwarded.
+    Attached { interactive: bool },
+    /// Output only to the log; `ready` hears "ok" once the process runs, or the error.
+    Detached { ready: std::fs::File },
+}
+
+/// Where the time of a run went, for `hk run --timings`.
+pub struct Timings {
+    pub start: Instant,
+    marks: Vec<(&'static str, Instant)>,
+    guest: Option<(u64, u64)>,
+}
+
+impl Timings {
+    pub fn new(start: Instant) -> Timings {
+        Timings {
+            start,
+            marks: Vec::new(),
+            guest: None,
+        }
+    }
+
+    pub fn mark(&mut self, what: &'static str) {
+        self.mark_at(what, Instant::now());
+    }
+
+    fn mark_at(&mut self, what: &'static str, at: Instant) {
+        self.marks.push((what, at));
+    }
+
+    pub fn print(&self) {
+        let mut last = self.start;
+        eprintln!("hk: timings (ms since start, and the step's own time):");
+        for (what, at) in &self.marks {
+            eprintln!(
+                "  {what:<16} {:>9.1} {:>9.1}",
+                ms(*at - self.start),
+                ms(*at - last)
+            );
+            last = *at;
+        }
+        if let Some((started, ready)) = self.guest {
+            eprintln!(
+                "  (guest clock: agent started {:.1} ms after the kernel, ready {:.1} ms after)",
+                started as f64 / 1e6,
+                ready as f64 / 1e6
+            );
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The signals hk forwards to the main process (docker's --sig-proxy), blocked in every
+/// thread so that one thread takes them with sigwait.
+pub fn forwarded_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGWINCH,
+        Signal::SIGQUIT,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// Runs the container until its main process ends; returns hk's exit code (the process's
+/// status, or 125/126/127 as docker). Records the outcome in the container's state either
+/// way, and removes the container afterwards when it was made with `--rm`.
+pub fn supervise(
+    container: &Container,
+    stdio: Stdio,
+    timings: Option<&mut Timings>,
+) -> anyhow::Result<u8> {
+    let _lock = container.take()?;
+    let started_at = crate::container::now();
+    let mut state = State {
+        status: Status::Running,
+        pid: std::process::id(),
+        started_at: Some(started_at),
+        ..State::default()
+    };
+    container.set_state(&state)?;
+    let result = boot_and_run(container, stdio, timings);
+    state.status = Status::Exited;
+    state.finished_at = Some(crate::container::now());
+    match &result {
+        Ok(code) => state.exit_code = i32::from(*code),
+        Err(e) => {
+            state.exit_code = i32::from(crate::EXIT_RUNNER_ERROR);
+            state.error = format!("{e:#}");
+        }
+    }
+    let _ = container.set_state(&state);
+    let _ = std::fs::remove_dir_all(container.runtime_dir());
+    if container.config.auto_remove {
+        drop(_lock);
+        let _ = container.remove();
+    }
+    result
+}
+
+fn boot_and_run(
+    container: &Container,
+    stdio: Stdio,
+    mut timings: Option<&mut Timings>,
+) -> anyhow::Result<u8> {
+    let config = &container.config;
+    let start = timings.as_ref().map_or_else(Instant::now, |t| t.start);
+    let mark = |t: &mut Option<&mut Timings>, what| {
+        if let Some(t) = t.as_deref_mut() {
+            t.mark(what);
+        }
+    };
+    match Kvm::detect() {
+        Kvm::Hardware => {}
+        kvm => bail!("{}", kvm.explain()),
+    }
+    let kernel = host::guest_kernel()
+        .context("no guest kernel: build one with kernel/build.sh guest (or set HK_KERNEL)")?;
+    let initrd = crate::initramfs::agent_initramfs()?;
+    // An image's root is looked up at each start and held (share-locked) while the VM
+    // runs, so `hk image prune` cannot delete it under the VM.
+    let (lower, _held) = match &config.rootfs {
+        Some(path) => (path.clone(), None),
+        None => {
+            let store = crate::images::store()?;
+            let image = store.resolve(&config.image_id).with_context(|| {
+                format!(
+                    "the image of container {} ({}) is no longer in the store: \
+                     pull it again (hk pull {})",
+                    config.name, config.image, config.image
+                )
+            })?;
+            let rootfs = store.rootfs(&image)?;
+            (rootfs.path.clone(), Some(rootfs))
+        }
+    };
+    mark(&mut timings, "root lookup");
+
+    let run_dir = container.runtime_dir();
+    let _ = std::fs::remove_dir_all(&run_dir);
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    let console_log = container.console_path();
+    let console = std::fs::File::create(&console_log)
+        .and_then(|_| RotatingLog::open(&console_log, crate::vm::CONSOLE_LOG_MAX))
+        .with_context(|| format!("cannot create {}", console_log.display()))?;
+    let mut disks = vec![Disk {
+        path: lower,
+        read_only: true,
+        serial: "hk-lower".into(),
+    }];
+    if let Some(upper) = container.upper() {
+        disks.push(Disk {
+            path: upper,
+            read_only: false,
+            serial: "hk-upper".into(),
+        });
+    }
+    let vm = Vm::new(VmConfig {
+        kernel,
+        initrd: Some(initrd),
+        cmdline: "console=ttyS0 quiet".into(),
+        cpus: config.cpus,
+        memory_mib: config.memory_mib,
+        disks,
+        rng: true,
+        vsock: Some(VsockConfig {
+            guest_cid: GUEST_CID,
+            uds: Some(container.vsock_socket()),
+        }),
+        console: Box::new(std::io::LineWriter::new(console)),
+        console_input: None,
+        start,
+    })?;
+    let vsock = vm.vsock().expect("the VM has a vsock device");
+    let stopper = vm.stop_handle();
+    let hello = vsock.listen(HOST_PORT)?;
+    // Signals for the container are taken by a thread of hk's (sigwait), so they must be
+    // blocked before any thread starts: threads inherit the mask.
+    let forwarded = forwarded_signals();
+    forwarded
+        .thread_block()
+        .context("cannot block signals to forward them")?;
+    let running = std::thread::Builder::new()
+        .name("vm".into())
+        .spawn(move || vm.run())?;
+    mark(&mut timings, "VM setup");
+
+    let stream = loop {
+        if running.is_finished() {
+            let outcome = running
+                .join()
+                .map_err(|_| anyhow::anyhow!("the VM thread panicked"))?;
+            return Err(boot_failure(outcome, &console_log));
+        }
+        match hello.accept(Duration::from_millis(20)) {
+            Ok(stream) => break stream,
+            Err(_) if start.elapsed() < HELLO_TIMEOUT => {}
+            Err(_) => {
+                stopper.stop();
+                let _ = running.join();
+                bail!(
+                    "the guest agent did not start within {HELLO_TIMEOUT:?}; kernel log:\n{}",
+                    tail(&console_log, 20).join("\n")
+                );
+            }
+        }
+    };
+    let connector: Arc<dyn Connector> = Arc::new(VsockConnector(vsock));
+    let (client, hello) = Client::from_hello(stream, connector)?;
+    if let Some(t) = timings.as_deref_mut() {
+        t.guest = Some((hello.started_ns, hello.ready_ns));
+    }
+    mark(&mut timings, "agent ready");
+    let ended = (|| -> anyhow::Result<u8> {
+        client.setup(Setup {
+            root: Some(Root {
+                lower: "hk-lower".into(),
+                upper: container.upper().map(|_| "hk-upper".into()),
+            }),
+            hostname: Some(config.hostname.clone()),
+            hosts: Some(etc_hosts(&config.hostname)),
+            resolv_conf: Some(resolv_conf()),
+        })?;
+        let p = &config.process;
+        let spec = ProcessSpec {
+            id: MAIN.into(),
+            argv: p.argv.clone(),
+            env: p.env.clone(),
+            cwd: p.cwd.clone(),
+            create_cwd: true,
+            user: p.user.clone(),
+            tty: p.tty.then_some(WindowSize { rows: 24, cols: 80 }),
+            stdin: matches!(stdio, Stdio::Attached { interactive: true }),
+            main: true,
+            ..ProcessSpec::default()
+        };
+        let log = Log::open(&container.log_path())?;
+        let (code, ready) = match stdio {
+            Stdio::Attached { interactive } => {
+                let io = ProcessIo {
+                    interactive,
+                    tty: p.tty,
+                    log: Some(log),
+                    to_terminal: true,
+                    started: Default::default(),
+                };
+                let code = run_process(&client, spec, &io, forwarded, None)?;
+                if let (Some(t), Some(at)) = (timings.as_deref_mut(), io.started.get()) {
+                    t.mark_at("process start", at);
+                }
+                (code, None)
+            }
+            Stdio::Detached { ready } => {
+                let io = ProcessIo {
+                    interactive: false,
+                    tty: p.tty,
+                    log: Some(log),
+                    to_terminal: false,
+                    started: Default::default(),
+                };
+                let mut ready = Some(ready);
+                let code = run_process(&client, spec, &io, forwarded, Some(&mut ready))?;
+                (code, Some(ready))
+            }
+        };
+        // A process that could not start: its error goes to whoever waits for it.
+        if let Some(mut ready) = ready.flatten() {
+            let _ = writeln!(ready, "exit {code}");
+        }
+        Ok(code)
+    })();
+    mark(&mut timings, "process end");
+    // The container is done either way: end the VM, then clean up.
+    let status = ended.as_ref().map_or(1, |c| u32::from(*c));
+    let _ = client.shutdown(status);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !running.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    stopper.stop();
+    let _ = running.join();
+    mark(&mut timings, "shutdown");
+    ended
+}
+
+/// How a process's stdio is wired on the host.
+pub struct ProcessIo {
+    pub interactive: bool,
+    pub tty: bool,
+    /// The container's log, for the main process.
+    pub log: Option<Log>,
+    /// Whether output goes to hk's stdout and stderr.
+    pub to_terminal: bool,
+    /// Set when the process has started.
+    pub started: std::cell::Cell<Option<Instant>>,
+}
+
+/// Runs a process in the container to its end; returns hk's exit code. `ready`, when
+/// given, hears "ok" once the process has started; it is taken then, so a `Some` left
+/// behind means the process never started.
+pub fn run_process(
+    client: &Client,
+    mut spec: ProcessSpec,
+    io: &ProcessIo,
+    forwarded: SigSet,
+    ready: Option<&mut Option<std::fs::File>>,
+) -> anyhow::Result<u8> {
+    let raw = if io.tty && io.to_terminal && std::io::stdin().is_terminal() {
+        Some(RawTerminal::enter_stdin()?)
+    } else {
+        None
+    };
+    if io.tty && io.to_terminal {
+        spec.tty = Some(term::window_size().unwrap_or(WindowSize { rows: 24, cols: 80 }));
+    }
+    let id = spec.id.clone();
+    let mut process = client.create(spec)?;
+    if let Err(e) = process.start() {
+        drop(raw);
+        return match e {
+            hk_agent_protocol::Error::Agent(reply) => {
+                let code = match reply.kind {
+                    ErrorKind::NotFound => EXIT_NOT_FOUND,
+                    ErrorKind::PermissionDenied => EXIT_NOT_EXECUTABLE,
+                    _ => crate::EXIT_RUNNER_ERROR,
+                };
+                match ready {
+                    Some(Some(r)) => {
+                        let _ = writeln!(r, "error {}", reply.message);
+                    }
+                    _ => eprintln!("hk: {}", reply.message),
+                }
+                if let Some(log) = &io.log {
+                    log.stream("stderr")
+                        .write(format!("{}\n", reply.message).as_bytes());
+                }
+                Ok(code)
+            }
+            other => Err(other.into()),
+        };
+    }
+    io.started.set(Some(Instant::now()));
+    if let Some(r) = ready.and_then(Option::take) {
+        let mut r = r;
+        let _ = writeln!(r, "ok");
+    }
+
+    let mut outputs = Vec::new();
+    let streams = std::mem::take(&mut process.streams);
+    let out = |name: &'static str| Output {
+        log: io.log.as_ref().map(|l| l.stream(name)),
+        terminal: io.to_terminal.then_some(name == "stderr"),
+    };
+    if let Some(pty) = streams.pty {
+        if io.interactive {
+            pump_stdin(pty.try_clone()?);
+        }
+        outputs.push(pump(pty, out("stdout"), client.process(&id)));
+    } else {
+        if let Some(stdin) = streams.stdin {
+            pump_stdin(stdin);
+        }
+        if let Some(s) = streams.stdout {
+            outputs.push(pump(s, out("stdout"), client.process(&id)));
+        }
+        if let Some(s) = streams.stderr {
+            outputs.push(pump(s, out("stderr"), client.process(&id)));
+        }
+    }
+    forward_signals(forwarded, client.process(&id), io.tty && io.to_terminal);
+    let status = process.wait();
+    for o in outputs {
+        let _ = o.join();
+    }
+    drop(raw);
+    let status = status?;
+    Ok(match status {
+        ExitStatus::Code(c) => (c & 0xff) as u8,
+        ExitStatus::Signal(_) => (status.shell_code() & 0xff) as u8,
+    })
+}
+
+/// Where one output stream of a process goes: the container's log and/or hk's own
+/// stdout (`Some(false)`) or stderr (`Some(true)`).
+struct Output {
+    log: Option<StreamLog>,
+    terminal: Option<bool>,
+}
+
+/// Copies a guest stream to its outputs until the guest closes it. When hk's output breaks
+/// (a reader that went away), the process gets SIGPIPE, as it would writing to that pipe
+/// itself.
+fn pump(
+    mut from: UnixStream,
+    mut to: Output,
+    process: hk_agent_protocol::Process,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut broken = false;
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if let Some(log) = &mut to.log {
+                        log.write(&buf[..n]);
+                    }
+                    let written = match to.terminal {
+                        _ if broken => Ok(()),
+                        Some(false) => {
+                            let mut o = std::io::stdout().lock();
+                            o.write_all(&buf[..n]).and_then(|()| o.flush())
+                        }
+                        Some(true) => std::io::stderr().write_all(&buf[..n]),
+                        None => Ok(()),
+                    };
+                    if written.is_err() {
+                        broken = true;
+                        let _ = process.signal(Signal::SIGPIPE as i32);
+                        if to.log.is_none() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Copies hk's stdin into the guest; at its end, the guest's stdin ends too.
+fn pump_stdin(mut to: UnixStream) {
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
+}
+
+/// docker run's --sig-proxy: signals to hk go to the container's process; a terminal's
+/// size changes follow.
+fn forward_signals(set: SigSet, process: hk_agent_protocol::Process, tty: bool) {
+    std::thread::spawn(move || loop {
+        let Ok(signal) = set.wait() else { return };
+        if signal == Signal::SIGWINCH {
+            if tty {
+                if let Some(size) = term::window_size() {
+                    let _ = process.resize(size.rows, size.cols);
+                }
+            }
+            continue;
+        }
+        if process.signal(signal as i32).is_err() {
+            return;
+        }
+    });
+}
+
+/// Opens connections to the agent through the VM's vsock.
+struct VsockConnector(VsockHost);
+
+impl Connector for VsockConnector {
+    fn connect(&self) -> std::io::Result<UnixStream> {
+        self.0
+            .connect(hk_agent_protocol::AGENT_PORT, Duration::from_secs(10))
+    }
+}
+
+/// Opens connections to the agent from another process, through the VM's hybrid vsock
+/// socket (`CONNECT <port>` / `OK <port>`).
+pub struct HybridConnector(pub PathBuf);
+
+impl Connector for HybridConnector {
+    fn connect(&self) -> std::io::Result<UnixStream> {
+        let mut stream = UnixStream::connect(&self.0)?;
+        writeln!(stream, "CONNECT {}", hk_agent_protocol::AGENT_PORT)?;
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while byte[0] != b'\n' {
+            if stream.read(&mut byte)? == 0 || line.len() > 32 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "the VM refused the connection",
+                ));
+            }
+            line.push(byte[0]);
+        }
+        if !line.starts_with(b"OK ") {
+            return Err(std::io::Error::other(
+                "unexpected answer from the VM's vsock socket",
+            ));
+        }
+        Ok(stream)
+    }
+}
+
+/// A control connection to a running container's agent, from any hk process.
+pub fn connect(container: &Container) -> anyhow::Result<Client> {
+    Client::open(Arc::new(HybridConnector(container.vsock_socket())))
+        .with_context(|| format!("container {} is not running", container.config.name))
+}
+
+/// The VM ended before its agent said hello: say how, with the kernel's last words.
+fn boot_failure(outcome: Result<Outcome, hk_vmm::Error>, log: &Path) -> anyhow::Error {
+    let why = match outcome {
+        Ok(Outcome {
+            exit: GuestExit::Panic,
+            ..
+        }) => "the guest kernel panicked".to_string(),
+        Ok(o) => format!("the VM ended before its agent started ({:?})", o.exit),
+        Err(e) => format!("the VM failed: {e}"),
+    };
+    let lines = tail(log, 20);
+    if lines.is_empty() {
+        anyhow::anyhow!("{why}")
+    } else {
+        anyhow::anyhow!("{why}; the kernel's last lines:\n{}", lines.join("\n"))
+    }
+}
+
+/// docker's /etc/hosts for a container without a network.
+fn etc_hosts(hostname: &str) -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
+         ff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
+    )
+}
+
+/// The host's resolv.conf as docker passes it on: without loopback name servers (they
+/// would point into the container), and Google's if none is left.
+fn resolv_conf() -> String {
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut out = String::new();
+    let mut servers = 0;
+    for line in host.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() == Some("nameserver") {
+            match words.next() {
+                Some(ip) if ip.starts_with("127.") || ip == "::1" => continue,
+                Some(_) => servers += 1,
+                None => continue,
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if servers == 0 {
+        out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+    }
+    out
+}
