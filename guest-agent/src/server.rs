@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 
 /// How long `start` waits for the host to attach a process's streams.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Processes the agent keeps track of at once (running, or ended and not yet waited for).
+const MAX_PROCS: usize = 4096;
 
 /// A byte stream to the host.
 pub trait Conn: Read + Write + Send + Sync + Sized + 'static {
@@ -218,6 +220,20 @@ impl<C: Conn> Agent<C> {
                     return Err(error(ErrorKind::InvalidArgument, "no command given"));
                 }
                 let mut procs = lock(&self.procs);
+                // Processes nobody waits for (`hk exec -d`) are forgotten once ended, when
+                // there are many.
+                if procs.len() >= MAX_PROCS {
+                    procs.retain(|_, p| {
+                        p.spec.main
+                            || !matches!(*lock(&p.state), State::Exited(_) | State::Failed(_))
+                    });
+                    if procs.len() >= MAX_PROCS {
+                        return Err(error(
+                            ErrorKind::Other,
+                            format!("{MAX_PROCS} processes run in this container already"),
+                        ));
+                    }
+                }
                 if procs.contains_key(&spec.id) {
                     return Err(error(
                         ErrorKind::InvalidArgument,
@@ -256,14 +272,25 @@ impl<C: Conn> Agent<C> {
             RequestBody::Wait { process } => {
                 let proc = self.proc(&process)?;
                 let mut state = lock(&proc.state);
-                loop {
+                let result = loop {
                     match &*state {
-                        State::Exited(status) => return Ok(Reply::Exited(*status)),
-                        State::Failed(e) => return Err(e.clone()),
+                        State::Exited(status) => break Ok(Reply::Exited(*status)),
+                        State::Failed(e) => break Err(e.clone()),
                         _ => {}
                     }
                     state = proc.ended.wait(state).unwrap_or_else(|e| e.into_inner());
+                };
+                drop(state);
+                // An exec'd process is forgotten once its end is told, so a container
+                // that lives long and execs often does not grow the agent. The main
+                // process stays: `hk stop` and `hk wait` may ask about it again.
+                if !proc.spec.main {
+                    let mut procs = lock(&self.procs);
+                    if procs.get(&process).is_some_and(|p| Arc::ptr_eq(p, &proc)) {
+                        procs.remove(&process);
+                    }
                 }
+                result
             }
             RequestBody::Signal { process, signal } => {
                 let proc = self.proc(&process)?;

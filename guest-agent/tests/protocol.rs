@@ -315,3 +315,12 @@ fn unknown_requests_get_an_error_and_the_connection_goes_on() {
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(*h.host.shutdowns.lock().unwrap(), [3]);
 }
+
+#[test]
+fn an_exec_is_forgotten_once_its_end_is_told_so_its_id_is_free_again() {
+    let h = start();
+    assert_eq!(run(&h, "x", &["true"]).0, ExitStatus::Code(0));
+    let err = h.client.process("x").wait().unwrap_err();
+    assert!(err.to_string().contains("no process"), "{err}");
+    assert_eq!(run(&h, "x", &["false"]).0, ExitStatus::Code(1));
+}
