@@ -24,8 +24,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// docker's default `max-concurrent-downloads`.
 const CONCURRENT_DOWNLOADS: usize = 3;
 /// Manifests and configs are a few KiB; anything beyond these is an attack, not an image.
-const MAX_MANIFEST: usize = 4 << 20;
-const MAX_CONFIG: u64 = 16 << 20;
+pub(crate) const MAX_MANIFEST: usize = 4 << 20;
+pub(crate) const MAX_CONFIG: u64 = 16 << 20;
 /// No real layer comes near this; a descriptor that claims more is refused up front.
 const MAX_LAYER: u64 = 64 << 30;
 
@@ -81,6 +81,12 @@ fn plain_http_with(registry: &str, tls_verify: Option<bool>, listed: &str) -> bo
 }
 
 fn client(registry: &str, tls_verify: Option<bool>) -> Client {
+    client_with(registry, tls_verify, false)
+}
+
+/// `monolithic`: push each blob in one request (POST, then PUT with the whole body) rather
+/// than in chunks.
+pub(crate) fn client_with(registry: &str, tls_verify: Option<bool>, monolithic: bool) -> Client {
     // rustls needs a process-wide crypto provider; a second install fails harmlessly.
     let _ = rustls::crypto::ring::default_provider().install_default();
     Client::new(ClientConfig {
@@ -92,6 +98,7 @@ fn client(registry: &str, tls_verify: Option<bool>) -> Client {
         platform_resolver: None,
         connect_timeout: Some(Duration::from_secs(30)),
         read_timeout: Some(Duration::from_secs(120)),
+        use_monolithic_push: monolithic,
         ..Default::default()
     })
 }
@@ -108,7 +115,7 @@ fn http_client() -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
-fn registry_auth(registry: &str) -> Result<RegistryAuth> {
+pub(crate) fn registry_auth(registry: &str) -> Result<RegistryAuth> {
     Ok(match auth::lookup(registry)? {
         Some(Credentials { username, password }) => RegistryAuth::Basic(username, password),
         None => RegistryAuth::Anonymous,

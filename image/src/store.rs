@@ -359,13 +359,56 @@ impl Store {
     /// Records a pulled image, then points `name` at it: in this order, so that a name never
     /// points at a record that is not there.
     pub(crate) fn record(&self, image: &Image, name: &ImageRef, resolved: &Digest) -> Result<()> {
-        self.write_json(&self.image_path(&image.manifest), image)?;
+        self.record_image(image)?;
+        self.record_name(image, name, resolved)
+    }
+
+    /// Records an image without pointing a name at it (an untagged `hk load`).
+    pub(crate) fn record_image(&self, image: &Image) -> Result<()> {
+        self.write_json(&self.image_path(&image.manifest), image)
+    }
+
+    /// Points `name` at a recorded image; `resolved` is what the name resolved to where the
+    /// image came from (the registry's index or manifest digest).
+    pub(crate) fn record_name(
+        &self,
+        image: &Image,
+        name: &ImageRef,
+        resolved: &Digest,
+    ) -> Result<()> {
         let r = RefRecord {
             name: name.canonical(),
             image: image.manifest.clone(),
             digest: resolved.clone(),
         };
         self.write_json(&self.ref_path(&r.name), &r)
+    }
+
+    /// `docker tag`: points `target` (`:latest` when it has no tag) at the image `source`
+    /// names (a name, an ID or an ID prefix). Returns the image.
+    pub fn tag(&self, source: &str, target: &str) -> Result<Image> {
+        let target_ref = ImageRef::parse(target)?;
+        if target_ref.digest().is_some() {
+            return Err(Error::InvalidReference {
+                reference: target.to_string(),
+                reason: "refusing to create a tag with a digest reference".into(),
+            });
+        }
+        let _lock = self.writer_lock()?;
+        let image = self.resolve(source)?;
+        // The digest the name stands for: the registry's, when the image already came
+        // from this repository under another tag, else the manifest's own.
+        let resolved = self
+            .refs()?
+            .into_iter()
+            .find(|r| {
+                r.image == image.manifest
+                    && ImageRef::parse(&r.name).is_ok_and(|n| n.name() == target_ref.name())
+            })
+            .map(|r| r.digest)
+            .unwrap_or_else(|| image.manifest.clone());
+        self.record_name(&image, &target_ref, &resolved)?;
+        Ok(image)
     }
 
     fn refs(&self) -> Result<Vec<RefRecord>> {
