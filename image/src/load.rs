@@ -55,7 +55,7 @@ pub struct Loaded {
 pub fn load(store: &Store, input: impl Read, archive: &str) -> Result<Vec<Loaded>> {
     let _lock = store.writer_lock()?;
     let staging = Staging::extract(store, input, archive)?;
-    let plans = if staging.exists("oci-layout") && staging.exists("index.json") {
+    let mut plans = if staging.exists("oci-layout") && staging.exists("index.json") {
         staging.plan_oci()?
     } else if staging.exists("manifest.json") {
         staging.plan_docker()?
@@ -76,7 +76,10 @@ pub fn load(store: &Store, input: impl Read, archive: &str) -> Result<Vec<Loaded
         }
         store.put_blob(&plan.manifest_bytes)?;
     }
-    for plan in &plans {
+    // As a pull: the root filesystem is built before any name points at the image, so a
+    // layer that cannot be converted fails the load, not a later run.
+    for plan in &mut plans {
+        plan.image.names = plan.names.iter().map(ImageRef::canonical).collect();
         store.rootfs(&plan.image)?;
     }
     let mut out = Vec::new();
@@ -85,10 +88,8 @@ pub fn load(store: &Store, input: impl Read, archive: &str) -> Result<Vec<Loaded
         for name in &plan.names {
             store.record_name(&plan.image, name, &plan.resolved)?;
         }
-        let mut image = plan.image;
-        image.names = plan.names.iter().map(ImageRef::canonical).collect();
         out.push(Loaded {
-            image,
+            image: plan.image,
             names: plan.names,
         });
     }
