@@ -84,7 +84,8 @@ pub async fn push(
         .collect();
 
     let total = image.layers.len();
-    let mut blobs: Vec<(String, Digest, u64)> = image
+    // (what, digest, size, whether docker shows it: layers yes, the config no).
+    let mut blobs: Vec<(String, Digest, u64, bool)> = image
         .layers
         .iter()
         .enumerate()
@@ -93,6 +94,7 @@ pub async fn push(
                 format!("layer {} ({}/{total})", l.digest.short(), i + 1),
                 l.digest.clone(),
                 l.size,
+                true,
             )
         })
         .collect();
@@ -103,6 +105,7 @@ pub async fn push(
         format!("config {}", image.config.short()),
         image.config.clone(),
         config_size,
+        false,
     ));
     let p = Pusher {
         store,
@@ -112,14 +115,14 @@ pub async fn push(
         progress,
         mount_from: &mount_from,
     };
-    for (_, digest, size) in &blobs {
+    for (_, digest, size, _) in blobs.iter().filter(|b| b.3) {
         progress.event(Event::Waiting {
             layer: digest,
             size: *size,
         });
     }
     futures_util::stream::iter(blobs.iter())
-        .map(|(part, digest, size)| p.blob(part, digest, *size))
+        .map(|(part, digest, size, shown)| p.blob(part, digest, *size, *shown))
         .buffer_unordered(CONCURRENT_UPLOADS)
         .try_collect::<Vec<()>>()
         .await?;
@@ -150,7 +153,9 @@ struct Pusher<'a> {
 
 impl Pusher<'_> {
     /// One blob to the registry unless it is there already or can be mounted.
-    async fn blob(&self, part: &str, digest: &Digest, size: u64) -> Result<()> {
+    async fn blob(&self, part: &str, digest: &Digest, size: u64, shown: bool) -> Result<()> {
+        let silent = crate::progress::Silent;
+        let progress: &dyn Progress = if shown { self.progress } else { &silent };
         let fail = |reason: String| Error::Blob {
             image: self.image.to_string(),
             part: part.to_string(),
@@ -163,7 +168,7 @@ impl Pusher<'_> {
             .await
             .map_err(|e| fail(format!("cannot ask the registry for it: {}", chain(&e))))?;
         if exists {
-            self.progress.event(Event::Exists { layer: digest });
+            progress.event(Event::Exists { layer: digest });
             return Ok(());
         }
         for source in self.mount_from {
@@ -175,7 +180,7 @@ impl Pusher<'_> {
                 .await
                 .is_ok()
             {
-                self.progress.event(Event::Exists { layer: digest });
+                progress.event(Event::Exists { layer: digest });
                 return Ok(());
             }
         }
@@ -209,7 +214,7 @@ impl Pusher<'_> {
             while let Some(sent) = rx.recv().await {
                 if sent - reported >= 256 << 10 || sent == size {
                     reported = sent;
-                    self.progress.event(Event::Downloading {
+                    progress.event(Event::Downloading {
                         layer: digest,
                         done: sent,
                     });
@@ -218,7 +223,7 @@ impl Pusher<'_> {
         };
         let (uploaded, ()) = tokio::join!(upload, report);
         uploaded.map_err(|e| fail(format!("upload failed: {}", chain(&e))))?;
-        self.progress.event(Event::Complete { layer: digest });
+        progress.event(Event::Complete { layer: digest });
         Ok(())
     }
 }

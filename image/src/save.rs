@@ -85,10 +85,12 @@ pub fn save_to_file(
     format: ArchiveFormat,
     path: &Path,
 ) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
+    // `out.tar` is `./out.tar`: the directory is fsynced after the rename.
+    let path = &match path.parent() {
+        Some(d) if d.as_os_str().is_empty() => Path::new(".").join(path),
+        _ => path.to_path_buf(),
     };
+    let dir = path.parent().unwrap_or(Path::new("/"));
     let file_name = path.file_name().unwrap_or_default().to_string_lossy();
     // Beside the destination, so that the rename stays on one filesystem.
     let temp = TempFile(dir.join(format!(".{file_name}.hk-save.{}", std::process::id())));
