@@ -16,8 +16,13 @@ use crate::registry::{client_with, registry_auth};
 use crate::store::Store;
 use crate::{Digest, Error, ImageRef, Result};
 use futures_util::{StreamExt, TryStreamExt};
+use oci_client::errors::OciDistributionError;
 use oci_client::{Client, RegistryOperation};
 use tokio::io::AsyncReadExt;
+
+/// A blob's reason when the registry wants credentials: the push reports it once, for the
+/// image, with what to do about it.
+const UNAUTHORIZED: &str = "unauthorized";
 
 /// docker's default `max-concurrent-uploads`.
 const CONCURRENT_UPLOADS: usize = 5;
@@ -71,10 +76,20 @@ pub async fn push(
         image: shown.clone(),
         cause,
     };
+    let unauthorized = || Error::Image {
+        image: shown.clone(),
+        reason: format!(
+            "unauthorized: authentication required (hk login {})",
+            name.registry()
+        ),
+    };
     client
         .auth(name.oci(), &auth, RegistryOperation::Push)
         .await
-        .map_err(registry_err)?;
+        .map_err(|e| match e {
+            OciDistributionError::AuthenticationFailure(_) => unauthorized(),
+            e => registry_err(e),
+        })?;
     // Other repositories of this registry that hold the image: blobs can be mounted.
     let mount_from: Vec<ImageRef> = image
         .names
@@ -125,7 +140,11 @@ pub async fn push(
         .map(|(part, digest, size, shown)| p.blob(part, digest, *size, *shown))
         .buffer_unordered(CONCURRENT_UPLOADS)
         .try_collect::<Vec<()>>()
-        .await?;
+        .await
+        .map_err(|e| match e {
+            Error::Blob { reason, .. } if reason == UNAUTHORIZED => unauthorized(),
+            e => e,
+        })?;
 
     let content_type = media_type.parse().map_err(|_| Error::Image {
         image: shown.clone(),
@@ -166,7 +185,14 @@ impl Pusher<'_> {
             .client
             .blob_exists(target, digest.as_str())
             .await
-            .map_err(|e| fail(format!("cannot ask the registry for it: {}", chain(&e))))?;
+            .map_err(|e| match e {
+                OciDistributionError::RequestError(r)
+                    if r.status() == Some(reqwest::StatusCode::UNAUTHORIZED) =>
+                {
+                    fail(UNAUTHORIZED.into())
+                }
+                e => fail(format!("cannot ask the registry for it: {}", chain(&e))),
+            })?;
         if exists {
             progress.event(Event::Exists { layer: digest });
             return Ok(());
@@ -195,7 +221,7 @@ impl Pusher<'_> {
             futures_util::stream::try_unfold((file, tx, 0u64), |(mut file, tx, sent)| async move {
                 let mut buf = bytes::BytesMut::with_capacity(1 << 20);
                 let n = file.read_buf(&mut buf).await.map_err(|e| {
-                    oci_client::errors::OciDistributionError::GenericError(Some(format!(
+                    OciDistributionError::GenericError(Some(format!(
                         "reading the stored blob: {e}"
                     )))
                 })?;

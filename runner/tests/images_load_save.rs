@@ -137,21 +137,23 @@ fn skopeo_archives_load_and_convert() {
         assert_no_temp_files(&hk);
         hk.assert_store_consistent();
 
-        // The same archive gzip-compressed, through stdin, into a fresh store.
-        let gz = compress(&std::fs::read(&file).unwrap(), Compression::Gzip);
-        let hk = Hk::new();
-        let out = load_stdin(&hk, &gz);
-        assert!(
-            out.status.success(),
-            "{format} gzip from stdin: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            format!("Loaded image: {name}\n")
-        );
-        assert_eq!(image_id(&hk, name), config_digest);
-        assert_rootfs(&hk, name, &tars);
+        // The same archive gzip- and zstd-compressed, through stdin, into fresh stores.
+        for c in [Compression::Gzip, Compression::Zstd] {
+            let packed = compress(&std::fs::read(&file).unwrap(), c);
+            let hk = Hk::new();
+            let out = load_stdin(&hk, &packed);
+            assert!(
+                out.status.success(),
+                "{format} {c:?} from stdin: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                format!("Loaded image: {name}\n")
+            );
+            assert_eq!(image_id(&hk, name), config_digest);
+            assert_rootfs(&hk, name, &tars);
+        }
     }
 
     // An OCI layout without a name loads as an image ID, as docker says it.
@@ -514,6 +516,18 @@ fn raw_member(name: &str, data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A symlink member, as docker's old layout links a layer another image already holds.
+fn raw_symlink(name: &str, target: &str) -> Vec<u8> {
+    let mut h = tar::Header::new_old();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.as_old_mut().linkname[..target.len()].copy_from_slice(target.as_bytes());
+    h.set_mode(0o777);
+    h.set_size(0);
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_cksum();
+    h.as_bytes().to_vec()
+}
+
 /// A docker-archive of members (name, data), in this order, plus the tar end marker.
 fn archive(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -560,6 +574,27 @@ fn hostile_tarballs_are_refused_and_leave_nothing() {
         "Loaded image: hostile:latest\n"
     );
     hk.ok(&["rmi", "hostile"]);
+
+    // docker's old layout: a second image whose layer is a symlink to the first's.
+    let mut linked = archive(&valid_members());
+    linked.truncate(linked.len() - 1024);
+    let second = serde_json::json!([
+        {"Config": "config.json", "RepoTags": ["hostile:latest"], "Layers": ["layer/layer.tar"]},
+        {"Config": "config.json", "RepoTags": ["linked:latest"], "Layers": ["other/layer.tar"]},
+    ]);
+    linked.extend(raw_symlink("other/layer.tar", "../layer/layer.tar"));
+    linked.extend(raw_member("manifest.json", second.to_string().as_bytes()));
+    linked.extend([0u8; 1024]);
+    let file = dir.path().join("linked.tar");
+    std::fs::write(&file, &linked).unwrap();
+    assert_eq!(
+        hk.ok(&["load", "-i", file.to_str().unwrap()]),
+        "Loaded image: hostile:latest\nLoaded image: linked:latest\n"
+    );
+    assert_eq!(image_id(&hk, "linked"), image_id(&hk, "hostile"));
+    hk.ok(&["rmi", "-f", &image_id(&hk, "linked")]);
+    assert_eq!(hk.ok(&["images", "-q"]), "");
+
     let demo = demo_image(dir.path());
     hk.ok(&["load", "-i", demo.to_str().unwrap()]);
     let images_before = hk.ok(&["images", "--no-trunc"]);
@@ -596,6 +631,17 @@ fn hostile_tarballs_are_refused_and_leave_nothing() {
             "huge-manifest",
             with(&|m| m[2].1 = vec![b' '; 5 << 20]),
             vec!["manifest.json", "more than"],
+        ),
+        (
+            "escaping-link",
+            {
+                let mut a = archive(&valid_members());
+                a.truncate(a.len() - 1024);
+                a.extend(raw_symlink("layer/layer.tar", "../../etc/shadow"));
+                a.extend([0u8; 1024]);
+                a
+            },
+            vec!["layer/layer.tar", "leaves the archive"],
         ),
         (
             "not-an-image",
@@ -723,4 +769,51 @@ fn demo_image_is_deterministic_and_loads() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&sh.stdout).contains("Fast link dest: \"busybox\""));
+}
+
+#[test]
+fn push_uses_the_credentials_pull_uses() {
+    const USER: &str = "pusher";
+    const PASSWORD: &str = "p4ss";
+    let dir = tempfile::tempdir().unwrap();
+    let demo = demo_image(dir.path());
+    for reg in [
+        Registry::start_with_htpasswd(USER, PASSWORD),
+        Registry::start_with_token_server(USER, PASSWORD),
+    ] {
+        let hk = Hk::new();
+        hk.ok(&["load", "-i", demo.to_str().unwrap()]);
+        let name = reg.image_ref("private/demo", "1");
+        hk.ok(&["tag", "hk-demo", &name]);
+        let err = hk.fails(&["push", "-q", &name], 125);
+        assert!(
+            err.contains("private/demo:1")
+                && err.contains(&format!("authentication required (hk login {})", reg.addr)),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        let mut login = hk
+            .cmd(&["login", "-u", USER, "--password-stdin", &reg.addr])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        login
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{PASSWORD}\n").as_bytes())
+            .unwrap();
+        assert!(login.wait().unwrap().success());
+        hk.ok(&["push", "-q", &name]);
+        let fresh = Hk::new();
+        std::fs::create_dir_all(fresh.home.path().join(".docker")).unwrap();
+        std::fs::copy(
+            hk.home.path().join(".docker/config.json"),
+            fresh.home.path().join(".docker/config.json"),
+        )
+        .unwrap();
+        fresh.ok(&["pull", "-q", &name]);
+        assert_eq!(image_id(&fresh, &name), image_id(&hk, "hk-demo"));
+    }
 }
