@@ -817,3 +817,48 @@ fn push_uses_the_credentials_pull_uses() {
         assert_eq!(image_id(&fresh, &name), image_id(&hk, "hk-demo"));
     }
 }
+
+/// `skopeo copy --all` of a two-platform image writes an index inside the OCI layout: the
+/// host's platform is taken, as a pull takes it, under the archive's name.
+#[test]
+fn oci_layout_with_an_index_loads_the_hosts_platform() {
+    let reg = Registry::start();
+    let mut entries = Vec::new();
+    let mut by_arch = std::collections::HashMap::new();
+    for arch in ["arm64", "amd64"] {
+        let mut img = TestImage::new(vec![TestLayer {
+            tar: TarBuilder::new()
+                .file("arch", 0o644, arch.as_bytes())
+                .finish(),
+            compression: Compression::Gzip,
+        }]);
+        img.architecture = arch.into();
+        let (m, t) = img.manifest(&reg, "multi");
+        let d = reg.push_manifest("multi", arch, &m, t);
+        by_arch.insert(arch, d.clone());
+        entries.push((d, m.len(), arch));
+    }
+    let entries: Vec<(Digest, usize, &str)> = entries;
+    reg.push_index("multi", "v1", &entries);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("multi.tar");
+    skopeo(&[
+        "copy",
+        "-q",
+        "--all",
+        "--src-tls-verify=false",
+        &format!("docker://{}", reg.image_ref("multi", "v1")),
+        &format!("oci-archive:{}:multi/app:v1", file.display()),
+    ]);
+    let hk = Hk::new();
+    assert_eq!(
+        hk.ok(&["load", "-i", file.to_str().unwrap()]),
+        "Loaded image: multi/app:v1\n"
+    );
+    let host = hk_image::Platform::host().architecture;
+    assert_eq!(
+        manifest_digest(&hk, "multi/app:v1"),
+        by_arch[host.as_str()].to_string()
+    );
+    hk.ok(&["image", "rootfs", "multi/app:v1"]);
+}
