@@ -28,7 +28,6 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// More members than any real image archive has (docker's old layout has three per layer).
 const MAX_ENTRIES: usize = 100_000;
@@ -461,7 +460,7 @@ impl<'a> Staging<'a> {
             let digest = Digest::of(&manifest_bytes);
             let names = self.names("manifest.json", e.repo_tags.as_deref().unwrap_or(&[]))?;
             plans.push(Plan {
-                image: image(digest.clone(), config_blob.digest, layers, &config),
+                image: Image::new(digest.clone(), config_blob.digest, layers, &config),
                 names,
                 manifest_bytes,
                 resolved: digest,
@@ -484,15 +483,9 @@ impl<'a> Staging<'a> {
             ),
         };
         let mut hasher = Hasher::default();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            match decoder.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => hasher.update(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.err(Some(&s.name), format!("corrupt layer: {e}"))),
-            }
-        }
+        hasher
+            .read_all(&mut decoder)
+            .map_err(|e| self.err(Some(&s.name), format!("corrupt layer: {e}")))?;
         Ok((compression, hasher.finish()))
     }
 
@@ -640,33 +633,10 @@ impl<'a> Staging<'a> {
             });
         }
         Ok((
-            image(digest.clone(), config_digest, layers, &config),
+            Image::new(digest.clone(), config_digest, layers, &config),
             bytes,
             digest,
         ))
-    }
-}
-
-fn image(
-    manifest: Digest,
-    config_digest: Digest,
-    layers: Vec<LayerInfo>,
-    config: &ImageConfiguration,
-) -> Image {
-    Image {
-        manifest,
-        config: config_digest,
-        layers,
-        os: config.os().to_string(),
-        architecture: config.architecture().to_string(),
-        variant: config.variant().clone(),
-        created: config.created().clone(),
-        pulled: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        names: Vec::new(),
-        repo_digests: Vec::new(),
     }
 }
 

@@ -19,7 +19,7 @@ use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// docker's default `max-concurrent-downloads`.
 const CONCURRENT_DOWNLOADS: usize = 3;
@@ -521,10 +521,10 @@ pub async fn pull(
         .try_collect::<Vec<()>>()
         .await?;
 
-    let image = Image {
-        manifest: manifest_digest,
-        config: config_digest,
-        layers: layers
+    let mut image = Image::new(
+        manifest_digest,
+        config_digest,
+        layers
             .into_iter()
             .zip(diff_ids)
             .map(|((digest, media_type, size), diff_id)| LayerInfo {
@@ -534,17 +534,10 @@ pub async fn pull(
                 diff_id,
             })
             .collect(),
-        os: config.os().to_string(),
-        architecture: config.architecture().to_string(),
-        variant: config.variant().clone(),
-        created: config.created().clone(),
-        pulled: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        names: vec![reference.canonical()],
-        repo_digests: vec![format!("{}@{resolved}", reference.name())],
-    };
+        &config,
+    );
+    image.names = vec![reference.canonical()];
+    image.repo_digests = vec![format!("{}@{resolved}", reference.name())];
     store.put_blob(&top)?;
     store.put_blob(&manifest_bytes)?;
     if opts.convert {

@@ -69,6 +69,31 @@ pub struct Image {
 }
 
 impl Image {
+    /// An image about to be recorded: its manifest, config blob and layers, the platform and
+    /// creation time from the config, pulled (or loaded) now, with no names yet.
+    pub(crate) fn new(
+        manifest: Digest,
+        config_digest: Digest,
+        layers: Vec<LayerInfo>,
+        config: &oci_spec::image::ImageConfiguration,
+    ) -> Image {
+        Image {
+            manifest,
+            config: config_digest,
+            layers,
+            os: config.os().to_string(),
+            architecture: config.architecture().to_string(),
+            variant: config.variant().clone(),
+            created: config.created().clone(),
+            pulled: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            names: Vec::new(),
+            repo_digests: Vec::new(),
+        }
+    }
+
     /// Download size: compressed layers plus config, the bytes the store holds for it.
     pub fn size(&self) -> u64 {
         self.layers.iter().map(|l| l.size).sum()
@@ -247,14 +272,8 @@ impl Store {
             Err(e) => return Err(Error::Io { path, cause: e }),
         };
         let mut hasher = Hasher::default();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => hasher.update(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::Io { path, cause: e }),
-            }
+        if let Err(e) = hasher.read_all(&mut file) {
+            return Err(Error::Io { path, cause: e });
         }
         let actual = hasher.finish();
         Ok((actual != *digest).then(|| delete_corrupt(&file, &path, &actual)))
