@@ -80,6 +80,19 @@ impl Hasher {
         self.len += data.len() as u64;
     }
 
+    /// Hashes everything `reader` yields, to its end.
+    pub(crate) fn read_all(&mut self, mut reader: impl std::io::Read) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.update(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     pub(crate) fn finish(self) -> Digest {
         Digest(format!("sha256:{}", hex::encode(self.sha.finalize())))
     }

@@ -34,6 +34,15 @@ pub enum Error {
         cause: crate::ext4::Error,
     },
 
+    /// An image tarball (`hk load`): `archive` is its path or `stdin`, `entry` the member
+    /// at fault when one is.
+    #[error("{archive}: {}{reason}", entry.as_deref().map(|e| format!("{e}: ")).unwrap_or_default())]
+    Archive {
+        archive: String,
+        entry: Option<String>,
+        reason: String,
+    },
+
     #[error("{registry}: {reason}")]
     Login { registry: String, reason: String },
 

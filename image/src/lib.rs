@@ -11,20 +11,26 @@ mod digest;
 mod error;
 pub mod ext4;
 mod layer;
+mod load;
 mod media;
 pub mod platform;
 pub mod progress;
+mod push;
 mod reference;
 mod registry;
 mod rootfs;
+mod save;
 mod store;
 
 pub use digest::Digest;
 pub use error::Error;
+pub use load::{load, Loaded};
 pub use platform::Platform;
+pub use push::{push, PushOptions, Pushed};
 pub use reference::ImageRef;
 pub use registry::{login, pull, PullOptions};
 pub use rootfs::Rootfs;
+pub use save::{save, save_to_file, ArchiveFormat};
 pub use store::{GcStats, Image, LayerInfo, Removed, Store};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,5 +1,7 @@
-//! Pull progress as events, so the library never prints: the CLI renders them as bars on a
-//! terminal and as plain lines otherwise.
+//! Pull and push progress as events, so the library never prints: the CLI renders them as
+//! bars on a terminal and as plain lines otherwise. A push reports with the same events,
+//! the bytes moving the other way: `Exists` is a blob the registry has (or mounted),
+//! `Waiting` one to check, `Downloading` bytes sent, `Complete` one sent.
 
 use crate::Digest;
 

@@ -19,13 +19,13 @@ use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// docker's default `max-concurrent-downloads`.
 const CONCURRENT_DOWNLOADS: usize = 3;
 /// Manifests and configs are a few KiB; anything beyond these is an attack, not an image.
-const MAX_MANIFEST: usize = 4 << 20;
-const MAX_CONFIG: u64 = 16 << 20;
+pub(crate) const MAX_MANIFEST: usize = 4 << 20;
+pub(crate) const MAX_CONFIG: u64 = 16 << 20;
 /// No real layer comes near this; a descriptor that claims more is refused up front.
 const MAX_LAYER: u64 = 64 << 30;
 
@@ -81,6 +81,12 @@ fn plain_http_with(registry: &str, tls_verify: Option<bool>, listed: &str) -> bo
 }
 
 fn client(registry: &str, tls_verify: Option<bool>) -> Client {
+    client_with(registry, tls_verify, false)
+}
+
+/// `monolithic`: push each blob in one request (POST, then PUT with the whole body) rather
+/// than in chunks.
+pub(crate) fn client_with(registry: &str, tls_verify: Option<bool>, monolithic: bool) -> Client {
     // rustls needs a process-wide crypto provider; a second install fails harmlessly.
     let _ = rustls::crypto::ring::default_provider().install_default();
     Client::new(ClientConfig {
@@ -92,6 +98,7 @@ fn client(registry: &str, tls_verify: Option<bool>) -> Client {
         platform_resolver: None,
         connect_timeout: Some(Duration::from_secs(30)),
         read_timeout: Some(Duration::from_secs(120)),
+        use_monolithic_push: monolithic,
         ..Default::default()
     })
 }
@@ -108,7 +115,7 @@ fn http_client() -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
-fn registry_auth(registry: &str) -> Result<RegistryAuth> {
+pub(crate) fn registry_auth(registry: &str) -> Result<RegistryAuth> {
     Ok(match auth::lookup(registry)? {
         Some(Credentials { username, password }) => RegistryAuth::Basic(username, password),
         None => RegistryAuth::Anonymous,
@@ -514,10 +521,10 @@ pub async fn pull(
         .try_collect::<Vec<()>>()
         .await?;
 
-    let image = Image {
-        manifest: manifest_digest,
-        config: config_digest,
-        layers: layers
+    let mut image = Image::new(
+        manifest_digest,
+        config_digest,
+        layers
             .into_iter()
             .zip(diff_ids)
             .map(|((digest, media_type, size), diff_id)| LayerInfo {
@@ -527,17 +534,10 @@ pub async fn pull(
                 diff_id,
             })
             .collect(),
-        os: config.os().to_string(),
-        architecture: config.architecture().to_string(),
-        variant: config.variant().clone(),
-        created: config.created().clone(),
-        pulled: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        names: vec![reference.canonical()],
-        repo_digests: vec![format!("{}@{resolved}", reference.name())],
-    };
+        &config,
+    );
+    image.names = vec![reference.canonical()];
+    image.repo_digests = vec![format!("{}@{resolved}", reference.name())];
     store.put_blob(&top)?;
     store.put_blob(&manifest_bytes)?;
     if opts.convert {

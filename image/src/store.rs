@@ -69,6 +69,31 @@ pub struct Image {
 }
 
 impl Image {
+    /// An image about to be recorded: its manifest, config blob and layers, the platform and
+    /// creation time from the config, pulled (or loaded) now, with no names yet.
+    pub(crate) fn new(
+        manifest: Digest,
+        config_digest: Digest,
+        layers: Vec<LayerInfo>,
+        config: &oci_spec::image::ImageConfiguration,
+    ) -> Image {
+        Image {
+            manifest,
+            config: config_digest,
+            layers,
+            os: config.os().to_string(),
+            architecture: config.architecture().to_string(),
+            variant: config.variant().clone(),
+            created: config.created().clone(),
+            pulled: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            names: Vec::new(),
+            repo_digests: Vec::new(),
+        }
+    }
+
     /// Download size: compressed layers plus config, the bytes the store holds for it.
     pub fn size(&self) -> u64 {
         self.layers.iter().map(|l| l.size).sum()
@@ -247,14 +272,8 @@ impl Store {
             Err(e) => return Err(Error::Io { path, cause: e }),
         };
         let mut hasher = Hasher::default();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => hasher.update(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::Io { path, cause: e }),
-            }
+        if let Err(e) = hasher.read_all(&mut file) {
+            return Err(Error::Io { path, cause: e });
         }
         let actual = hasher.finish();
         Ok((actual != *digest).then(|| delete_corrupt(&file, &path, &actual)))
@@ -359,13 +378,56 @@ impl Store {
     /// Records a pulled image, then points `name` at it: in this order, so that a name never
     /// points at a record that is not there.
     pub(crate) fn record(&self, image: &Image, name: &ImageRef, resolved: &Digest) -> Result<()> {
-        self.write_json(&self.image_path(&image.manifest), image)?;
+        self.record_image(image)?;
+        self.record_name(image, name, resolved)
+    }
+
+    /// Records an image without pointing a name at it (an untagged `hk load`).
+    pub(crate) fn record_image(&self, image: &Image) -> Result<()> {
+        self.write_json(&self.image_path(&image.manifest), image)
+    }
+
+    /// Points `name` at a recorded image; `resolved` is what the name resolved to where the
+    /// image came from (the registry's index or manifest digest).
+    pub(crate) fn record_name(
+        &self,
+        image: &Image,
+        name: &ImageRef,
+        resolved: &Digest,
+    ) -> Result<()> {
         let r = RefRecord {
             name: name.canonical(),
             image: image.manifest.clone(),
             digest: resolved.clone(),
         };
         self.write_json(&self.ref_path(&r.name), &r)
+    }
+
+    /// `docker tag`: points `target` (`:latest` when it has no tag) at the image `source`
+    /// names (a name, an ID or an ID prefix). Returns the image.
+    pub fn tag(&self, source: &str, target: &str) -> Result<Image> {
+        let target_ref = ImageRef::parse(target)?;
+        if target_ref.digest().is_some() {
+            return Err(Error::InvalidReference {
+                reference: target.to_string(),
+                reason: "refusing to create a tag with a digest reference".into(),
+            });
+        }
+        let _lock = self.writer_lock()?;
+        let image = self.resolve(source)?;
+        // The digest the name stands for: the registry's, when the image already came
+        // from this repository under another tag, else the manifest's own.
+        let resolved = self
+            .refs()?
+            .into_iter()
+            .find(|r| {
+                r.image == image.manifest
+                    && ImageRef::parse(&r.name).is_ok_and(|n| n.name() == target_ref.name())
+            })
+            .map(|r| r.digest)
+            .unwrap_or_else(|| image.manifest.clone());
+        self.record_name(&image, &target_ref, &resolved)?;
+        Ok(image)
     }
 
     fn refs(&self) -> Result<Vec<RefRecord>> {

@@ -1,15 +1,18 @@
-//! Image commands, after docker's: `hk pull`, `hk images`, `hk rmi`, `hk image ...`,
-//! `hk login`, `hk logout`. Output formats follow docker's so that scripts written for it
+//! Image commands, after docker's: `hk pull`, `hk push`, `hk images`, `hk rmi`, `hk tag`,
+//! `hk load`, `hk save`, `hk image ...`, `hk login`, `hk logout`. Output formats follow docker's so that scripts written for it
 //! keep working; the work itself is hk_image's.
 
 use anyhow::{bail, Context};
 use hk_image::auth::{self, Credentials};
 use hk_image::progress::{Event, Progress};
-use hk_image::{Digest, Image, ImageRef, Platform, PullOptions, Removed, Store};
+use hk_image::{
+    ArchiveFormat, Digest, Image, ImageRef, Platform, PullOptions, PushOptions, Removed, Store,
+};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
 
@@ -29,6 +32,49 @@ pub struct PullArgs {
     /// Only download and verify; build the root filesystem at first use instead
     #[arg(long)]
     no_convert: bool,
+}
+
+#[derive(clap::Args)]
+pub struct PushArgs {
+    /// Image to push, by name: it goes to that name's registry and repository
+    image: String,
+    /// Require HTTPS (default: true, except for localhost and HK_INSECURE_REGISTRIES)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    tls_verify: Option<bool>,
+    /// Suppress verbose output
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+pub struct TagArgs {
+    /// The image, by name, ID or ID prefix
+    source: String,
+    /// The new name; `:latest` when it has no tag
+    target: String,
+}
+
+#[derive(clap::Args)]
+pub struct LoadArgs {
+    /// Read from this tar archive (plain, gzip or zstd) instead of stdin
+    #[arg(short, long)]
+    input: Option<PathBuf>,
+    /// Suppress the load output
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+pub struct SaveArgs {
+    /// Images to save, by name or ID
+    #[arg(required = true)]
+    images: Vec<String>,
+    /// Write to this file instead of stdout
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Archive layout: `docker-archive` (as docker save) or `oci-archive` (as podman)
+    #[arg(long, default_value = "docker-archive", value_parser = ["docker-archive", "oci-archive"])]
+    format: String,
 }
 
 #[derive(clap::Args)]
@@ -114,6 +160,14 @@ pub enum ImageCommand {
     Prune(PruneArgs),
     /// Print the path of the image's ext4 root filesystem, building it on first use
     Rootfs(RootfsArgs),
+    /// Upload an image to a registry
+    Push(PushArgs),
+    /// Create a tag TARGET that refers to SOURCE
+    Tag(TagArgs),
+    /// Load images from a tar archive or stdin
+    Load(LoadArgs),
+    /// Save images to a tar archive (streamed to stdout by default)
+    Save(SaveArgs),
 }
 
 #[derive(clap::Args)]
@@ -129,6 +183,10 @@ pub fn image(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
         ImageCommand::Inspect(a) => inspect(a),
         ImageCommand::Prune(a) => prune(a),
         ImageCommand::Rootfs(a) => rootfs(a),
+        ImageCommand::Push(a) => push(a),
+        ImageCommand::Tag(a) => tag(a),
+        ImageCommand::Load(a) => load(a),
+        ImageCommand::Save(a) => save(a),
     }
 }
 
@@ -177,7 +235,7 @@ pub(crate) fn pull_with_progress(
         .resolve(&reference.canonical())
         .ok()
         .map(|i| i.manifest);
-    let renderer = Renderer::new(quiet, to_stderr);
+    let renderer = Renderer::new(quiet, &PULL_WORDS, to_stderr);
     let tag = match reference.digest() {
         Some(d) => d.to_string(),
         None => reference.tag().unwrap_or("latest").to_string(),
@@ -200,16 +258,40 @@ pub(crate) fn pull_with_progress(
     Ok(image)
 }
 
-/// Pull progress: a bar per layer on a terminal, docker's plain status lines otherwise.
+/// What docker says about a layer: when it is there already, waiting, moving, done.
+struct Words {
+    exists: &'static str,
+    waiting: &'static str,
+    moving: &'static str,
+    complete: &'static str,
+}
+
+const PULL_WORDS: Words = Words {
+    exists: "Already exists",
+    waiting: "Pulling fs layer",
+    moving: "Downloading",
+    complete: "Pull complete",
+};
+
+const PUSH_WORDS: Words = Words {
+    exists: "Layer already exists",
+    waiting: "Preparing",
+    moving: "Pushing",
+    complete: "Pushed",
+};
+
+/// Pull and push progress: a bar per layer on a terminal, docker's plain status lines
+/// otherwise.
 struct Renderer {
     quiet: bool,
     to_stderr: bool,
+    words: &'static Words,
     bars: Option<MultiProgress>,
     layers: Mutex<HashMap<Digest, (ProgressBar, u64)>>,
 }
 
 impl Renderer {
-    fn new(quiet: bool, to_stderr: bool) -> Renderer {
+    fn new(quiet: bool, words: &'static Words, to_stderr: bool) -> Renderer {
         let terminal = if to_stderr {
             std::io::stderr().is_terminal()
         } else {
@@ -219,6 +301,7 @@ impl Renderer {
         Renderer {
             quiet,
             to_stderr,
+            words,
             bars,
             layers: Mutex::new(HashMap::new()),
         }
@@ -263,9 +346,9 @@ impl Progress for Renderer {
                     let bar = m.add(ProgressBar::new(0));
                     bar.set_style(ProgressStyle::with_template("{prefix}: {msg}").expect("style"));
                     bar.set_prefix(layer.short().to_string());
-                    bar.finish_with_message("Already exists");
+                    bar.finish_with_message(self.words.exists);
                 }
-                self.line(layer, "Already exists");
+                self.line(layer, self.words.exists);
             }
             Event::Waiting { layer, size } => {
                 if let Some(m) = &self.bars {
@@ -278,13 +361,13 @@ impl Progress for Renderer {
                         .progress_chars("=> "),
                     );
                     bar.set_prefix(layer.short().to_string());
-                    bar.set_message("Downloading");
+                    bar.set_message(self.words.moving);
                     self.layers
                         .lock()
                         .expect("progress lock")
                         .insert(layer.clone(), (bar, size));
                 }
-                self.line(layer, "Pulling fs layer");
+                self.line(layer, self.words.waiting);
             }
             Event::Downloading { layer, done } => {
                 if let Some((bar, _)) = self.layers.lock().expect("progress lock").get(layer) {
@@ -294,9 +377,9 @@ impl Progress for Renderer {
             Event::Complete { layer } => {
                 if let Some((bar, size)) = self.layers.lock().expect("progress lock").get(layer) {
                     bar.set_position(*size);
-                    bar.finish_with_message("Pull complete");
+                    bar.finish_with_message(self.words.complete);
                 }
-                self.line(layer, "Pull complete");
+                self.line(layer, self.words.complete);
             }
         }
     }
@@ -638,6 +721,88 @@ pub fn rootfs(args: RootfsArgs) -> anyhow::Result<ExitCode> {
     let image = store.resolve(&args.image)?;
     let rootfs = store.rootfs(&image)?;
     println!("{}", rootfs.path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
+    let reference = ImageRef::parse(&args.image)?;
+    let store = store()?;
+    let renderer = Renderer::new(args.quiet, &PUSH_WORDS, false);
+    if !args.quiet {
+        println!(
+            "The push refers to repository [{}]",
+            reference.familiar_name()
+        );
+    }
+    let opts = PushOptions {
+        tls_verify: args.tls_verify,
+    };
+    let pushed = runtime()?.block_on(hk_image::push(&store, &reference, &opts, &renderer));
+    renderer.finish();
+    let pushed = pushed?;
+    if args.quiet {
+        println!("{reference}");
+    } else {
+        println!(
+            "{}: digest: {} size: {}",
+            reference.tag().unwrap_or("latest"),
+            pushed.digest,
+            pushed.size
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn tag(args: TagArgs) -> anyhow::Result<ExitCode> {
+    store()?.tag(&args.source, &args.target)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
+    let store = store()?;
+    let loaded = match &args.input {
+        Some(path) => {
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            hk_image::load(&store, file, &path.display().to_string())?
+        }
+        None => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                bail!("requested load from stdin, but stdin is empty");
+            }
+            hk_image::load(&store, stdin.lock(), "stdin")?
+        }
+    };
+    // docker prints these even with -q: they are the result, not progress.
+    for l in &loaded {
+        if l.names.is_empty() {
+            println!("Loaded image ID: {}", l.image.config);
+        }
+        for name in &l.names {
+            println!("Loaded image: {name}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
+    let format = match args.format.as_str() {
+        "oci-archive" => ArchiveFormat::OciArchive,
+        _ => ArchiveFormat::DockerArchive,
+    };
+    let store = store()?;
+    match &args.output {
+        Some(path) => hk_image::save_to_file(&store, &args.images, format, path)?,
+        None => {
+            let stdout = std::io::stdout();
+            if stdout.is_terminal() {
+                bail!("cowardly refusing to save to a terminal. Use the -o flag or redirect");
+            }
+            let out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            hk_image::save(&store, &args.images, format, out, "stdout".as_ref())?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

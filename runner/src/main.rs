@@ -58,10 +58,18 @@ enum Command {
     Info(info::Args),
     /// Download an image from a registry
     Pull(images::PullArgs),
+    /// Upload an image to a registry
+    Push(images::PushArgs),
     /// List images
     Images(images::ImagesArgs),
     /// Remove one or more images
     Rmi(images::RmiArgs),
+    /// Create a tag TARGET that refers to SOURCE
+    Tag(images::TagArgs),
+    /// Load images from a tar archive or stdin
+    Load(images::LoadArgs),
+    /// Save images to a tar archive (streamed to stdout by default)
+    Save(images::SaveArgs),
     /// Manage images
     #[command(subcommand)]
     Image(images::ImageCommand),
@@ -95,8 +103,12 @@ fn main() -> ExitCode {
         Command::Container(cmd) => lifecycle::container(cmd),
         Command::Info(args) => info::run(args),
         Command::Pull(args) => images::pull(args),
+        Command::Push(args) => images::push(args),
         Command::Images(args) => images::images(args),
         Command::Rmi(args) => images::rmi(args),
+        Command::Tag(args) => images::tag(args),
+        Command::Load(args) => images::load(args),
+        Command::Save(args) => images::save(args),
         Command::Image(cmd) => images::image(cmd),
         Command::Login(args) => images::login(args),
         Command::Logout(args) => images::logout(args),
