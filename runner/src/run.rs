@@ -65,6 +65,8 @@ pub struct RunArgs {
     #[arg(long)]
     timings: bool,
     #[command(flatten)]
+    seccomp: crate::vm::SeccompArg,
+    #[command(flatten)]
     process: ProcessFlags,
     /// The image, then the command and its arguments (with --rootfs: only the command)
     #[arg(
@@ -242,6 +244,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         memory_mib,
         read_only: args.read_only,
         auto_remove: args.rm,
+        seccomp: args.seccomp.on,
     })?;
     if let Some(f) = &args.cidfile {
         std::fs::write(f, &id).with_context(|| format!("cannot write {}", f.display()))?;

@@ -220,6 +220,7 @@ fn boot_and_run(
         console: Box::new(std::io::LineWriter::new(console)),
         console_input: None,
         start,
+        seccomp: config.seccomp,
     })?;
     let vsock = vm.vsock().expect("the VM has a vsock device");
     let stopper = vm.stop_handle();
@@ -230,6 +231,11 @@ fn boot_and_run(
     forwarded
         .thread_block()
         .context("cannot block signals to forward them")?;
+    // Every thread of this process from here on runs under the VMM's process filter
+    // (vCPU and device threads add their own): the VM is a guest's attack surface.
+    if config.seccomp {
+        hk_vmm::seccomp::confine_process()?;
+    }
     let running = std::thread::Builder::new()
         .name("vm".into())
         .spawn(move || vm.run())?;

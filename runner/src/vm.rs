@@ -56,6 +56,24 @@ pub struct BootArgs {
     /// Boot even on kvm-pvm, which runs only PVM-patched guest kernels
     #[arg(long, env = "HK_ALLOW_PVM")]
     allow_pvm: bool,
+    #[command(flatten)]
+    seccomp: SeccompArg,
+}
+
+/// `--seccomp on|off`: the VMM's seccomp filters (docs/security.md).
+#[derive(clap::Args, Clone, Copy)]
+pub struct SeccompArg {
+    /// Confine the VMM's threads with seccomp filters; `off` only to debug a VMM
+    #[arg(long = "seccomp", value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    pub on: bool,
+}
+
+fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(format!("{text:?}: expected on or off")),
+    }
 }
 
 /// The exit status of a VM whose kernel panicked: 128 + SIGABRT, what a shell reports for a
@@ -128,6 +146,9 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     } else {
         (None, None)
     };
+    if args.seccomp.on {
+        hk_vmm::seccomp::confine_process()?;
+    }
     let outcome = hk_vmm::run(VmConfig {
         kernel,
         initrd: args.initrd,
@@ -140,6 +161,7 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         console,
         console_input,
         start,
+        seccomp: args.seccomp.on,
     })?;
     if args.boot_timer {
         match outcome.boot_time {

@@ -30,6 +30,7 @@ sizes)
     echo "cpus:$(grep -c ^processor /proc/cpuinfo)"
     echo "online:$(cat /sys/devices/system/cpu/online)"
     echo "memtotal-kib:$(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2)"
+    echo "pat:$(dmesg | grep -o 'x86/PAT: [A-Za-z]*' | head -1)"
     reboot -f
     ;;
 write)
@@ -291,6 +292,14 @@ fn guest_sees_the_cpus_it_was_given() {
     let b = boot("sizes");
     assert_eq!(value(b, "cpus"), "2", "{b:?}");
     assert_eq!(value(b, "online"), "0-1", "{b:?}");
+}
+
+#[test]
+fn guest_uses_pat_because_mtrrs_are_enabled_with_write_back() {
+    // Linux prints "x86/PAT: Configuration [0-7]: WB WC ..." when it uses PAT, and
+    // "x86/PAT: PAT support disabled ..." (or "MTRRs disabled ...") when it does not.
+    let b = boot("sizes");
+    assert_eq!(value(b, "pat"), "x86/PAT: Configuration", "{b:?}");
 }
 
 #[test]

@@ -19,6 +19,7 @@
 pub mod console;
 mod machine;
 mod map_reader;
+pub mod seccomp;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
@@ -52,6 +53,10 @@ pub struct VmConfig {
     /// The instant boot time is measured from (the boot-timer marker); normally the start
     /// of the process.
     pub start: Instant,
+    /// Confine vCPU and device threads with seccomp filters ([`seccomp`]); off only for
+    /// debugging. The process-wide filter is the embedder's to install
+    /// ([`seccomp::confine_process`]), since it binds the embedder's own threads too.
+    pub seccomp: bool,
 }
 
 /// A virtio-blk disk backed by a raw image file.
@@ -109,6 +114,8 @@ pub enum Error {
     Vsock(#[from] hk_devices::virtio::vsock::Error),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::Error),
     #[error("{0}: {1}")]
     Io(&'static str, #[source] std::io::Error),
 }

@@ -8,7 +8,7 @@ use hk_devices::virtio::block::Block;
 use hk_devices::virtio::mmio::{MmioTransport, MMIO_SIZE, REG_QUEUE_NOTIFY};
 use hk_devices::virtio::rng::Rng;
 use hk_devices::virtio::vsock::{Vsock, VsockHost};
-use hk_devices::virtio::worker::{panic_text, Fatal};
+use hk_devices::virtio::worker::{panic_text, Confine, Fatal};
 use hk_devices::virtio::{VirtioDevice, VirtioInterrupt};
 use hk_devices::{BusDevice, Interrupt};
 use hk_hypervisor::kvm::KvmVm;
@@ -149,6 +149,8 @@ struct Machine<V: X86Vm> {
     transports: Vec<Shared<MmioTransport>>,
     vsock: Option<VsockHost>,
     stop: Arc<Stop>,
+    /// The vCPU threads' seccomp filter, when confined.
+    vcpu_filter: Option<Arc<seccompiler::BpfProgram>>,
 }
 
 /// The console's input, and the serial port's event saying the guest can take more.
@@ -263,6 +265,18 @@ where
             let stop = stop.clone();
             Arc::new(move |why| stop.request(GuestExit::Crash(why)))
         };
+        let (vcpu_filter, confine) = if config.seccomp {
+            let device = Arc::new(crate::seccomp::device_filter()?);
+            let confine: Confine = Arc::new(move || {
+                crate::seccomp::confine_thread(&device).map_err(|e| e.to_string())
+            });
+            (
+                Some(Arc::new(crate::seccomp::vcpu_filter()?)),
+                Some(confine),
+            )
+        } else {
+            (None, None)
+        };
         let mut cmdline = vec![
             // The exit status depends on these (docs/guest-abi.md); they come first so the
             // caller's command line can still override them.
@@ -285,6 +299,7 @@ where
                 VirtioInterrupt::new(line),
                 notify,
                 fatal.clone(),
+                confine.clone(),
             );
             let transport = Arc::new(Mutex::new(transport));
             mmio.insert(base, MMIO_SIZE, transport.clone());
@@ -323,6 +338,7 @@ where
             transports,
             vsock,
             stop,
+            vcpu_filter,
         })
     }
 
@@ -338,6 +354,7 @@ where
             transports,
             vsock,
             stop,
+            vcpu_filter,
         } = self;
         let epoll = Epoll::new().map_err(|e| Error::Io("epoll", e))?;
         epoll
@@ -361,6 +378,7 @@ where
             let (vm, boot, ready, start) =
                 (vm.clone(), boot.clone(), ready_tx.clone(), start.clone());
             let (pio, mmio, stop, mem) = (pio.clone(), mmio.clone(), stop.clone(), mem.clone());
+            let filter = vcpu_filter.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 // vCPU threads only decode exits: a small stack keeps the VMM small.
@@ -377,6 +395,13 @@ where
                     drop(ready);
                     if !start.wait() {
                         return;
+                    }
+                    // Set up, the vCPU only runs and decodes exits from here on.
+                    if let Some(filter) = filter {
+                        if let Err(e) = crate::seccomp::confine_thread(&filter) {
+                            stop.request(GuestExit::Crash(format!("vCPU {index}: {e}")));
+                            return;
+                        }
                     }
                     // A bug in exit handling must stop the VM, not leave the VMM waiting
                     // for a vCPU that is gone.

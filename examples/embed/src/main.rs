@@ -52,6 +52,7 @@ fn main() -> std::process::ExitCode {
         console: Box::new(console.clone()),
         console_input: None,
         start: Instant::now(),
+        seccomp: true,
     });
     let text = String::from_utf8_lossy(&console.0.lock().expect("console lock")).into_owned();
     match outcome {

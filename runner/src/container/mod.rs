@@ -54,6 +54,13 @@ pub struct Config {
     pub memory_mib: u64,
     pub read_only: bool,
     pub auto_remove: bool,
+    /// The VMM's seccomp filters (`--seccomp off` to debug).
+    #[serde(default = "yes")]
+    pub seccomp: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,5 +1,7 @@
 //! Model-specific registers loaded before the first run: the syscall MSRs zeroed (the
-//! kernel programs them) and fast-string operations on, as firmware would leave them.
+//! kernel programs them), fast-string operations on, and MTRRs enabled with write-back as
+//! the default memory type, as firmware would leave them. Without the last, Linux finds
+//! MTRRs disabled, turns PAT off and maps what it asks to be write-combined uncached.
 
 const MSR_IA32_SYSENTER_CS: u32 = 0x174;
 const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
@@ -11,6 +13,9 @@ const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 const MISC_ENABLE_FAST_STRING: u64 = 1;
+const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+/// IA32_MTRR_DEF_TYPE: MTRRs enabled (bit 11), default type write-back (6).
+const MTRR_ENABLE_WRITE_BACK: u64 = (1 << 11) | 6;
 
 pub fn boot_msrs() -> Vec<(u32, u64)> {
     vec![
@@ -23,5 +28,6 @@ pub fn boot_msrs() -> Vec<(u32, u64)> {
         (MSR_SYSCALL_MASK, 0),
         (MSR_KERNEL_GS_BASE, 0),
         (MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
+        (MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WRITE_BACK),
     ]
 }

@@ -6,7 +6,7 @@
 //! DRIVER_OK, and then a ready queue whose rings lie outside guest memory fails the
 //! activation (DEVICE_NEEDS_RESET) instead of being served.
 
-use super::worker::{self, Activated, Fatal, WorkerHandle};
+use super::worker::{self, Activated, Confine, Fatal, WorkerHandle};
 use super::{VirtioDevice, VirtioInterrupt, INT_CONFIG, VIRTIO_F_VERSION_1};
 use crate::{BusDevice, GuestMemory};
 use virtio_queue::{Queue, QueueT};
@@ -60,6 +60,7 @@ pub struct MmioTransport {
     /// polls it either way.
     notify: EventFd,
     fatal: Fatal,
+    confine: Option<Confine>,
     queues: Vec<Queue>,
     worker: Option<WorkerHandle>,
     queue_sel: u32,
@@ -76,6 +77,7 @@ impl MmioTransport {
         interrupt: VirtioInterrupt,
         notify: EventFd,
         fatal: Fatal,
+        confine: Option<Confine>,
     ) -> Self {
         let queues = device
             .queue_max_sizes()
@@ -88,6 +90,7 @@ impl MmioTransport {
             interrupt,
             notify,
             fatal,
+            confine,
             queues,
             worker: None,
             queue_sel: 0,
@@ -131,6 +134,7 @@ impl MmioTransport {
                 notify,
             },
             self.fatal.clone(),
+            self.confine.clone(),
         )
         .map_err(|e| e.to_string())
     }
@@ -348,6 +352,7 @@ mod tests {
             VirtioInterrupt::new(irq.clone()),
             EventFd::new(0).unwrap(),
             Arc::new(move |why| sink.lock().unwrap().push(why)),
+            None,
         );
         Harness { t, mem, irq, fatal }
     }

@@ -16,6 +16,10 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 /// Called when a device cannot go on (its worker failed or panicked); the VMM stops the VM.
 pub type Fatal = Arc<dyn Fn(String) + Send + Sync>;
 
+/// Run first on every device thread: the VMM's policy for it (a seccomp filter), which the
+/// device models know nothing about. An error stops the device before it touches a queue.
+pub type Confine = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// Tokens at or above this are the loop's own.
 const RESERVED: u64 = u64::MAX - 16;
 const STOP: u64 = u64::MAX;
@@ -119,12 +123,23 @@ pub struct Activated {
 }
 
 /// Starts the thread `name` serving `work` until the handle stops it.
-pub fn spawn(name: String, work: Activated, fatal: Fatal) -> std::io::Result<WorkerHandle> {
+pub fn spawn(
+    name: String,
+    work: Activated,
+    fatal: Fatal,
+    confine: Option<Confine>,
+) -> std::io::Result<WorkerHandle> {
     let stop = EventFd::new(EFD_NONBLOCK)?;
     let stop_rx = stop.try_clone()?;
     let thread = std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
+            if let Some(confine) = confine {
+                if let Err(e) = confine() {
+                    fatal(format!("device {name}: {e}"));
+                    return;
+                }
+            }
             let result =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(work, &stop_rx)));
             match result {

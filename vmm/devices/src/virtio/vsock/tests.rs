@@ -157,6 +157,7 @@ impl Guest {
                 notify: notify.try_clone().unwrap(),
             },
             Arc::new(move |why| sink.lock().unwrap().push(why)),
+            None,
         )
         .unwrap();
         Guest {

@@ -1,0 +1,418 @@
+//! seccomp filters for the VMM's threads, as Firecracker confines its own: a guest that
+//! finds a bug in exit handling or in a device model gets a thread that can make only the
+//! few system calls that thread needs, not a process that can exec, ptrace or open the
+//! network.
+//!
+//! Three filters, built with `seccompiler` (rust-vmm's BPF compiler):
+//! - **process** ([`confine_process`]): a deny list over every thread of the process (it is
+//!   installed with TSYNC before the VM's threads exist, and they inherit it): no exec, no
+//!   ptrace or reading other processes' memory, no mounts, modules, kexec, BPF, keyrings,
+//!   reboot or namespace changes. The supervisor (hk itself) keeps what a CLI needs: files,
+//!   Unix sockets, threads.
+//! - **vCPU** (allow list, on each vCPU thread once it is set up): KVM's ioctls, the writes
+//!   of the serial console and the eventfds that notify device threads, memory management,
+//!   futexes, signal return (the kick) and exit.
+//! - **device** (allow list, on each device thread): reads and writes of disk images,
+//!   epoll, eventfds, Unix stream sockets for vsock (connect, accept, send, receive), random
+//!   bytes for virtio-rng, memory management, futexes and exit.
+//!
+//! A forbidden call traps: a SIGSYS handler writes which thread made which call and ends
+//! the process with 128 + SIGSYS (159), so a missed syscall is a one-line diagnosis rather
+//! than a silent death. Filters stack: a vCPU or device thread is bound by the process
+//! filter and its own.
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule,
+};
+use std::collections::BTreeMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("seccomp filter: {0}")]
+    Build(String),
+    #[error("installing the seccomp filter: {0}")]
+    Install(String),
+}
+
+/// Exit status when a thread made a forbidden system call: 128 + SIGSYS.
+pub const EXIT_FORBIDDEN_SYSCALL: i32 = 128 + libc::SIGSYS;
+
+/// Calls no VMM thread ever makes: the process filter refuses them everywhere.
+const DENIED: &[i64] = &[
+    libc::SYS_execve,
+    libc::SYS_execveat,
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_keyctl,
+    libc::SYS_reboot,
+    libc::SYS_setns,
+    libc::SYS_unshare,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_acct,
+    libc::SYS_userfaultfd,
+    libc::SYS_open_by_handle_at,
+];
+
+/// What every confined thread needs to run Rust code at all.
+const COMMON: &[i64] = &[
+    libc::SYS_futex,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_madvise,
+    libc::SYS_mprotect,
+    libc::SYS_brk,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_sigaltstack,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_rseq,
+    libc::SYS_restart_syscall,
+    // A panic's message (to stderr) and the VM's end through the stop eventfd.
+    libc::SYS_write,
+    libc::SYS_writev,
+    libc::SYS_close,
+];
+
+/// A vCPU thread, after setup: exits are decoded here, and port and MMIO writes reach the
+/// serial console (a file or stdout, rotated by reopening) and device notifications.
+const VCPU: &[i64] = &[
+    libc::SYS_read,
+    libc::SYS_lseek,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    // Console log rotation: rename the full file and open a new one.
+    libc::SYS_openat,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_tgkill,
+];
+
+/// A device thread: disk I/O, epoll, vsock's Unix sockets, random bytes.
+const DEVICE: &[i64] = &[
+    libc::SYS_read,
+    libc::SYS_readv,
+    libc::SYS_pread64,
+    libc::SYS_preadv,
+    libc::SYS_preadv2,
+    libc::SYS_pwrite64,
+    libc::SYS_pwritev,
+    libc::SYS_pwritev2,
+    libc::SYS_lseek,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_fallocate,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_eventfd2,
+    libc::SYS_fcntl,
+    libc::SYS_getrandom,
+    libc::SYS_connect,
+    libc::SYS_accept4,
+    libc::SYS_sendto,
+    libc::SYS_sendmsg,
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_shutdown,
+    libc::SYS_getsockopt,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockname,
+    libc::SYS_getpeername,
+    libc::SYS_socketpair,
+    libc::SYS_dup,
+    libc::SYS_dup3,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+];
+
+fn compile(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram, Error> {
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| Error::Build(e.to_string()))?;
+    SeccompFilter::new(rules, mismatch, matched, arch)
+        .and_then(BpfProgram::try_from)
+        .map_err(|e| Error::Build(e.to_string()))
+}
+
+fn allow_list(extra: &[i64], more: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, Error> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON
+        .iter()
+        .chain(extra)
+        .map(|&nr| (nr, Vec::new()))
+        .collect();
+    // The SIGSYS handler asks for the thread's name.
+    rules.insert(libc::SYS_prctl, arg_in(0, &[libc::PR_GET_NAME as u64])?);
+    rules.extend(more);
+    compile(rules, SeccompAction::Trap, SeccompAction::Allow)
+}
+
+/// A rule list matching a call whose argument `arg` equals one of `values`.
+fn arg_in(arg: u8, values: &[u64]) -> Result<Vec<SeccompRule>, Error> {
+    values
+        .iter()
+        .map(|&v| {
+            SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v)
+                .and_then(|c| SeccompRule::new(vec![c]))
+                .map_err(|e| Error::Build(e.to_string()))
+        })
+        .collect()
+}
+
+/// ioctls of KVM's type (0xAE): a vCPU thread talks to KVM and to nothing else.
+fn kvm_ioctls() -> Result<Vec<SeccompRule>, Error> {
+    let cond = SeccompCondition::new(
+        1,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(0xff00),
+        0xae00,
+    )
+    .map_err(|e| Error::Build(e.to_string()))?;
+    Ok(vec![
+        SeccompRule::new(vec![cond]).map_err(|e| Error::Build(e.to_string()))?
+    ])
+}
+
+pub fn vcpu_filter() -> Result<BpfProgram, Error> {
+    let mut more = BTreeMap::new();
+    more.insert(libc::SYS_ioctl, kvm_ioctls()?);
+    allow_list(VCPU, more)
+}
+
+pub fn device_filter() -> Result<BpfProgram, Error> {
+    let mut more = BTreeMap::new();
+    // vsock's host side makes Unix stream sockets, nothing else.
+    more.insert(libc::SYS_socket, arg_in(0, &[libc::AF_UNIX as u64])?);
+    // FIONBIO and FIOCLEX, which std uses for non-blocking and close-on-exec sockets.
+    more.insert(libc::SYS_ioctl, arg_in(1, &[libc::FIONBIO, libc::FIOCLEX])?);
+    allow_list(DEVICE, more)
+}
+
+pub fn process_filter() -> Result<BpfProgram, Error> {
+    let rules = DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
+    compile(rules, SeccompAction::Allow, SeccompAction::Trap)
+}
+
+/// Installs `filter` on the calling thread.
+pub fn confine_thread(filter: &BpfProgram) -> Result<(), Error> {
+    install_sigsys_handler();
+    seccompiler::apply_filter(filter).map_err(|e| Error::Install(e.to_string()))
+}
+
+/// Installs the process filter on every thread of the process. Call it before the VM's
+/// threads start (they then inherit it and stack their own).
+pub fn confine_process() -> Result<(), Error> {
+    install_sigsys_handler();
+    seccompiler::apply_filter_all_threads(&process_filter()?)
+        .map_err(|e| Error::Install(e.to_string()))
+}
+
+fn install_sigsys_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: a plain sigaction with an async-signal-safe handler.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_sigsys as *const () as usize;
+            action.sa_flags = libc::SA_SIGINFO;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut());
+        }
+    });
+}
+
+/// Says which thread made which forbidden call, with nothing but write(2) (the handler runs
+/// in a confined thread, in a signal), and ends the process.
+extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers; for SIGSYS from
+    // seccomp, the syscall number sits after the signal's address field (si_call_addr).
+    let nr = unsafe {
+        let base = (info as *const u8).add(16);
+        std::ptr::read_unaligned(base.add(std::mem::size_of::<usize>()) as *const i32)
+    };
+    let mut buf = [0u8; 128];
+    let mut len = 0;
+    let mut put = |bytes: &[u8]| {
+        for &b in bytes {
+            if len < buf.len() {
+                buf[len] = b;
+                len += 1;
+            }
+        }
+    };
+    put(b"hk: seccomp: thread \"");
+    let mut name = [0u8; 16];
+    // SAFETY: prctl(PR_GET_NAME) writes at most 16 bytes into `name`.
+    unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) };
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    put(&name[..end]);
+    put(b"\" made forbidden system call ");
+    let mut digits = [0u8; 12];
+    let mut n = nr.unsigned_abs();
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    put(&digits[i..]);
+    put(b"; the VM is stopped\n");
+    // SAFETY: write(2) and _exit(2) are async-signal-safe.
+    unsafe {
+        libc::write(2, buf.as_ptr().cast(), len);
+        libc::_exit(EXIT_FORBIDDEN_SYSCALL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// The test binary re-runs itself with this variable set to the name of a check, which
+    /// then runs under a filter in a child process (a trap ends the whole process).
+    const CHILD: &str = "HK_SECCOMP_TEST_CHILD";
+
+    fn child(check: &str) -> std::process::Output {
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "seccomp::tests::child_entry", "--nocapture"])
+            .env(CHILD, check)
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn child_entry() {
+        let Ok(check) = std::env::var(CHILD) else {
+            return;
+        };
+        match check.as_str() {
+            "device-exec" => {
+                std::thread::Builder::new()
+                    .name("dev-test".into())
+                    .spawn(|| {
+                        confine_thread(&device_filter().unwrap()).unwrap();
+                        // An ordinary read works...
+                        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+                        std::io::Write::write_all(&mut &a, b"x").unwrap();
+                        println!("allowed-ok");
+                        // ...a process-spawning call does not.
+                        // SAFETY: fork in a test child that ends right after.
+                        unsafe { libc::fork() };
+                        println!("not-reached");
+                    })
+                    .unwrap()
+                    .join()
+                    .unwrap();
+            }
+            "vcpu-socket" => {
+                std::thread::Builder::new()
+                    .name("vcpu-test".into())
+                    .spawn(|| {
+                        confine_thread(&vcpu_filter().unwrap()).unwrap();
+                        let _ = std::net::TcpStream::connect("127.0.0.1:9");
+                        println!("not-reached");
+                    })
+                    .unwrap()
+                    .join()
+                    .unwrap();
+            }
+            "process-exec" => {
+                confine_process().unwrap();
+                // The forked child inherits the filter; its exec traps and ends it.
+                let worker = std::thread::spawn(|| Command::new("/bin/true").status());
+                let status = worker.join().unwrap().unwrap();
+                use std::os::unix::process::ExitStatusExt;
+                // posix_spawn's child runs with default signal actions: SIGSYS kills it.
+                println!("child-status={:?}/{:?}", status.code(), status.signal());
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn a_forbidden_call_in_a_device_thread_ends_the_process_naming_it() {
+        let out = child("device-exec");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(EXIT_FORBIDDEN_SYSCALL), "{stderr}");
+        assert!(stdout.contains("allowed-ok"), "{stdout}");
+        assert!(!stdout.contains("not-reached"), "{stdout}");
+        assert!(
+            stderr.contains(&format!(
+                "thread \"dev-test\" made forbidden system call {}",
+                libc::SYS_fork
+            )) || stderr.contains(&format!("system call {}", libc::SYS_clone)),
+            "{stderr}"
+        );
+    }
+
+    #[test]
+    fn a_vcpu_thread_cannot_open_a_network_socket() {
+        let out = child("vcpu-socket");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(EXIT_FORBIDDEN_SYSCALL), "{stderr}");
+        assert!(
+            stderr.contains(&format!("system call {}", libc::SYS_socket)),
+            "{stderr}"
+        );
+    }
+
+    #[test]
+    fn no_thread_of_a_confined_process_can_exec() {
+        let out = child("process-exec");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!("child-status=Some({EXIT_FORBIDDEN_SYSCALL})/None"))
+                || stdout.contains(&format!("child-status=None/Some({})", libc::SIGSYS)),
+            "{stdout}{stderr}"
+        );
+    }
+
+    #[test]
+    fn the_filters_compile() {
+        assert!(!vcpu_filter().unwrap().is_empty());
+        assert!(!device_filter().unwrap().is_empty());
+        assert!(!process_filter().unwrap().is_empty());
+    }
+}
