@@ -156,7 +156,8 @@ pub fn lab_lock() -> fs::File {
     file
 }
 
-fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
+/// Runs `cmd` with its output captured; panics when it outlives `timeout` (it is killed).
+pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
