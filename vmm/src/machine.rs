@@ -8,7 +8,7 @@ use hk_devices::virtio::block::Block;
 use hk_devices::virtio::mmio::{MmioTransport, MMIO_SIZE, REG_QUEUE_NOTIFY};
 use hk_devices::virtio::rng::Rng;
 use hk_devices::virtio::vsock::{Vsock, VsockHost};
-use hk_devices::virtio::worker::{panic_text, Confine, Fatal};
+use hk_devices::virtio::worker::{panic_text, Confine, Fatal, Spawner, Threads};
 use hk_devices::virtio::{VirtioDevice, VirtioInterrupt};
 use hk_devices::{BusDevice, Interrupt};
 use hk_hypervisor::kvm::KvmVm;
@@ -277,6 +277,11 @@ where
         } else {
             (None, None)
         };
+        let threads = Threads {
+            spawner: Spawner::new().map_err(|e| Error::Io("starting the device thread spawner", e))?,
+            fatal,
+            confine,
+        };
         let mut cmdline = vec![
             // The exit status depends on these (docs/guest-abi.md); they come first so the
             // caller's command line can still override them.
@@ -298,8 +303,7 @@ where
                 mem.clone(),
                 VirtioInterrupt::new(line),
                 notify,
-                fatal.clone(),
-                confine.clone(),
+                threads.clone(),
             );
             let transport = Arc::new(Mutex::new(transport));
             mmio.insert(base, MMIO_SIZE, transport.clone());

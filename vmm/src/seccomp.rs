@@ -10,7 +10,8 @@
 //!   reboot or namespace changes. The supervisor (hk itself) keeps what a CLI needs: files,
 //!   Unix sockets, threads.
 //! - **vCPU** (allow list, on each vCPU thread once it is set up): KVM's ioctls, the writes
-//!   of the serial console and the eventfds that notify device threads, memory management,
+//!   of the serial console and the eventfds that notify device threads, a device's
+//!   activation (eventfds, duplicated descriptors; never a new thread), memory management,
 //!   futexes, signal return (the kick) and exit.
 //! - **device** (allow list, on each device thread): reads and writes of disk images,
 //!   epoll, eventfds, Unix stream sockets for vsock (connect, accept, send, receive), random
@@ -99,8 +100,13 @@ const COMMON: &[i64] = &[
 ];
 
 /// A vCPU thread, after setup: exits are decoded here, and port and MMIO writes reach the
-/// serial console (a file or stdout, rotated by reopening) and device notifications.
+/// serial console (a file or stdout, rotated by reopening) and device notifications. A
+/// driver's status write activates or resets a device here: its worker's eventfds are made
+/// and its files duplicated (the thread itself is made by the device spawner, see
+/// `hk_devices::virtio::worker::Spawner`).
 const VCPU: &[i64] = &[
+    libc::SYS_eventfd2,
+    libc::SYS_fcntl,
     libc::SYS_read,
     libc::SYS_lseek,
     libc::SYS_fsync,
@@ -356,6 +362,34 @@ mod tests {
                     .join()
                     .unwrap();
             }
+            "device-from-vcpu" => {
+                // As a driver's status write does: a confined vCPU thread activates a
+                // device, whose thread the spawner makes; it runs under the device filter
+                // alone and may read its disk.
+                let spawner = hk_devices::virtio::worker::Spawner::new().unwrap();
+                std::thread::Builder::new()
+                    .name("vcpu-test".into())
+                    .spawn(move || {
+                        let disk = std::fs::File::open("/proc/self/exe").unwrap();
+                        let read = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                        let seen = read.clone();
+                        confine_thread(&vcpu_filter().unwrap()).unwrap();
+                        let device = spawner
+                            .spawn("dev-test".into(), move || {
+                                confine_thread(&device_filter().unwrap()).unwrap();
+                                let mut buf = [0u8; 4];
+                                std::os::unix::fs::FileExt::read_exact_at(&disk, &mut buf, 0)
+                                    .unwrap();
+                                seen.store(buf == *b"\x7fELF", std::sync::atomic::Ordering::SeqCst);
+                            })
+                            .unwrap();
+                        device.join().unwrap();
+                        println!("device-read={}", read.load(std::sync::atomic::Ordering::SeqCst));
+                    })
+                    .unwrap()
+                    .join()
+                    .unwrap();
+            }
             "process-exec" => {
                 confine_process().unwrap();
                 // The forked child inherits the filter; its exec traps and ends it.
@@ -384,6 +418,15 @@ mod tests {
             )) || stderr.contains(&format!("system call {}", libc::SYS_clone)),
             "{stderr}"
         );
+    }
+
+    #[test]
+    fn a_device_activated_from_a_confined_vcpu_runs_under_the_device_filter_alone() {
+        let out = child("device-from-vcpu");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert!(stdout.contains("device-read=true"), "{stdout}{stderr}");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! DRIVER_OK, and then a ready queue whose rings lie outside guest memory fails the
 //! activation (DEVICE_NEEDS_RESET) instead of being served.
 
-use super::worker::{self, Activated, Confine, Fatal, WorkerHandle};
+use super::worker::{self, Activated, Threads, WorkerHandle};
 use super::{VirtioDevice, VirtioInterrupt, INT_CONFIG, VIRTIO_F_VERSION_1};
 use crate::{BusDevice, GuestMemory};
 use virtio_queue::{Queue, QueueT};
@@ -59,8 +59,7 @@ pub struct MmioTransport {
     /// Signalled on QueueNotify writes that reach the vCPU (no ioeventfd); the device thread
     /// polls it either way.
     notify: EventFd,
-    fatal: Fatal,
-    confine: Option<Confine>,
+    threads: Threads,
     queues: Vec<Queue>,
     worker: Option<WorkerHandle>,
     queue_sel: u32,
@@ -76,8 +75,7 @@ impl MmioTransport {
         mem: GuestMemory,
         interrupt: VirtioInterrupt,
         notify: EventFd,
-        fatal: Fatal,
-        confine: Option<Confine>,
+        threads: Threads,
     ) -> Self {
         let queues = device
             .queue_max_sizes()
@@ -89,8 +87,7 @@ impl MmioTransport {
             mem,
             interrupt,
             notify,
-            fatal,
-            confine,
+            threads,
             queues,
             worker: None,
             queue_sel: 0,
@@ -133,8 +130,7 @@ impl MmioTransport {
                 interrupt: self.interrupt.clone(),
                 notify,
             },
-            self.fatal.clone(),
-            self.confine.clone(),
+            &self.threads,
         )
         .map_err(|e| e.to_string())
     }
@@ -315,6 +311,7 @@ impl BusDevice for MmioTransport {
 mod tests {
     use super::*;
     use crate::virtio::rng::Rng;
+    use crate::virtio::worker::Spawner;
     use crate::Interrupt;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
@@ -351,8 +348,11 @@ mod tests {
             mem.clone(),
             VirtioInterrupt::new(irq.clone()),
             EventFd::new(0).unwrap(),
-            Arc::new(move |why| sink.lock().unwrap().push(why)),
-            None,
+            Threads {
+                spawner: Spawner::new().unwrap(),
+                fatal: Arc::new(move |why| sink.lock().unwrap().push(why)),
+                confine: None,
+            },
         );
         Harness { t, mem, irq, fatal }
     }

@@ -156,8 +156,11 @@ impl Guest {
                 interrupt: VirtioInterrupt::new(Arc::new(Count::default())),
                 notify: notify.try_clone().unwrap(),
             },
-            Arc::new(move |why| sink.lock().unwrap().push(why)),
-            None,
+            &crate::virtio::worker::Threads {
+                spawner: crate::virtio::worker::Spawner::new().unwrap(),
+                fatal: Arc::new(move |why| sink.lock().unwrap().push(why)),
+                confine: None,
+            },
         )
         .unwrap();
         Guest {
