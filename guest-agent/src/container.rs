@@ -95,6 +95,7 @@ pub fn setup(setup: &Setup) -> Result<(), String> {
     if let Some(name) = &setup.hostname {
         nix::unistd::sethostname(name).map_err(|e| format!("sethostname: {e}"))?;
     }
+    crate::network::configure(&setup.interfaces)?;
     let Some(root) = &setup.root else {
         return Ok(());
     };

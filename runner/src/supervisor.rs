@@ -276,6 +276,7 @@ fn boot_and_run(
             hostname: Some(config.hostname.clone()),
             hosts: Some(etc_hosts(&config.hostname)),
             resolv_conf: Some(resolv_conf()),
+            interfaces: Vec::new(),
         })?;
         let p = &config.process;
         let spec = ProcessSpec {

@@ -60,6 +60,10 @@ const CASES: &[(&str, &str)] = &[
     ("user-by-ids", "$hk run --rm -u 1000:10 $R/base sh -c 'id -u; id -g'"),
     ("workdir-flag", "$hk run --rm -w /made/here $R/app pwd"),
     ("read-only", "$hk run --rm --read-only $R/base sh -c 'touch /x'"),
+    (
+        "loopback",
+        "$hk run --rm $R/base sh -c 'ip -o link show lo | grep -o \"UP,LOWER_UP\"'",
+    ),
     ("timings", "$hk run --rm --timings $R/base true"),
     (
         "cidfile",
@@ -108,6 +112,20 @@ const CASES: &[(&str, &str)] = &[
          pid=$($hk inspect victim | grep '\"Pid\"' | tr -dc 0-9); kill -9 $pid; \
          sleep 1; $hk ps -a --format json | grep '\"Names\":\"victim\"' | grep -o 'Exited ([0-9]*)'; \
          $hk rm victim; echo rm=$?; $hk ps -a -q | wc -l; ls -A $HK_RUNTIME_DIR/run",
+    ),
+    // Images in without a registry, as the unprivileged user: skopeo's tarballs and the
+    // demo image, run, saved and loaded back.
+    (
+        "load",
+        "$hk load -i docker-archive.tar; $hk load -i oci-archive.tar; \
+         $hk run --rm skopeo/docker:one show-cmd via-docker-archive; \
+         $hk run --rm skopeo/oci:two show-cmd via-oci-archive",
+    ),
+    (
+        "demo-save-load",
+        "$hk load -i hk-demo.tar >/dev/null; $hk run --rm hk-demo | head -1 | cut -d: -f1; \
+         $hk save -o saved.tar hk-demo; $hk rmi hk-demo >/dev/null; $hk load -i saved.tar; \
+         $hk run --rm hk-demo true; echo run=$?",
     ),
     (
         "prune",
@@ -217,6 +235,21 @@ fn lab() -> &'static Lab {
             assert!(out.status.success(), "pull {name}: {out:?}");
         }
         std::fs::copy(guest_kernel(), dir.join("vmlinux")).unwrap();
+        // Tarballs as skopeo writes them, and the demo image.
+        for (transport, name) in [("docker-archive", "skopeo/docker:one"), ("oci-archive", "skopeo/oci:two")] {
+            let out = std::process::Command::new("skopeo")
+                .args(["copy", "--quiet", "--src-tls-verify=false"])
+                .arg(format!("docker://{}", registry.image_ref("t/exec-exec", "latest")))
+                .arg(format!("{transport}:{}:{name}", dir.join(format!("{transport}.tar")).display()))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "skopeo {transport}: {out:?}");
+        }
+        let out = std::process::Command::new(hk_tests::repo_root().join("scripts/demo-image"))
+            .arg(dir.join("hk-demo.tar"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "demo-image: {out:?}");
         let prefix = format!("{}/t", registry.addr);
 
         // The cases run as an unprivileged user with access to /dev/kvm and nothing more;
@@ -364,6 +397,12 @@ fn read_only_has_no_writable_layer() {
 }
 
 #[test]
+fn loopback_is_up_without_a_network() {
+    let c = case("loopback");
+    assert_eq!((c.status, c.out.as_str()), (0, "UP,LOWER_UP\n"), "{c:?}");
+}
+
+#[test]
 fn timings_and_cidfile() {
     let c = case("timings");
     assert_eq!(c.status, 0, "{c:?}");
@@ -452,6 +491,23 @@ fn a_supervisor_killed_with_9_shows_as_exited_and_rm_cleans_up() {
     let c = case("supervisor-killed");
     let lines: Vec<&str> = c.out.lines().collect();
     assert_eq!(lines, ["Exited (255)", "victim", "rm=0", "0"], "{c:?}");
+}
+
+#[test]
+fn skopeo_tarballs_and_the_demo_image_load_run_and_save_as_an_unprivileged_user() {
+    let c = case("load");
+    assert_eq!(c.status, 0, "{c:?}");
+    assert_eq!(
+        c.out,
+        "Loaded image: skopeo/docker:one\nLoaded image: skopeo/oci:two\n\
+         entry: p1_entry show-cmd via-docker-archive\nentry: p1_entry show-cmd via-oci-archive\n",
+        "{c:?}"
+    );
+    let c = case("demo-save-load");
+    assert_eq!(
+        c.out, "Hello from a microVM\nLoaded image: hk-demo:latest\nrun=0\n",
+        "{c:?}"
+    );
 }
 
 #[test]

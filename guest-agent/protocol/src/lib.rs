@@ -120,6 +120,21 @@ pub struct Setup {
     /// Contents of /etc/hosts and /etc/resolv.conf, mounted over the image's as docker does.
     pub hosts: Option<String>,
     pub resolv_conf: Option<String>,
+    /// Network interfaces to configure (loopback is always brought up).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<Interface>,
+}
+
+/// One NIC, found by its MAC address, configured with a static IPv4 address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    /// `aa:bb:cc:dd:ee:ff`, as /sys/class/net/*/address shows it.
+    pub mac: String,
+    /// `10.0.2.15/24`.
+    pub address: String,
+    /// The default route's next hop, if this interface carries it.
+    pub gateway: Option<String>,
+    pub mtu: Option<u32>,
 }
 
 /// The container's root filesystem: an ext4 disk, read-only, under an overlay whose upper
