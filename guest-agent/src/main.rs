@@ -7,13 +7,16 @@
 //!   with their stdio, signals and statuses, and ends the VM when told; or
 //! - without a vsock device but with a command after `--` on the kernel command line (`hk
 //!   vm boot`), runs that command and hands its exit status to the VMM through the control
-//!   page named by `hk.ctl=` (docs/guest-abi.md).
+//!   page named by `hk.ctl=` (docs/guest-abi.md). With `hk.root=LOWER[,UPPER]` (disks by
+//!   virtio serial) and `hk.hostname=NAME` it first sets the container's root up as the
+//!   protocol's `setup` would, so another VMM (QEMU, in scripts/bench-run) can boot the
+//!   same disks into the same root without a vsock device.
 //!
 //! Either way it reaps every orphan, as PID 1 must. It is built static
 //! (`-C target-feature=+crt-static`) because the initramfs holds no libc.
 
 use hk_agent::server::{Agent, Host, Socket};
-use hk_agent_protocol::{write_frame, Hello, Setup, AGENT_PORT, HOST_PORT, VERSION};
+use hk_agent_protocol::{write_frame, Hello, Root, Setup, AGENT_PORT, HOST_PORT, VERSION};
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 use nix::sys::reboot::{reboot, RebootMode};
@@ -57,6 +60,15 @@ fn main() {
         end_vm(None, 1);
     }
 
+    if let Some(setup) = fs::read_to_string("/proc/cmdline")
+        .ok()
+        .and_then(|c| parse_setup(&c))
+    {
+        if let Err(err) = hk_agent::container::setup(&setup) {
+            eprintln!("hk-agent: setup: {err}");
+            end_vm(ctl.as_ref(), 125);
+        }
+    }
     let status = match run(args) {
         Ok(status) => status,
         Err(err) => {
@@ -302,6 +314,29 @@ fn parse_ctl(cmdline: &str) -> Option<u64> {
     addr.is_multiple_of(PAGE as u64).then_some(addr)
 }
 
+/// `hk.root=LOWER[,UPPER] hk.hostname=NAME` → the container setup the command runs in.
+fn parse_setup(cmdline: &str) -> Option<Setup> {
+    let param = |key: &str| {
+        cmdline
+            .split_whitespace()
+            .take_while(|w| *w != "--")
+            .find_map(|w| w.strip_prefix(key))
+    };
+    let root = param("hk.root=")?;
+    let (lower, upper) = match root.split_once(',') {
+        Some((lower, upper)) => (lower, Some(upper.to_string())),
+        None => (root, None),
+    };
+    Some(Setup {
+        root: Some(Root {
+            lower: lower.to_string(),
+            upper,
+        }),
+        hostname: param("hk.hostname=").map(str::to_string),
+        ..Setup::default()
+    })
+}
+
 impl ControlPage {
     fn write_u8(&self, offset: usize, value: u8) {
         assert!(offset < PAGE);
@@ -324,7 +359,32 @@ impl ControlPage {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_ctl;
+    use super::{parse_ctl, parse_setup};
+    use hk_agent_protocol::{Root, Setup};
+
+    #[test]
+    fn a_root_on_the_command_line_is_set_up_before_the_command() {
+        let setup = parse_setup("console=ttyS0 hk.root=hk-lower,hk-upper hk.hostname=b -- true");
+        assert_eq!(
+            setup,
+            Some(Setup {
+                root: Some(Root {
+                    lower: "hk-lower".into(),
+                    upper: Some("hk-upper".into()),
+                }),
+                hostname: Some("b".into()),
+                ..Setup::default()
+            })
+        );
+        let ro = parse_setup("hk.root=l quiet").unwrap();
+        assert_eq!(ro.root.unwrap().upper, None);
+        assert_eq!(
+            parse_setup("console=ttyS0 -- hk.root=x"),
+            None,
+            "an argument"
+        );
+        assert_eq!(parse_setup("console=ttyS0"), None);
+    }
 
     #[test]
     fn control_page_address_comes_from_the_command_line() {
