@@ -26,7 +26,13 @@ pub fn configure(interfaces: &[Interface]) -> Result<(), String> {
         ioctl(&sock, libc::SIOCSIFADDR, &mut req, &name, "set the address")?;
         let mut req = ifreq(&name)?;
         req.ifr_ifru.ifru_netmask = sockaddr(netmask(prefix));
-        ioctl(&sock, libc::SIOCSIFNETMASK, &mut req, &name, "set the netmask")?;
+        ioctl(
+            &sock,
+            libc::SIOCSIFNETMASK,
+            &mut req,
+            &name,
+            "set the netmask",
+        )?;
         set_up(&sock, &name)?;
         if let Some(gw) = &iface.gateway {
             let gw: Ipv4Addr = gw
@@ -136,7 +142,13 @@ fn default_route(sock: &OwnedFd, gateway: Ipv4Addr, name: &str) -> Result<(), St
     rt.rt_gateway = sockaddr(gateway);
     rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
     rt.rt_dev = dev.as_ptr() as *mut libc::c_char;
-    ioctl(sock, libc::SIOCADDRT, &mut rt, name, "add the default route")
+    ioctl(
+        sock,
+        libc::SIOCADDRT,
+        &mut rt,
+        name,
+        "add the default route",
+    )
 }
 
 #[cfg(test)]

@@ -278,7 +278,8 @@ where
             (None, None)
         };
         let threads = Threads {
-            spawner: Spawner::new().map_err(|e| Error::Io("starting the device thread spawner", e))?,
+            spawner: Spawner::new()
+                .map_err(|e| Error::Io("starting the device thread spawner", e))?,
             fatal,
             confine,
         };

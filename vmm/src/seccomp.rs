@@ -384,7 +384,10 @@ mod tests {
                             })
                             .unwrap();
                         device.join().unwrap();
-                        println!("device-read={}", read.load(std::sync::atomic::Ordering::SeqCst));
+                        println!(
+                            "device-read={}",
+                            read.load(std::sync::atomic::Ordering::SeqCst)
+                        );
                     })
                     .unwrap()
                     .join()

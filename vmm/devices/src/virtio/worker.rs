@@ -179,19 +179,19 @@ pub fn spawn(name: String, work: Activated, threads: &Threads) -> std::io::Resul
     let stop_rx = stop.try_clone()?;
     let (fatal, confine) = (threads.fatal.clone(), threads.confine.clone());
     let thread = threads.spawner.spawn(name.clone(), move || {
-            if let Some(confine) = confine {
-                if let Err(e) = confine() {
-                    fatal(format!("device {name}: {e}"));
-                    return;
-                }
+        if let Some(confine) = confine {
+            if let Err(e) = confine() {
+                fatal(format!("device {name}: {e}"));
+                return;
             }
-            let result =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(work, &stop_rx)));
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => fatal(format!("device {name}: {e}")),
-                Err(panic) => fatal(format!("device {name} panicked: {}", panic_text(&*panic))),
-            }
+        }
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(work, &stop_rx)));
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => fatal(format!("device {name}: {e}")),
+            Err(panic) => fatal(format!("device {name} panicked: {}", panic_text(&*panic))),
+        }
     })?;
     Ok(WorkerHandle {
         stop,
