@@ -5,6 +5,7 @@ use crate::{Error, GuestExit, Outcome, VmConfig};
 use hk_devices::control::{ControlEvent, ControlPage};
 use hk_devices::serial::Serial;
 use hk_devices::virtio::block::Block;
+use hk_devices::virtio::fs::{Cache, Fs};
 use hk_devices::virtio::mmio::{MmioTransport, MMIO_SIZE, REG_QUEUE_NOTIFY};
 use hk_devices::virtio::rng::Rng;
 use hk_devices::virtio::vsock::{Vsock, VsockHost};
@@ -247,6 +248,20 @@ where
                 &disk.path,
                 disk.read_only,
                 &disk.serial,
+            )?));
+        }
+        for (i, share) in config.shares.iter().enumerate() {
+            if config.shares[..i].iter().any(|s| s.tag == share.tag) {
+                return Err(Error::Config(format!(
+                    "share tag {:?} used twice",
+                    share.tag
+                )));
+            }
+            devices.push(Box::new(Fs::new(
+                &share.host_dir,
+                &share.tag,
+                share.read_only,
+                Cache::Auto,
             )?));
         }
         if config.rng {
