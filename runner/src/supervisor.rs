@@ -212,6 +212,7 @@ fn boot_and_run(
         cpus: config.cpus,
         memory_mib: config.memory_mib,
         disks,
+        shares: Vec::new(),
         rng: true,
         vsock: Some(VsockConfig {
             guest_cid: GUEST_CID,

@@ -5,7 +5,7 @@ use crate::host::{self, Kvm};
 use crate::term::RawTerminal;
 use anyhow::{bail, Context};
 use hk_vmm::console::RotatingLog;
-use hk_vmm::{Disk, GuestExit, VmConfig};
+use hk_vmm::{Disk, GuestExit, Share, VmConfig};
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -31,6 +31,10 @@ pub struct BootArgs {
     /// (/dev/vda, /dev/vdb, ...)
     #[arg(long = "disk", value_name = "FILE[,ro]")]
     disks: Vec<String>,
+    /// A host directory shared over virtio-fs under TAG (`mount -t virtiofs TAG DIR` in the
+    /// guest), `:ro` for read-only, enforced on the host; repeat for more
+    #[arg(long = "share", value_name = "HOSTDIR:TAG[:ro]")]
+    shares: Vec<String>,
     /// Kernel command line; hk adds its devices, its control page and the reboot settings
     #[arg(long, default_value = "console=ttyS0")]
     cmdline: String,
@@ -98,12 +102,23 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         .enumerate()
         .map(|(i, spec)| parse_disk(spec, i))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let shares = args
+        .shares
+        .iter()
+        .map(|spec| parse_share(spec))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if !args.allow_pvm {
         let mut writable: Vec<PathBuf> = disks
             .iter()
             .filter(|d| !d.read_only)
             .map(|d| d.path.clone())
             .collect();
+        writable.extend(
+            shares
+                .iter()
+                .filter(|s| !s.read_only)
+                .map(|s| s.host_dir.clone()),
+        );
         writable.extend(args.console.clone());
         if args.interactive && crate::lab::needed() {
             bail!(
@@ -156,6 +171,7 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         cpus: args.cpus,
         memory_mib,
         disks,
+        shares,
         rng: !args.no_rng,
         vsock: None,
         console,
@@ -202,6 +218,25 @@ fn parse_disk(spec: &str, index: usize) -> anyhow::Result<Disk> {
     })
 }
 
+/// `HOSTDIR:TAG` or `HOSTDIR:TAG:ro` (a TAG cannot hold `:`; HOSTDIR may).
+fn parse_share(spec: &str) -> anyhow::Result<Share> {
+    let (rest, read_only) = match spec.strip_suffix(":ro") {
+        Some(rest) => (rest, true),
+        None => (spec.strip_suffix(":rw").unwrap_or(spec), false),
+    };
+    let Some((dir, tag)) = rest.rsplit_once(':') else {
+        bail!("--share {spec}: expected HOSTDIR:TAG or HOSTDIR:TAG:ro");
+    };
+    if dir.is_empty() || tag.is_empty() {
+        bail!("--share {spec}: expected HOSTDIR:TAG or HOSTDIR:TAG:ro");
+    }
+    Ok(Share {
+        host_dir: PathBuf::from(dir),
+        tag: tag.to_string(),
+        read_only,
+    })
+}
+
 /// "256" and "256m" are MiB; "1g" is GiB. Units are binary, as docker's --memory.
 pub(crate) fn parse_memory(text: &str) -> anyhow::Result<u64> {
     let lower = text.trim().to_ascii_lowercase();
@@ -244,5 +279,23 @@ mod tests {
         assert!(!d.read_only);
         assert_eq!(d.serial, "disk3");
         assert!(parse_disk("x.img,rx", 0).is_err());
+    }
+
+    #[test]
+    fn share_specs() {
+        let s = parse_share("/src:code:ro").unwrap();
+        assert_eq!(
+            (s.host_dir, s.tag.as_str(), s.read_only),
+            (PathBuf::from("/src"), "code", true)
+        );
+        let s = parse_share("/a:b/dir:data").unwrap();
+        assert_eq!(
+            (s.host_dir, s.read_only),
+            (PathBuf::from("/a:b/dir"), false)
+        );
+        assert!(!parse_share("/x:t:rw").unwrap().read_only);
+        for bad in ["/src", ":tag", "/src:", "/src::ro"] {
+            assert!(parse_share(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! hk-vmm: hk's virtual machine monitor, a library. Its API is "a VM with these devices":
-//! give [`run`] a [`VmConfig`] (kernel, initrd, command line, CPUs, memory, disks, vsock)
-//! and it boots the guest and returns how the guest ended ([`Outcome`]). A program that
+//! give [`run`] a [`VmConfig`] (kernel, initrd, command line, CPUs, memory, disks, shared
+//! directories, vsock) and it boots the guest and returns how the guest ended ([`Outcome`]). A program that
 //! talks to its guest while it runs builds a [`Vm`] first: [`Vm::vsock`] is the host end of
 //! the guest's sockets and [`Vm::stop_handle`] stops it from another thread.
 //!
@@ -41,6 +41,8 @@ pub struct VmConfig {
     pub cpus: u32,
     pub memory_mib: u64,
     pub disks: Vec<Disk>,
+    /// Host directories shared over virtio-fs (docs/virtio-fs.md), one device each.
+    pub shares: Vec<Share>,
     /// Offer a virtio-rng device.
     pub rng: bool,
     /// Offer a virtio-vsock device.
@@ -66,6 +68,16 @@ pub struct Disk {
     /// What the guest reads as the disk's serial (`/sys/block/vdX/serial`), at most 20
     /// bytes: how a guest finds its disks by name rather than by probe order.
     pub serial: String,
+}
+
+/// A host directory shared into the guest over virtio-fs; the guest mounts it with
+/// `mount -t virtiofs TAG DIR`. The directory is the guest's whole view: `..`, symlinks,
+/// links and renames stay inside it, and `read_only` is enforced on the host side.
+pub struct Share {
+    pub host_dir: PathBuf,
+    /// At most 36 bytes, unique per VM.
+    pub tag: String,
+    pub read_only: bool,
 }
 
 /// How the guest ended.
@@ -110,6 +122,8 @@ pub enum Error {
     Cmdline(String),
     #[error(transparent)]
     Disk(#[from] hk_devices::virtio::block::Error),
+    #[error(transparent)]
+    Share(#[from] hk_devices::virtio::fs::Error),
     #[error(transparent)]
     Vsock(#[from] hk_devices::virtio::vsock::Error),
     #[error("invalid configuration: {0}")]

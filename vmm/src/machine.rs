@@ -5,6 +5,7 @@ use crate::{Error, GuestExit, Outcome, VmConfig};
 use hk_devices::control::{ControlEvent, ControlPage};
 use hk_devices::serial::Serial;
 use hk_devices::virtio::block::Block;
+use hk_devices::virtio::fs::{Cache, Fs, VIRTIO_ID_FS};
 use hk_devices::virtio::mmio::{MmioTransport, MMIO_SIZE, REG_QUEUE_NOTIFY};
 use hk_devices::virtio::rng::Rng;
 use hk_devices::virtio::vsock::{Vsock, VsockHost};
@@ -251,6 +252,20 @@ where
                 &disk.serial,
             )?));
         }
+        for (i, share) in config.shares.iter().enumerate() {
+            if config.shares[..i].iter().any(|s| s.tag == share.tag) {
+                return Err(Error::Config(format!(
+                    "share tag {:?} used twice",
+                    share.tag
+                )));
+            }
+            devices.push(Box::new(Fs::new(
+                &share.host_dir,
+                &share.tag,
+                share.read_only,
+                Cache::Auto,
+            )?));
+        }
         if config.rng {
             devices.push(Box::new(Rng::new()));
         }
@@ -265,23 +280,30 @@ where
             let stop = stop.clone();
             Arc::new(move |why| stop.request(GuestExit::Crash(why)))
         };
-        let (vcpu_filter, confine) = if config.seccomp {
-            let device = Arc::new(crate::seccomp::device_filter()?);
-            let confine: Confine = Arc::new(move || {
-                crate::seccomp::confine_thread(&device).map_err(|e| e.to_string())
-            });
+        // Each device thread runs under its kind's filter: a share's thread works on files,
+        // the others only on descriptors they were given.
+        let confine_with = |filter: seccompiler::BpfProgram| -> Confine {
+            let filter = Arc::new(filter);
+            Arc::new(move || crate::seccomp::confine_thread(&filter).map_err(|e| e.to_string()))
+        };
+        let (vcpu_filter, confine, fs_confine) = if config.seccomp {
             (
                 Some(Arc::new(crate::seccomp::vcpu_filter()?)),
-                Some(confine),
+                Some(confine_with(crate::seccomp::device_filter()?)),
+                Some(confine_with(crate::seccomp::fs_filter()?)),
             )
         } else {
-            (None, None)
+            (None, None, None)
         };
         let threads = Threads {
             spawner: Spawner::new()
                 .map_err(|e| Error::Io("starting the device thread spawner", e))?,
             fatal,
             confine,
+        };
+        let fs_threads = Threads {
+            confine: fs_confine,
+            ..threads.clone()
         };
         let mut cmdline = vec![
             // The exit status depends on these (docs/guest-abi.md); they come first so the
@@ -299,12 +321,17 @@ where
             let line: Arc<dyn Interrupt> = Arc::new(Irq(vm.irq_line(irq)?));
             let notify = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?;
             vm.register_notifier(base + REG_QUEUE_NOTIFY, &notify)?;
+            let device_threads = if device.device_type() == VIRTIO_ID_FS {
+                fs_threads.clone()
+            } else {
+                threads.clone()
+            };
             let transport = MmioTransport::new(
                 device,
                 mem.clone(),
                 VirtioInterrupt::new(line),
                 notify,
-                threads.clone(),
+                device_threads,
             );
             let transport = Arc::new(Mutex::new(transport));
             mmio.insert(base, MMIO_SIZE, transport.clone());

@@ -62,7 +62,6 @@ const DENIED: &[i64] = &[
     libc::SYS_keyctl,
     libc::SYS_reboot,
     libc::SYS_setns,
-    libc::SYS_unshare,
     libc::SYS_swapon,
     libc::SYS_swapoff,
     libc::SYS_acct,
@@ -164,6 +163,46 @@ const DEVICE: &[i64] = &[
     libc::SYS_ppoll,
 ];
 
+/// A share's device thread (virtio-fs): the device list, and the file system calls
+/// `fuse-backend-rs`'s passthrough makes on the shared tree (relative to descriptors it
+/// holds, never by absolute path), and `unshare(CLONE_FS)` once, to keep its umask apart.
+const FS: &[i64] = &[
+    libc::SYS_openat,
+    libc::SYS_fstatfs,
+    libc::SYS_statfs,
+    libc::SYS_getdents64,
+    libc::SYS_linkat,
+    libc::SYS_unlinkat,
+    libc::SYS_mkdirat,
+    libc::SYS_mknodat,
+    libc::SYS_symlinkat,
+    libc::SYS_readlinkat,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_fchmod,
+    libc::SYS_fchmodat,
+    libc::SYS_fchown,
+    libc::SYS_fchownat,
+    libc::SYS_utimensat,
+    libc::SYS_ftruncate,
+    libc::SYS_getxattr,
+    libc::SYS_lgetxattr,
+    libc::SYS_fgetxattr,
+    libc::SYS_setxattr,
+    libc::SYS_lsetxattr,
+    libc::SYS_fsetxattr,
+    libc::SYS_removexattr,
+    libc::SYS_fremovexattr,
+    libc::SYS_listxattr,
+    libc::SYS_flistxattr,
+    libc::SYS_copy_file_range,
+    libc::SYS_umask,
+    libc::SYS_getuid,
+    libc::SYS_getgid,
+    libc::SYS_geteuid,
+    libc::SYS_getegid,
+];
+
 fn compile(
     rules: BTreeMap<i64, Vec<SeccompRule>>,
     mismatch: SeccompAction,
@@ -230,8 +269,28 @@ pub fn device_filter() -> Result<BpfProgram, Error> {
     allow_list(DEVICE, more)
 }
 
+pub fn fs_filter() -> Result<BpfProgram, Error> {
+    let mut more = BTreeMap::new();
+    more.insert(libc::SYS_socket, arg_in(0, &[libc::AF_UNIX as u64])?);
+    more.insert(libc::SYS_ioctl, arg_in(1, &[libc::FIONBIO, libc::FIOCLEX])?);
+    more.insert(libc::SYS_unshare, arg_in(0, &[libc::CLONE_FS as u64])?);
+    let extra: Vec<i64> = DEVICE.iter().chain(FS).copied().collect();
+    allow_list(&extra, more)
+}
+
 pub fn process_filter() -> Result<BpfProgram, Error> {
-    let rules = DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
+    // unshare is refused except for CLONE_FS alone (a share's thread keeps its own umask).
+    let other_than_fs = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::Ne,
+        libc::CLONE_FS as u64,
+    )
+    .and_then(|c| SeccompRule::new(vec![c]))
+    .map_err(|e| Error::Build(e.to_string()))?;
+    rules.insert(libc::SYS_unshare, vec![other_than_fs]);
     compile(rules, SeccompAction::Allow, SeccompAction::Trap)
 }
 
@@ -393,6 +452,15 @@ mod tests {
                     .join()
                     .unwrap();
             }
+            "process-unshare" => {
+                confine_process().unwrap();
+                // SAFETY: unshare on this test thread only.
+                let fs = unsafe { libc::unshare(libc::CLONE_FS) };
+                println!("clone-fs={fs}");
+                // SAFETY: as above; the filter traps it.
+                unsafe { libc::unshare(libc::CLONE_NEWUSER) };
+                println!("not-reached");
+            }
             "process-exec" => {
                 confine_process().unwrap();
                 // The forked child inherits the filter; its exec traps and ends it.
@@ -456,7 +524,18 @@ mod tests {
     }
 
     #[test]
+    fn the_process_filter_lets_a_thread_keep_its_umask_but_makes_no_namespace() {
+        let out = child("process-unshare");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(EXIT_FORBIDDEN_SYSCALL), "{stderr}");
+        assert!(stdout.contains("clone-fs=0"), "{stdout}");
+        assert!(!stdout.contains("not-reached"), "{stdout}");
+    }
+
+    #[test]
     fn the_filters_compile() {
+        assert!(!fs_filter().unwrap().is_empty());
         assert!(!vcpu_filter().unwrap().is_empty());
         assert!(!device_filter().unwrap().is_empty());
         assert!(!process_filter().unwrap().is_empty());

@@ -47,6 +47,7 @@ fn main() -> std::process::ExitCode {
         cpus: 1,
         memory_mib: 128,
         disks: Vec::new(),
+        shares: Vec::new(),
         rng: true,
         vsock: None,
         console: Box::new(console.clone()),

@@ -10,6 +10,7 @@
 //!   stalls another's.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod rng;
 pub mod vsock;
