@@ -106,6 +106,8 @@ const COMMON: &[i64] = &[
 const VCPU: &[i64] = &[
     libc::SYS_eventfd2,
     libc::SYS_fcntl,
+    // A device's worker may make a HashMap, whose first use on a thread seeds its hasher.
+    libc::SYS_getrandom,
     libc::SYS_read,
     libc::SYS_lseek,
     libc::SYS_fsync,
