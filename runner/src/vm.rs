@@ -68,7 +68,7 @@ pub struct BootArgs {
 #[derive(clap::Args, Clone, Copy)]
 pub struct SeccompArg {
     /// Confine the VMM's threads with seccomp filters; `off` only to debug a VMM
-    #[arg(long = "seccomp", value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    #[arg(long = "seccomp", value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub on: bool,
 }
 

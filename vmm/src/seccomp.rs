@@ -145,6 +145,10 @@ const DEVICE: &[i64] = &[
     libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
     libc::SYS_eventfd2,
+    // vsock's retry and timeout timers.
+    libc::SYS_timerfd_create,
+    libc::SYS_timerfd_settime,
+    libc::SYS_timerfd_gettime,
     libc::SYS_fcntl,
     libc::SYS_getrandom,
     libc::SYS_connect,
