@@ -5,7 +5,7 @@ use crate::host::{self, Kvm};
 use crate::term::RawTerminal;
 use anyhow::{bail, Context};
 use hk_vmm::console::RotatingLog;
-use hk_vmm::{Disk, GuestExit, VmConfig};
+use hk_vmm::{Disk, GuestExit, VmConfig, VsockConfig};
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -50,6 +50,14 @@ pub struct BootArgs {
     /// Do not offer a virtio-rng device
     #[arg(long)]
     no_rng: bool,
+    /// Offer a virtio-vsock device whose hybrid Unix socket (Firecracker's convention) is
+    /// created at PATH: host programs connect to guest ports through it, and a guest
+    /// connection to host port P goes to the socket PATH_P
+    #[arg(long, value_name = "PATH")]
+    vsock_uds: Option<PathBuf>,
+    /// The guest's vsock context ID (with --vsock-uds)
+    #[arg(long, value_name = "CID", default_value_t = 3, requires = "vsock_uds")]
+    vsock_cid: u64,
     /// Print, on stderr, the time from start until the guest's boot-complete marker
     #[arg(long)]
     boot_timer: bool,
@@ -105,6 +113,7 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
             .map(|d| d.path.clone())
             .collect();
         writable.extend(args.console.clone());
+        writable.extend(args.vsock_uds.clone());
         if args.interactive && crate::lab::needed() {
             bail!(
                 "--interactive cannot reach a VM in the nested lab, which forwards no input; \
@@ -157,7 +166,10 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         memory_mib,
         disks,
         rng: !args.no_rng,
-        vsock: None,
+        vsock: args.vsock_uds.map(|uds| VsockConfig {
+            guest_cid: args.vsock_cid,
+            uds: Some(uds),
+        }),
         console,
         console_input,
         start,
