@@ -114,7 +114,7 @@ impl MmioTransport {
         let mut queues = Vec::with_capacity(self.queues.len());
         for (index, queue) in self.queues.iter().enumerate() {
             // A queue whose rings lie outside guest memory is never touched.
-            if queue.ready() && !queue.is_valid(&self.mem) {
+            if queue.ready() && !rings_in_memory(queue, &self.mem) {
                 return Err(format!("queue {index} has rings outside guest memory"));
             }
             queues.push(Queue::try_from(queue.state()).map_err(|e| e.to_string())?);
@@ -287,6 +287,23 @@ impl MmioTransport {
     }
 }
 
+/// Whether each ring of `queue` lies wholly in guest memory, within one region (the device
+/// reads and writes ring entries through single slices). virtio-queue's `is_valid` checks
+/// only that the byte *after* each ring is in memory, so it refuses a ring that ends at the
+/// very end of RAM, a legal placement, and accepts one that starts outside memory and ends
+/// inside it.
+fn rings_in_memory(queue: &Queue, mem: &GuestMemory) -> bool {
+    use vm_memory::{GuestAddress, GuestMemory as _};
+    let n = u64::from(queue.size());
+    [
+        (queue.desc_table(), 16 * n),
+        (queue.avail_ring(), 6 + 2 * n),
+        (queue.used_ring(), 6 + 8 * n),
+    ]
+    .into_iter()
+    .all(|(addr, len)| mem.get_slice(GuestAddress(addr), len as usize).is_ok())
+}
+
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= REG_CONFIG {
@@ -322,7 +339,7 @@ mod tests {
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::GuestAddress;
+    use vm_memory::{Bytes, GuestAddress};
 
     #[derive(Default)]
     struct Count(AtomicUsize);
@@ -516,6 +533,31 @@ mod tests {
             assert_ne!(r(&mut t, REG_STATUS) & STATUS_FAILED, 0);
             assert!(t.worker.is_none());
         }
+    }
+
+    #[test]
+    fn rings_that_end_exactly_at_the_end_of_guest_memory_are_served() {
+        // A descriptor table filling the last 256 bytes of RAM, or an avail ring its last 38:
+        // legal placements (a driver may get the top page of memory for a ring), which the
+        // device must serve rather than refuse as lying outside guest memory.
+        const END: u64 = 0x10_0000;
+        for (desc, avail) in [(END - 16 * 16, 0x1000), (0x3000, END - (6 + 2 * 16))] {
+            let Harness { mut t, mem, .. } = transport();
+            let d = RawDescriptor::from(Descriptor::new(0x2_0000, 32, 2, 0));
+            mem.write_obj(d, GuestAddress(desc)).unwrap();
+            // flags 0, idx 1, ring[0] = head 0.
+            mem.write_obj([0u16, 1, 0], GuestAddress(avail)).unwrap();
+            setup(&mut t, desc, avail, 0x2000);
+            let what = format!("desc {desc:#x} avail {avail:#x}");
+            assert_eq!(r(&mut t, REG_STATUS) & STATUS_NEEDS_RESET, 0, "{what}");
+            eventually("the chain is used", || {
+                mem.read_obj::<u16>(GuestAddress(0x2002)).unwrap() == 1
+            });
+        }
+        // 16 bytes further, the descriptor table's end is outside memory: refused.
+        let Harness { mut t, .. } = transport();
+        setup(&mut t, END - 16 * 16 + 16, 0x1000, 0x2000);
+        assert_ne!(r(&mut t, REG_STATUS) & STATUS_NEEDS_RESET, 0);
     }
 
     #[test]
