@@ -147,6 +147,9 @@ struct Machine<V: X86Vm> {
     serial: Arc<Mutex<Serial<Box<dyn Write + Send>>>>,
     input: Option<ConsoleInput>,
     transports: Vec<Shared<MmioTransport>>,
+    /// Signalled by a transport whose driver set DRIVER_OK: the device is started on the
+    /// VMM's thread, never on a (confined) vCPU thread.
+    activation: EventFd,
     vsock: Option<VsockHost>,
     stop: Arc<Stop>,
     /// The vCPU threads' seccomp filter, when confined.
@@ -284,6 +287,7 @@ where
             "panic=-1".to_string(),
         ];
         let mut transports = Vec::new();
+        let activation = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?;
         for (i, device) in devices.into_iter().enumerate() {
             let base = layout::VIRTIO_MMIO_BASE + i as u64 * MMIO_SIZE;
             let irq = layout::VIRTIO_FIRST_IRQ + i as u32;
@@ -293,14 +297,14 @@ where
             let line: Arc<dyn Interrupt> = Arc::new(Irq(vm.irq_line(irq)?));
             let notify = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?;
             vm.register_notifier(base + REG_QUEUE_NOTIFY, &notify)?;
-            let transport = MmioTransport::new(
+            let transport = transport(
                 device,
                 mem.clone(),
                 VirtioInterrupt::new(line),
                 notify,
-                fatal.clone(),
-                confine.clone(),
-            );
+                (fatal.clone(), confine.clone()),
+                &activation,
+            )?;
             let transport = Arc::new(Mutex::new(transport));
             mmio.insert(base, MMIO_SIZE, transport.clone());
             transports.push(transport);
@@ -336,6 +340,7 @@ where
             serial,
             input,
             transports,
+            activation,
             vsock,
             stop,
             vcpu_filter,
@@ -352,6 +357,7 @@ where
             serial,
             input,
             transports,
+            activation,
             vsock,
             stop,
             vcpu_filter,
@@ -362,6 +368,13 @@ where
                 ControlOperation::Add,
                 stop.event.as_raw_fd(),
                 EpollEvent::new(EventSet::IN, STOP_TOKEN),
+            )
+            .map_err(|e| Error::Io("epoll_ctl", e))?;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                activation.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, ACTIVATE_TOKEN),
             )
             .map_err(|e| Error::Io("epoll_ctl", e))?;
 
@@ -456,6 +469,13 @@ where
                 if token == STOP_TOKEN {
                     break 'run;
                 }
+                if token == ACTIVATE_TOKEN {
+                    let _ = activation.read();
+                    for transport in &transports {
+                        lock(transport).activate_pending();
+                    }
+                    continue;
+                }
                 if let Some(feed) = console.as_mut() {
                     feed.on_event(&epoll, token, &serial);
                 }
@@ -489,6 +509,27 @@ where
     }
 }
 
+/// The transport of one device as the VMM wires it. Its activation (files opened, the
+/// device's thread started) waits for the VMM's thread, which `activation` wakes: a vCPU
+/// thread under its seccomp filter can do neither, and a thread it started would inherit
+/// the vCPU filter instead of the device filter.
+pub(crate) fn transport(
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    interrupt: VirtioInterrupt,
+    notify: EventFd,
+    (fatal, confine): (Fatal, Option<Confine>),
+    activation: &EventFd,
+) -> Result<MmioTransport, Error> {
+    let mut transport = MmioTransport::new(device, mem, interrupt, notify, fatal, confine);
+    transport.defer_activation(
+        activation
+            .try_clone()
+            .map_err(|e| Error::Io("eventfd", e))?,
+    );
+    Ok(transport)
+}
+
 /// Lets the vCPU threads run once all of them are set up, or tells them to give up.
 #[derive(Default)]
 struct StartGate {
@@ -515,6 +556,7 @@ impl StartGate {
 }
 
 const STOP_TOKEN: u64 = u64::MAX;
+const ACTIVATE_TOKEN: u64 = u64::MAX - 3;
 const INPUT_TOKEN: u64 = u64::MAX - 2;
 const READY_TOKEN: u64 = u64::MAX - 1;
 

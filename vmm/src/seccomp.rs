@@ -365,8 +365,102 @@ mod tests {
                 // posix_spawn's child runs with default signal actions: SIGSYS kills it.
                 println!("child-status={:?}/{:?}", status.code(), status.signal());
             }
+            "vcpu-activates-a-disk" => vcpu_activates_a_disk(),
             _ => {}
         }
+    }
+
+    /// A driver on a vCPU thread, under the vCPU filter, sets up a disk and sets DRIVER_OK,
+    /// as every Linux guest does at boot; the VMM's thread then starts the device, whose
+    /// thread serves a GET_ID request under the device filter.
+    fn vcpu_activates_a_disk() {
+        use hk_devices::virtio::block::Block;
+        use hk_devices::virtio::VirtioInterrupt;
+        use hk_devices::{BusDevice, Interrupt};
+        use std::sync::{Arc, Mutex};
+        use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+        use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+        struct NoIrq;
+        impl Interrupt for NoIrq {
+            fn trigger(&self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let image = std::env::temp_dir().join(format!("hk-seccomp-disk-{}", std::process::id()));
+        std::fs::write(&image, vec![0u8; 4096]).unwrap();
+        let disk = Block::open(&image, false, "disk0").unwrap();
+        std::fs::remove_file(&image).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        // One GET_ID request: header at 0x4000, 20 bytes of answer at 0x5000, status at
+        // 0x6000; descriptors at 0x1000, avail ring at 0x2000, used ring at 0x3000.
+        mem.write_obj(8u32, GuestAddress(0x4000)).unwrap();
+        for (i, (addr, len, flags)) in [(0x4000u64, 16u32, 1u16), (0x5000, 20, 3), (0x6000, 1, 2)]
+            .into_iter()
+            .enumerate()
+        {
+            let at = GuestAddress(0x1000 + 16 * i as u64);
+            mem.write_obj(addr, at).unwrap();
+            mem.write_obj(len, GuestAddress(at.0 + 8)).unwrap();
+            mem.write_obj(flags, GuestAddress(at.0 + 12)).unwrap();
+            mem.write_obj(i as u16 + 1, GuestAddress(at.0 + 14))
+                .unwrap();
+        }
+        mem.write_obj([0u16, 1, 0], GuestAddress(0x2000)).unwrap();
+        let device_filter = Arc::new(device_filter().unwrap());
+        let activation = EventFd::new(EFD_NONBLOCK).unwrap();
+        let transport = crate::machine::transport(
+            Box::new(disk),
+            mem.clone(),
+            VirtioInterrupt::new(Arc::new(NoIrq)),
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+            (
+                Arc::new(|why| println!("fatal: {why}")),
+                Some(Arc::new(move || {
+                    confine_thread(&device_filter).map_err(|e| e.to_string())
+                })),
+            ),
+            &activation,
+        )
+        .unwrap();
+        let transport = Arc::new(Mutex::new(transport));
+        let vcpu = transport.clone();
+        std::thread::Builder::new()
+            .name("vcpu-test".into())
+            .spawn(move || {
+                confine_thread(&vcpu_filter().unwrap()).unwrap();
+                let mut t = vcpu.lock().unwrap();
+                let mut w = |offset: u64, value: u32| t.write(offset, &value.to_le_bytes());
+                w(0x70, 3);
+                w(0x24, 1);
+                w(0x20, 1);
+                w(0x70, 3 | 8);
+                w(0x30, 0);
+                w(0x38, 16);
+                w(0x80, 0x1000);
+                w(0x90, 0x2000);
+                w(0xa0, 0x3000);
+                w(0x44, 1);
+                w(0x70, 3 | 8 | 4);
+                w(0x50, 0);
+                println!("driver-ok-written");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        if activation.read().is_ok() {
+            transport.lock().unwrap().activate_pending();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while mem.read_obj::<u16>(GuestAddress(0x3002)).unwrap() != 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the request was never served"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let id: [u8; 5] = mem.read_obj(GuestAddress(0x5000)).unwrap();
+        println!("served: {}", String::from_utf8_lossy(&id));
     }
 
     #[test]
@@ -407,6 +501,16 @@ mod tests {
                 || stdout.contains(&format!("child-status=None/Some({})", libc::SIGSYS)),
             "{stdout}{stderr}"
         );
+    }
+
+    #[test]
+    fn a_vcpu_thread_setting_driver_ok_does_not_trip_its_filter() {
+        let out = child("vcpu-activates-a-disk");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{:?}\n{stdout}{stderr}", out.status);
+        assert!(stdout.contains("driver-ok-written"), "{stdout}");
+        assert!(stdout.contains("served: disk0"), "{stdout}{stderr}");
     }
 
     #[test]

@@ -5,6 +5,13 @@
 //! The guest programs queue addresses freely: nothing is trusted until the driver says
 //! DRIVER_OK, and then a ready queue whose rings lie outside guest memory fails the
 //! activation (DEVICE_NEEDS_RESET) instead of being served.
+//!
+//! Activating a device opens files and starts a thread, which a vCPU thread confined by its
+//! seccomp filter may not do (and a thread it started would inherit that filter). So a VMM
+//! that confines its vCPUs gives the transport an activation eventfd
+//! ([`MmioTransport::defer_activation`]): DRIVER_OK then only records the request and
+//! signals it, and the VMM's own thread calls [`MmioTransport::activate_pending`]. A reset
+//! before that cancels the request.
 
 use super::worker::{self, Activated, Confine, Fatal, WorkerHandle};
 use super::{VirtioDevice, VirtioInterrupt, INT_CONFIG, VIRTIO_F_VERSION_1};
@@ -63,6 +70,10 @@ pub struct MmioTransport {
     confine: Option<Confine>,
     queues: Vec<Queue>,
     worker: Option<WorkerHandle>,
+    /// With deferred activation: signalled when the driver set DRIVER_OK.
+    activation: Option<EventFd>,
+    /// DRIVER_OK was set and the device waits for [`MmioTransport::activate_pending`].
+    pending: bool,
     queue_sel: u32,
     device_features_sel: u32,
     driver_features_sel: u32,
@@ -93,6 +104,8 @@ impl MmioTransport {
             confine,
             queues,
             worker: None,
+            activation: None,
+            pending: false,
             queue_sel: 0,
             device_features_sel: 0,
             driver_features_sel: 0,
@@ -103,6 +116,34 @@ impl MmioTransport {
 
     pub fn device_type(&self) -> u32 {
         self.device.device_type()
+    }
+
+    /// From now on, DRIVER_OK does not start the device on the writing (vCPU) thread: it
+    /// signals `event`, and the VMM starts the device with [`Self::activate_pending`].
+    pub fn defer_activation(&mut self, event: EventFd) {
+        self.activation = Some(event);
+    }
+
+    /// Starts the device if the driver set DRIVER_OK and has not reset it since. Called by
+    /// the VMM's thread when the activation eventfd fires.
+    pub fn activate_pending(&mut self) {
+        let live = self.status & STATUS_DRIVER_OK != 0
+            && self.status & (STATUS_FAILED | STATUS_NEEDS_RESET) == 0;
+        if std::mem::take(&mut self.pending) && live && self.worker.is_none() {
+            self.start();
+        }
+    }
+
+    fn start(&mut self) {
+        match self.activate() {
+            Ok(worker) => self.worker = Some(worker),
+            Err(_) => {
+                // The driver learns through the status and a configuration interrupt
+                // (§2.1.2); it must reset the device before using it again.
+                self.status |= STATUS_NEEDS_RESET;
+                let _ = self.interrupt.signal(INT_CONFIG);
+            }
+        }
     }
 
     fn active(&self) -> bool {
@@ -145,6 +186,7 @@ impl MmioTransport {
         if let Some(worker) = self.worker.take() {
             worker.stop();
         }
+        self.pending = false;
         for queue in &mut self.queues {
             queue.reset();
         }
@@ -183,17 +225,16 @@ impl MmioTransport {
         }
         let starting = status & STATUS_DRIVER_OK != 0
             && status & (STATUS_FAILED | STATUS_NEEDS_RESET) == 0
-            && self.worker.is_none();
+            && self.worker.is_none()
+            && !self.pending;
         self.status = status;
         if starting {
-            match self.activate() {
-                Ok(worker) => self.worker = Some(worker),
-                Err(_) => {
-                    // The driver learns through the status and a configuration interrupt
-                    // (§2.1.2); it must reset the device before using it again.
-                    self.status |= STATUS_NEEDS_RESET;
-                    let _ = self.interrupt.signal(INT_CONFIG);
+            match &self.activation {
+                Some(event) => {
+                    self.pending = true;
+                    let _ = event.write(1);
                 }
+                None => self.start(),
             }
         }
     }
@@ -533,6 +574,32 @@ mod tests {
             assert_ne!(r(&mut t, REG_STATUS) & STATUS_FAILED, 0);
             assert!(t.worker.is_none());
         }
+    }
+
+    #[test]
+    fn a_deferred_activation_waits_for_the_vmm_and_a_reset_cancels_it() {
+        let Harness { mut t, mem, .. } = transport();
+        let event = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        t.defer_activation(event.try_clone().unwrap());
+        let mock = queue_with_a_chain(&mem);
+        setup_mock(&mut t, &mock);
+        assert!(t.worker.is_none(), "started on the driver's thread");
+        assert_ne!(r(&mut t, REG_STATUS) & STATUS_DRIVER_OK, 0);
+        assert_eq!(event.read().unwrap(), 1);
+        // Reset before the VMM got to it: nothing starts.
+        w(&mut t, REG_STATUS, 0);
+        t.activate_pending();
+        assert!(t.worker.is_none());
+        // FAILED after DRIVER_OK: nothing starts either.
+        setup_mock(&mut t, &mock);
+        w(&mut t, REG_STATUS, STATUS_FAILED);
+        t.activate_pending();
+        assert!(t.worker.is_none());
+        w(&mut t, REG_STATUS, 0);
+        setup_mock(&mut t, &mock);
+        t.activate_pending();
+        assert!(t.worker.is_some());
+        eventually("the chain is used", || mock.used().idx().load() == 1);
     }
 
     #[test]
