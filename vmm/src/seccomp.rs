@@ -138,6 +138,10 @@ const DEVICE: &[i64] = &[
     libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
     libc::SYS_eventfd2,
+    // vsock's timer for connections the host side has not accepted yet.
+    libc::SYS_timerfd_create,
+    libc::SYS_timerfd_settime,
+    libc::SYS_timerfd_gettime,
     libc::SYS_fcntl,
     libc::SYS_getrandom,
     libc::SYS_connect,
@@ -366,19 +370,25 @@ mod tests {
                 println!("child-status={:?}/{:?}", status.code(), status.signal());
             }
             "vcpu-activates-a-disk" => vcpu_activates_a_disk(),
+            "vcpu-activates-vsock" => vcpu_activates_vsock(),
             _ => {}
         }
     }
 
-    /// A driver on a vCPU thread, under the vCPU filter, sets up a disk and sets DRIVER_OK,
-    /// as every Linux guest does at boot; the VMM's thread then starts the device, whose
-    /// thread serves a GET_ID request under the device filter.
-    fn vcpu_activates_a_disk() {
-        use hk_devices::virtio::block::Block;
+    /// A driver on a vCPU thread, under the vCPU filter, sets a device up and sets
+    /// DRIVER_OK, as every Linux guest does at boot; the VMM's thread then starts the
+    /// device, whose thread runs under the device filter. Returns the guest memory once the
+    /// device thread has run for a while.
+    fn drive_from_a_vcpu(
+        device: Box<dyn hk_devices::virtio::VirtioDevice>,
+        queues: u64,
+        setup_memory: impl FnOnce(&vm_memory::GuestMemoryMmap),
+        done: impl Fn(&vm_memory::GuestMemoryMmap) -> bool,
+    ) -> vm_memory::GuestMemoryMmap {
         use hk_devices::virtio::VirtioInterrupt;
         use hk_devices::{BusDevice, Interrupt};
         use std::sync::{Arc, Mutex};
-        use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+        use vm_memory::{GuestAddress, GuestMemoryMmap};
         use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
         struct NoIrq;
@@ -387,30 +397,12 @@ mod tests {
                 Ok(())
             }
         }
-        let image = std::env::temp_dir().join(format!("hk-seccomp-disk-{}", std::process::id()));
-        std::fs::write(&image, vec![0u8; 4096]).unwrap();
-        let disk = Block::open(&image, false, "disk0").unwrap();
-        std::fs::remove_file(&image).unwrap();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-        // One GET_ID request: header at 0x4000, 20 bytes of answer at 0x5000, status at
-        // 0x6000; descriptors at 0x1000, avail ring at 0x2000, used ring at 0x3000.
-        mem.write_obj(8u32, GuestAddress(0x4000)).unwrap();
-        for (i, (addr, len, flags)) in [(0x4000u64, 16u32, 1u16), (0x5000, 20, 3), (0x6000, 1, 2)]
-            .into_iter()
-            .enumerate()
-        {
-            let at = GuestAddress(0x1000 + 16 * i as u64);
-            mem.write_obj(addr, at).unwrap();
-            mem.write_obj(len, GuestAddress(at.0 + 8)).unwrap();
-            mem.write_obj(flags, GuestAddress(at.0 + 12)).unwrap();
-            mem.write_obj(i as u16 + 1, GuestAddress(at.0 + 14))
-                .unwrap();
-        }
-        mem.write_obj([0u16, 1, 0], GuestAddress(0x2000)).unwrap();
+        setup_memory(&mem);
         let device_filter = Arc::new(device_filter().unwrap());
         let activation = EventFd::new(EFD_NONBLOCK).unwrap();
         let transport = crate::machine::transport(
-            Box::new(disk),
+            device,
             mem.clone(),
             VirtioInterrupt::new(Arc::new(NoIrq)),
             EventFd::new(EFD_NONBLOCK).unwrap(),
@@ -435,12 +427,16 @@ mod tests {
                 w(0x24, 1);
                 w(0x20, 1);
                 w(0x70, 3 | 8);
-                w(0x30, 0);
-                w(0x38, 16);
-                w(0x80, 0x1000);
-                w(0x90, 0x2000);
-                w(0xa0, 0x3000);
-                w(0x44, 1);
+                // Queue q: descriptors at 0x1000 + 0x10000 q, avail and used rings after.
+                for q in 0..queues {
+                    let base = 0x1000 + 0x1_0000 * q as u32;
+                    w(0x30, q as u32);
+                    w(0x38, 16);
+                    w(0x80, base);
+                    w(0x90, base + 0x1000);
+                    w(0xa0, base + 0x2000);
+                    w(0x44, 1);
+                }
                 w(0x70, 3 | 8 | 4);
                 w(0x50, 0);
                 println!("driver-ok-written");
@@ -452,15 +448,64 @@ mod tests {
             transport.lock().unwrap().activate_pending();
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while mem.read_obj::<u16>(GuestAddress(0x3002)).unwrap() != 1 {
+        while !done(&mem) {
             assert!(
                 std::time::Instant::now() < deadline,
-                "the request was never served"
+                "the device never did it"
             );
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+        // The device thread lives on a little, under its filter.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        mem
+    }
+
+    fn vcpu_activates_a_disk() {
+        use hk_devices::virtio::block::Block;
+        use vm_memory::{Bytes, GuestAddress};
+
+        let image = std::env::temp_dir().join(format!("hk-seccomp-disk-{}", std::process::id()));
+        std::fs::write(&image, vec![0u8; 4096]).unwrap();
+        let disk = Block::open(&image, false, "disk0").unwrap();
+        std::fs::remove_file(&image).unwrap();
+        // One GET_ID request: header at 0x4000, 20 bytes of answer at 0x5000, status at
+        // 0x6000.
+        let mem = drive_from_a_vcpu(
+            Box::new(disk),
+            1,
+            |mem| {
+                mem.write_obj(8u32, GuestAddress(0x4000)).unwrap();
+                for (i, (addr, len, flags)) in
+                    [(0x4000u64, 16u32, 1u16), (0x5000, 20, 3), (0x6000, 1, 2)]
+                        .into_iter()
+                        .enumerate()
+                {
+                    let at = 0x1000 + 16 * i as u64;
+                    mem.write_obj(addr, GuestAddress(at)).unwrap();
+                    mem.write_obj(len, GuestAddress(at + 8)).unwrap();
+                    mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+                    mem.write_obj(i as u16 + 1, GuestAddress(at + 14)).unwrap();
+                }
+                mem.write_obj([0u16, 1, 0], GuestAddress(0x2000)).unwrap();
+            },
+            |mem| mem.read_obj::<u16>(GuestAddress(0x3002)).unwrap() == 1,
+        );
         let id: [u8; 5] = mem.read_obj(GuestAddress(0x5000)).unwrap();
         println!("served: {}", String::from_utf8_lossy(&id));
+    }
+
+    fn vcpu_activates_vsock() {
+        use hk_devices::virtio::vsock::{Vsock, VsockConfig};
+        let dir = std::env::temp_dir().join(format!("hk-seccomp-vsock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let device = Vsock::new(&VsockConfig {
+            guest_cid: 3,
+            uds: Some(dir.join("v.sock")),
+        })
+        .unwrap();
+        let _ = drive_from_a_vcpu(Box::new(device), 3, |_| {}, |_| true);
+        let _ = std::fs::remove_dir_all(&dir);
+        println!("served: vsock");
     }
 
     #[test]
@@ -511,6 +556,15 @@ mod tests {
         assert!(out.status.success(), "{:?}\n{stdout}{stderr}", out.status);
         assert!(stdout.contains("driver-ok-written"), "{stdout}");
         assert!(stdout.contains("served: disk0"), "{stdout}{stderr}");
+    }
+
+    #[test]
+    fn a_vsock_device_thread_runs_under_its_filter() {
+        let out = child("vcpu-activates-vsock");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{:?}\n{stdout}{stderr}", out.status);
+        assert!(stdout.contains("served: vsock"), "{stdout}{stderr}");
     }
 
     #[test]

@@ -328,6 +328,18 @@ impl MmioTransport {
     }
 }
 
+impl Drop for MmioTransport {
+    fn drop(&mut self) {
+        // The device thread goes first, so whatever the device model and its worker share
+        // (vsock's Unix socket, removed from the filesystem with its last owner) is released
+        // here, on the VMM's thread, not on the device thread, whose seccomp filter has no
+        // unlink.
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
+        }
+    }
+}
+
 /// Whether each ring of `queue` lies wholly in guest memory, within one region (the device
 /// reads and writes ring entries through single slices). virtio-queue's `is_valid` checks
 /// only that the byte *after* each ring is in memory, so it refuses a ring that ends at the
