@@ -269,9 +269,9 @@ where
             Arc::new(move |why| stop.request(GuestExit::Crash(why)))
         };
         let (vcpu_filter, confine) = if config.seccomp {
-            let device = Arc::new(crate::seccomp::device_filter()?);
+            let device = Arc::new(crate::seccomp::device_filters()?);
             let confine: Confine = Arc::new(move || {
-                crate::seccomp::confine_thread(&device).map_err(|e| e.to_string())
+                crate::seccomp::confine_device_thread(&device).map_err(|e| e.to_string())
             });
             (
                 Some(Arc::new(crate::seccomp::vcpu_filter()?)),
