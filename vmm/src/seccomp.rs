@@ -216,6 +216,9 @@ fn kvm_ioctls() -> Result<Vec<SeccompRule>, Error> {
 pub fn vcpu_filter() -> Result<BpfProgram, Error> {
     let mut more = BTreeMap::new();
     more.insert(libc::SYS_ioctl, kvm_ioctls()?);
+    // A debug build of std checks each fd it closes with F_GETFD: a driver's reset closes
+    // the stopped device thread's eventfds here.
+    more.insert(libc::SYS_fcntl, arg_in(1, &[libc::F_GETFD as u64])?);
     allow_list(VCPU, more)
 }
 
@@ -510,6 +513,19 @@ mod tests {
         }
         // The device thread lives on a little, under its filter.
         std::thread::sleep(std::time::Duration::from_millis(200));
+        // The driver resets the device from the vCPU: its thread is stopped and joined, its
+        // eventfds closed (which a debug build of std checks with fcntl(F_GETFD)).
+        let vcpu = transport.clone();
+        std::thread::Builder::new()
+            .name("vcpu-test".into())
+            .spawn(move || {
+                confine_thread(&vcpu_filter().unwrap()).unwrap();
+                vcpu.lock().unwrap().write(0x70, &0u32.to_le_bytes());
+                println!("reset");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
         mem
     }
 
@@ -609,6 +625,7 @@ mod tests {
         assert!(out.status.success(), "{:?}\n{stdout}{stderr}", out.status);
         assert!(stdout.contains("driver-ok-written"), "{stdout}");
         assert!(stdout.contains("served: disk0"), "{stdout}{stderr}");
+        assert!(stdout.contains("reset"), "{stdout}{stderr}");
     }
 
     #[test]
