@@ -5,7 +5,7 @@ use crate::host::{self, Kvm};
 use crate::term::RawTerminal;
 use anyhow::{bail, Context};
 use hk_vmm::console::RotatingLog;
-use hk_vmm::{Disk, GuestExit, Share, VmConfig};
+use hk_vmm::{Disk, GuestExit, Share, VmConfig, VsockConfig};
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -54,6 +54,14 @@ pub struct BootArgs {
     /// Do not offer a virtio-rng device
     #[arg(long)]
     no_rng: bool,
+    /// Offer a virtio-vsock device whose hybrid Unix socket (Firecracker's convention) is
+    /// created at PATH: host programs connect to guest ports through it, and a guest
+    /// connection to host port P goes to the socket PATH_P
+    #[arg(long, value_name = "PATH")]
+    vsock_uds: Option<PathBuf>,
+    /// The guest's vsock context ID (with --vsock-uds)
+    #[arg(long, value_name = "CID", default_value_t = 3, requires = "vsock_uds")]
+    vsock_cid: u64,
     /// Print, on stderr, the time from start until the guest's boot-complete marker
     #[arg(long)]
     boot_timer: bool,
@@ -120,6 +128,7 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
                 .map(|s| s.host_dir.clone()),
         );
         writable.extend(args.console.clone());
+        writable.extend(args.vsock_uds.clone());
         if args.interactive && crate::lab::needed() {
             bail!(
                 "--interactive cannot reach a VM in the nested lab, which forwards no input; \
@@ -173,7 +182,10 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         disks,
         shares,
         rng: !args.no_rng,
-        vsock: None,
+        vsock: args.vsock_uds.map(|uds| VsockConfig {
+            guest_cid: args.vsock_cid,
+            uds: Some(uds),
+        }),
         console,
         console_input,
         start,

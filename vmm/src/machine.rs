@@ -9,7 +9,7 @@ use hk_devices::virtio::fs::{Cache, Fs, VIRTIO_ID_FS};
 use hk_devices::virtio::mmio::{MmioTransport, MMIO_SIZE, REG_QUEUE_NOTIFY};
 use hk_devices::virtio::rng::Rng;
 use hk_devices::virtio::vsock::{Vsock, VsockHost};
-use hk_devices::virtio::worker::{panic_text, Confine, Fatal, Spawner, Threads};
+use hk_devices::virtio::worker::{panic_text, Confine, Fatal};
 use hk_devices::virtio::{VirtioDevice, VirtioInterrupt};
 use hk_devices::{BusDevice, Interrupt};
 use hk_hypervisor::kvm::KvmVm;
@@ -148,6 +148,9 @@ struct Machine<V: X86Vm> {
     serial: Arc<Mutex<Serial<Box<dyn Write + Send>>>>,
     input: Option<ConsoleInput>,
     transports: Vec<Shared<MmioTransport>>,
+    /// Signalled by a transport whose driver set DRIVER_OK: the device is started on the
+    /// VMM's thread, never on a (confined) vCPU thread.
+    activation: EventFd,
     vsock: Option<VsockHost>,
     stop: Arc<Stop>,
     /// The vCPU threads' seccomp filter, when confined.
@@ -280,30 +283,22 @@ where
             let stop = stop.clone();
             Arc::new(move |why| stop.request(GuestExit::Crash(why)))
         };
-        // Each device thread runs under its kind's filter: a share's thread works on files,
+        // Each device thread runs under its kind's filters: a share's thread works on files,
         // the others only on descriptors they were given.
-        let confine_with = |filter: seccompiler::BpfProgram| -> Confine {
-            let filter = Arc::new(filter);
-            Arc::new(move || crate::seccomp::confine_thread(&filter).map_err(|e| e.to_string()))
+        let confine_with = |filters: crate::seccomp::DeviceFilters| -> Confine {
+            let filters = Arc::new(filters);
+            Arc::new(move || {
+                crate::seccomp::confine_device_thread(&filters).map_err(|e| e.to_string())
+            })
         };
         let (vcpu_filter, confine, fs_confine) = if config.seccomp {
             (
                 Some(Arc::new(crate::seccomp::vcpu_filter()?)),
-                Some(confine_with(crate::seccomp::device_filter()?)),
-                Some(confine_with(crate::seccomp::fs_filter()?)),
+                Some(confine_with(crate::seccomp::device_filters()?)),
+                Some(confine_with(crate::seccomp::fs_filters()?)),
             )
         } else {
             (None, None, None)
-        };
-        let threads = Threads {
-            spawner: Spawner::new()
-                .map_err(|e| Error::Io("starting the device thread spawner", e))?,
-            fatal,
-            confine,
-        };
-        let fs_threads = Threads {
-            confine: fs_confine,
-            ..threads.clone()
         };
         let mut cmdline = vec![
             // The exit status depends on these (docs/guest-abi.md); they come first so the
@@ -312,6 +307,7 @@ where
             "panic=-1".to_string(),
         ];
         let mut transports = Vec::new();
+        let activation = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?;
         for (i, device) in devices.into_iter().enumerate() {
             let base = layout::VIRTIO_MMIO_BASE + i as u64 * MMIO_SIZE;
             let irq = layout::VIRTIO_FIRST_IRQ + i as u32;
@@ -321,18 +317,19 @@ where
             let line: Arc<dyn Interrupt> = Arc::new(Irq(vm.irq_line(irq)?));
             let notify = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?;
             vm.register_notifier(base + REG_QUEUE_NOTIFY, &notify)?;
-            let device_threads = if device.device_type() == VIRTIO_ID_FS {
-                fs_threads.clone()
+            let confine = if device.device_type() == VIRTIO_ID_FS {
+                fs_confine.clone()
             } else {
-                threads.clone()
+                confine.clone()
             };
-            let transport = MmioTransport::new(
+            let transport = transport(
                 device,
                 mem.clone(),
                 VirtioInterrupt::new(line),
                 notify,
-                device_threads,
-            );
+                (fatal.clone(), confine),
+                &activation,
+            )?;
             let transport = Arc::new(Mutex::new(transport));
             mmio.insert(base, MMIO_SIZE, transport.clone());
             transports.push(transport);
@@ -368,6 +365,7 @@ where
             serial,
             input,
             transports,
+            activation,
             vsock,
             stop,
             vcpu_filter,
@@ -384,6 +382,7 @@ where
             serial,
             input,
             transports,
+            activation,
             vsock,
             stop,
             vcpu_filter,
@@ -394,6 +393,13 @@ where
                 ControlOperation::Add,
                 stop.event.as_raw_fd(),
                 EpollEvent::new(EventSet::IN, STOP_TOKEN),
+            )
+            .map_err(|e| Error::Io("epoll_ctl", e))?;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                activation.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, ACTIVATE_TOKEN),
             )
             .map_err(|e| Error::Io("epoll_ctl", e))?;
 
@@ -488,6 +494,13 @@ where
                 if token == STOP_TOKEN {
                     break 'run;
                 }
+                if token == ACTIVATE_TOKEN {
+                    let _ = activation.read();
+                    for transport in &transports {
+                        lock(transport).activate_pending();
+                    }
+                    continue;
+                }
                 if let Some(feed) = console.as_mut() {
                     feed.on_event(&epoll, token, &serial);
                 }
@@ -521,6 +534,27 @@ where
     }
 }
 
+/// The transport of one device as the VMM wires it. Its activation (files opened, the
+/// device's thread started) waits for the VMM's thread, which `activation` wakes: a vCPU
+/// thread under its seccomp filter can do neither, and a thread it started would inherit
+/// the vCPU filter instead of the device filter.
+pub(crate) fn transport(
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    interrupt: VirtioInterrupt,
+    notify: EventFd,
+    (fatal, confine): (Fatal, Option<Confine>),
+    activation: &EventFd,
+) -> Result<MmioTransport, Error> {
+    let mut transport = MmioTransport::new(device, mem, interrupt, notify, fatal, confine);
+    transport.defer_activation(
+        activation
+            .try_clone()
+            .map_err(|e| Error::Io("eventfd", e))?,
+    );
+    Ok(transport)
+}
+
 /// Lets the vCPU threads run once all of them are set up, or tells them to give up.
 #[derive(Default)]
 struct StartGate {
@@ -547,6 +581,7 @@ impl StartGate {
 }
 
 const STOP_TOKEN: u64 = u64::MAX;
+const ACTIVATE_TOKEN: u64 = u64::MAX - 3;
 const INPUT_TOKEN: u64 = u64::MAX - 2;
 const READY_TOKEN: u64 = u64::MAX - 1;
 

@@ -5,8 +5,15 @@
 //! The guest programs queue addresses freely: nothing is trusted until the driver says
 //! DRIVER_OK, and then a ready queue whose rings lie outside guest memory fails the
 //! activation (DEVICE_NEEDS_RESET) instead of being served.
+//!
+//! Activating a device opens files and starts a thread, which a vCPU thread confined by its
+//! seccomp filter may not do (and a thread it started would inherit that filter). So a VMM
+//! that confines its vCPUs gives the transport an activation eventfd
+//! ([`MmioTransport::defer_activation`]): DRIVER_OK then only records the request and
+//! signals it, and the VMM's own thread calls [`MmioTransport::activate_pending`]. A reset
+//! before that cancels the request.
 
-use super::worker::{self, Activated, Threads, WorkerHandle};
+use super::worker::{self, Activated, Confine, Fatal, WorkerHandle};
 use super::{VirtioDevice, VirtioInterrupt, INT_CONFIG, VIRTIO_F_VERSION_1};
 use crate::{BusDevice, GuestMemory};
 use virtio_queue::{Queue, QueueT};
@@ -59,9 +66,14 @@ pub struct MmioTransport {
     /// Signalled on QueueNotify writes that reach the vCPU (no ioeventfd); the device thread
     /// polls it either way.
     notify: EventFd,
-    threads: Threads,
+    fatal: Fatal,
+    confine: Option<Confine>,
     queues: Vec<Queue>,
     worker: Option<WorkerHandle>,
+    /// With deferred activation: signalled when the driver set DRIVER_OK.
+    activation: Option<EventFd>,
+    /// DRIVER_OK was set and the device waits for [`MmioTransport::activate_pending`].
+    pending: bool,
     queue_sel: u32,
     device_features_sel: u32,
     driver_features_sel: u32,
@@ -75,7 +87,8 @@ impl MmioTransport {
         mem: GuestMemory,
         interrupt: VirtioInterrupt,
         notify: EventFd,
-        threads: Threads,
+        fatal: Fatal,
+        confine: Option<Confine>,
     ) -> Self {
         let queues = device
             .queue_max_sizes()
@@ -87,9 +100,12 @@ impl MmioTransport {
             mem,
             interrupt,
             notify,
-            threads,
+            fatal,
+            confine,
             queues,
             worker: None,
+            activation: None,
+            pending: false,
             queue_sel: 0,
             device_features_sel: 0,
             driver_features_sel: 0,
@@ -102,6 +118,34 @@ impl MmioTransport {
         self.device.device_type()
     }
 
+    /// From now on, DRIVER_OK does not start the device on the writing (vCPU) thread: it
+    /// signals `event`, and the VMM starts the device with [`Self::activate_pending`].
+    pub fn defer_activation(&mut self, event: EventFd) {
+        self.activation = Some(event);
+    }
+
+    /// Starts the device if the driver set DRIVER_OK and has not reset it since. Called by
+    /// the VMM's thread when the activation eventfd fires.
+    pub fn activate_pending(&mut self) {
+        let live = self.status & STATUS_DRIVER_OK != 0
+            && self.status & (STATUS_FAILED | STATUS_NEEDS_RESET) == 0;
+        if std::mem::take(&mut self.pending) && live && self.worker.is_none() {
+            self.start();
+        }
+    }
+
+    fn start(&mut self) {
+        match self.activate() {
+            Ok(worker) => self.worker = Some(worker),
+            Err(_) => {
+                // The driver learns through the status and a configuration interrupt
+                // (§2.1.2); it must reset the device before using it again.
+                self.status |= STATUS_NEEDS_RESET;
+                let _ = self.interrupt.signal(INT_CONFIG);
+            }
+        }
+    }
+
     fn active(&self) -> bool {
         self.status & STATUS_DRIVER_OK != 0 && self.status & STATUS_FAILED == 0
     }
@@ -111,7 +155,7 @@ impl MmioTransport {
         let mut queues = Vec::with_capacity(self.queues.len());
         for (index, queue) in self.queues.iter().enumerate() {
             // A queue whose rings lie outside guest memory is never touched.
-            if queue.ready() && !queue.is_valid(&self.mem) {
+            if queue.ready() && !rings_in_memory(queue, &self.mem) {
                 return Err(format!("queue {index} has rings outside guest memory"));
             }
             queues.push(Queue::try_from(queue.state()).map_err(|e| e.to_string())?);
@@ -130,7 +174,8 @@ impl MmioTransport {
                 interrupt: self.interrupt.clone(),
                 notify,
             },
-            &self.threads,
+            self.fatal.clone(),
+            self.confine.clone(),
         )
         .map_err(|e| e.to_string())
     }
@@ -141,6 +186,7 @@ impl MmioTransport {
         if let Some(worker) = self.worker.take() {
             worker.stop();
         }
+        self.pending = false;
         for queue in &mut self.queues {
             queue.reset();
         }
@@ -179,17 +225,16 @@ impl MmioTransport {
         }
         let starting = status & STATUS_DRIVER_OK != 0
             && status & (STATUS_FAILED | STATUS_NEEDS_RESET) == 0
-            && self.worker.is_none();
+            && self.worker.is_none()
+            && !self.pending;
         self.status = status;
         if starting {
-            match self.activate() {
-                Ok(worker) => self.worker = Some(worker),
-                Err(_) => {
-                    // The driver learns through the status and a configuration interrupt
-                    // (§2.1.2); it must reset the device before using it again.
-                    self.status |= STATUS_NEEDS_RESET;
-                    let _ = self.interrupt.signal(INT_CONFIG);
+            match &self.activation {
+                Some(event) => {
+                    self.pending = true;
+                    let _ = event.write(1);
                 }
+                None => self.start(),
             }
         }
     }
@@ -283,6 +328,35 @@ impl MmioTransport {
     }
 }
 
+impl Drop for MmioTransport {
+    fn drop(&mut self) {
+        // The device thread goes first, so whatever the device model and its worker share
+        // (vsock's Unix socket, removed from the filesystem with its last owner) is released
+        // here, on the VMM's thread, not on the device thread, whose seccomp filter has no
+        // unlink.
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
+        }
+    }
+}
+
+/// Whether each ring of `queue` lies wholly in guest memory, within one region (the device
+/// reads and writes ring entries through single slices). virtio-queue's `is_valid` checks
+/// only that the byte *after* each ring is in memory, so it refuses a ring that ends at the
+/// very end of RAM, a legal placement, and accepts one that starts outside memory and ends
+/// inside it.
+fn rings_in_memory(queue: &Queue, mem: &GuestMemory) -> bool {
+    use vm_memory::{GuestAddress, GuestMemory as _};
+    let n = u64::from(queue.size());
+    [
+        (queue.desc_table(), 16 * n),
+        (queue.avail_ring(), 6 + 2 * n),
+        (queue.used_ring(), 6 + 8 * n),
+    ]
+    .into_iter()
+    .all(|(addr, len)| mem.get_slice(GuestAddress(addr), len as usize).is_ok())
+}
+
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= REG_CONFIG {
@@ -311,7 +385,6 @@ impl BusDevice for MmioTransport {
 mod tests {
     use super::*;
     use crate::virtio::rng::Rng;
-    use crate::virtio::worker::Spawner;
     use crate::Interrupt;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
@@ -319,7 +392,7 @@ mod tests {
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::GuestAddress;
+    use vm_memory::{Bytes, GuestAddress};
 
     #[derive(Default)]
     struct Count(AtomicUsize);
@@ -348,11 +421,8 @@ mod tests {
             mem.clone(),
             VirtioInterrupt::new(irq.clone()),
             EventFd::new(0).unwrap(),
-            Threads {
-                spawner: Spawner::new().unwrap(),
-                fatal: Arc::new(move |why| sink.lock().unwrap().push(why)),
-                confine: None,
-            },
+            Arc::new(move |why| sink.lock().unwrap().push(why)),
+            None,
         );
         Harness { t, mem, irq, fatal }
     }
@@ -516,6 +586,57 @@ mod tests {
             assert_ne!(r(&mut t, REG_STATUS) & STATUS_FAILED, 0);
             assert!(t.worker.is_none());
         }
+    }
+
+    #[test]
+    fn a_deferred_activation_waits_for_the_vmm_and_a_reset_cancels_it() {
+        let Harness { mut t, mem, .. } = transport();
+        let event = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        t.defer_activation(event.try_clone().unwrap());
+        let mock = queue_with_a_chain(&mem);
+        setup_mock(&mut t, &mock);
+        assert!(t.worker.is_none(), "started on the driver's thread");
+        assert_ne!(r(&mut t, REG_STATUS) & STATUS_DRIVER_OK, 0);
+        assert_eq!(event.read().unwrap(), 1);
+        // Reset before the VMM got to it: nothing starts.
+        w(&mut t, REG_STATUS, 0);
+        t.activate_pending();
+        assert!(t.worker.is_none());
+        // FAILED after DRIVER_OK: nothing starts either.
+        setup_mock(&mut t, &mock);
+        w(&mut t, REG_STATUS, STATUS_FAILED);
+        t.activate_pending();
+        assert!(t.worker.is_none());
+        w(&mut t, REG_STATUS, 0);
+        setup_mock(&mut t, &mock);
+        t.activate_pending();
+        assert!(t.worker.is_some());
+        eventually("the chain is used", || mock.used().idx().load() == 1);
+    }
+
+    #[test]
+    fn rings_that_end_exactly_at_the_end_of_guest_memory_are_served() {
+        // A descriptor table filling the last 256 bytes of RAM, or an avail ring its last 38:
+        // legal placements (a driver may get the top page of memory for a ring), which the
+        // device must serve rather than refuse as lying outside guest memory.
+        const END: u64 = 0x10_0000;
+        for (desc, avail) in [(END - 16 * 16, 0x1000), (0x3000, END - (6 + 2 * 16))] {
+            let Harness { mut t, mem, .. } = transport();
+            let d = RawDescriptor::from(Descriptor::new(0x2_0000, 32, 2, 0));
+            mem.write_obj(d, GuestAddress(desc)).unwrap();
+            // flags 0, idx 1, ring[0] = head 0.
+            mem.write_obj([0u16, 1, 0], GuestAddress(avail)).unwrap();
+            setup(&mut t, desc, avail, 0x2000);
+            let what = format!("desc {desc:#x} avail {avail:#x}");
+            assert_eq!(r(&mut t, REG_STATUS) & STATUS_NEEDS_RESET, 0, "{what}");
+            eventually("the chain is used", || {
+                mem.read_obj::<u16>(GuestAddress(0x2002)).unwrap() == 1
+            });
+        }
+        // 16 bytes further, the descriptor table's end is outside memory: refused.
+        let Harness { mut t, .. } = transport();
+        setup(&mut t, END - 16 * 16 + 16, 0x1000, 0x2000);
+        assert_ne!(r(&mut t, REG_STATUS) & STATUS_NEEDS_RESET, 0);
     }
 
     #[test]

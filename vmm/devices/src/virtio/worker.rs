@@ -7,7 +7,7 @@
 use super::{DeviceWorker, VirtioInterrupt};
 use crate::GuestMemory;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use virtio_queue::Queue;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -19,57 +19,6 @@ pub type Fatal = Arc<dyn Fn(String) + Send + Sync>;
 /// Run first on every device thread: the VMM's policy for it (a seccomp filter), which the
 /// device models know nothing about. An error stops the device before it touches a queue.
 pub type Confine = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
-
-/// How device threads are started and what they run under, as the VMM decides.
-#[derive(Clone)]
-pub struct Threads {
-    pub spawner: Spawner,
-    pub fatal: Fatal,
-    pub confine: Option<Confine>,
-}
-
-type Job = (
-    String,
-    Box<dyn FnOnce() + Send>,
-    mpsc::Sender<std::io::Result<JoinHandle<()>>>,
-);
-
-/// Starts device threads on behalf of whoever activates a device. Activation happens on a
-/// vCPU thread (the driver's status write), and a thread inherits its creator's seccomp
-/// filter: a device thread made by a vCPU would be bound by the vCPU's filter as well as
-/// its own, and the vCPU's filter would have to allow making threads. So device threads
-/// are made by a thread of their own, started before any filter, and handed back.
-#[derive(Clone)]
-pub struct Spawner(mpsc::Sender<Job>);
-
-impl Spawner {
-    /// Starts the spawning thread; it ends when the last `Spawner` is dropped.
-    pub fn new() -> std::io::Result<Spawner> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("device-spawner".into())
-            .spawn(move || {
-                for (name, work, reply) in rx {
-                    let _ = reply.send(std::thread::Builder::new().name(name).spawn(work));
-                }
-            })?;
-        Ok(Spawner(tx))
-    }
-
-    /// Starts `work` on a new thread named `name`.
-    pub fn spawn(
-        &self,
-        name: String,
-        work: impl FnOnce() + Send + 'static,
-    ) -> std::io::Result<JoinHandle<()>> {
-        let gone = || std::io::Error::other("the device thread spawner is gone");
-        let (reply, answer) = mpsc::channel();
-        self.0
-            .send((name, Box::new(work), reply))
-            .map_err(|_| gone())?;
-        answer.recv().map_err(|_| gone())?
-    }
-}
 
 /// Tokens at or above this are the loop's own.
 const RESERVED: u64 = u64::MAX - 16;
@@ -174,25 +123,31 @@ pub struct Activated {
 }
 
 /// Starts the thread `name` serving `work` until the handle stops it.
-pub fn spawn(name: String, work: Activated, threads: &Threads) -> std::io::Result<WorkerHandle> {
+pub fn spawn(
+    name: String,
+    work: Activated,
+    fatal: Fatal,
+    confine: Option<Confine>,
+) -> std::io::Result<WorkerHandle> {
     let stop = EventFd::new(EFD_NONBLOCK)?;
     let stop_rx = stop.try_clone()?;
-    let (fatal, confine) = (threads.fatal.clone(), threads.confine.clone());
-    let thread = threads.spawner.spawn(name.clone(), move || {
-        if let Some(confine) = confine {
-            if let Err(e) = confine() {
-                fatal(format!("device {name}: {e}"));
-                return;
+    let thread = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            if let Some(confine) = confine {
+                if let Err(e) = confine() {
+                    fatal(format!("device {name}: {e}"));
+                    return;
+                }
             }
-        }
-        let result =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(work, &stop_rx)));
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => fatal(format!("device {name}: {e}")),
-            Err(panic) => fatal(format!("device {name} panicked: {}", panic_text(&*panic))),
-        }
-    })?;
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(work, &stop_rx)));
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => fatal(format!("device {name}: {e}")),
+                Err(panic) => fatal(format!("device {name} panicked: {}", panic_text(&*panic))),
+            }
+        })?;
     Ok(WorkerHandle {
         stop,
         thread: Some(thread),

@@ -192,10 +192,16 @@ impl Drop for Listener {
     }
 }
 
-/// The hybrid Unix socket.
+/// The hybrid Unix socket; its path is removed with the device.
 struct UdsListener {
     listener: UnixListener,
     path: PathBuf,
+}
+
+impl Drop for UdsListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// The virtio-vsock device model.
@@ -204,16 +210,6 @@ pub struct Vsock {
     config: [u8; 8],
     shared: Arc<Shared>,
     uds: Option<Arc<UdsListener>>,
-}
-
-/// The hybrid socket's path goes with the device, which the VMM drops on its own thread;
-/// the device thread, which may hold the listener last, never touches the file system.
-impl Drop for Vsock {
-    fn drop(&mut self) {
-        if let Some(uds) = &self.uds {
-            let _ = std::fs::remove_file(&uds.path);
-        }
-    }
 }
 
 impl Vsock {

@@ -156,11 +156,8 @@ impl Guest {
                 interrupt: VirtioInterrupt::new(Arc::new(Count::default())),
                 notify: notify.try_clone().unwrap(),
             },
-            &crate::virtio::worker::Threads {
-                spawner: crate::virtio::worker::Spawner::new().unwrap(),
-                fatal: Arc::new(move |why| sink.lock().unwrap().push(why)),
-                confine: None,
-            },
+            Arc::new(move |why| sink.lock().unwrap().push(why)),
+            None,
         )
         .unwrap();
         Guest {
