@@ -254,28 +254,45 @@ fn lab() -> &'static Lab {
 
         // The cases run as an unprivileged user with access to /dev/kvm and nothing more;
         // hk's state lives in a private temporary directory (the lab's memory).
+        // hk, its agent and every input are copied into the lab's memory for the
+        // unprivileged user, who may not traverse the checkout's directories (a private
+        // clone); results are copied back for the assertions. hk is stripped first: the
+        // lab reads it over 9p.
+        let hk = Path::new(env!("CARGO_BIN_EXE_hk"));
+        let status = std::process::Command::new("strip")
+            .arg("-o")
+            .arg(dir.join("hk"))
+            .arg(hk)
+            .status()
+            .unwrap();
+        assert!(status.success(), "strip hk");
+        let agent = hk
+            .parent()
+            .unwrap()
+            .join("../x86_64-unknown-linux-gnu/agent/hk-agent");
+        std::fs::copy(&agent, dir.join("hk-agent"))
+            .unwrap_or_else(|e| panic!("{}: {e} (build the static agent first)", agent.display()));
         let wrapper = format!(
-            "set -e\nT=$(mktemp -d /tmp/hk-run-image.XXXXXX)\ncp -a {data} $T/data\n\
-             mkdir -p $T/home $T/cache\n\
+            "set -e\nT=$(mktemp -d /tmp/hk-run-image.XXXXXX)\nchmod 755 $T\ncp -a {data} $T/data\n\
+             mkdir -p $T/home $T/cache $T/bin $T/work\ncp {dir}/hk {dir}/hk-agent $T/bin/\n\
+             cp {dir}/*.sh {dir}/*.tar {dir}/vmlinux $T/work/\nset +e\n\
              if [ \"$(id -u)\" = 0 ]; then\n\
                g=$(stat -c %g /dev/kvm)\n\
                if [ \"$g\" = 0 ]; then g={gid}; chgrp $g /dev/kvm; chmod g+rw /dev/kvm; fi\n\
-               chown -R {UID}:{UID} $T {dir}\n\
-               chmod 755 $T\n\
-               exec setpriv --reuid={UID} --regid={UID} --groups=$g --inh-caps=-all \
-                 --bounding-set=-all env T=$T bash {dir}/cases.sh\n\
-             fi\nexec env T=$T bash {dir}/cases.sh\n",
+               chown -R {UID}:{UID} $T\n\
+               setpriv --reuid={UID} --regid={UID} --groups=$g --inh-caps=-all \
+                 --bounding-set=-all env T=$T bash $T/work/cases.sh\n\
+             else\n  env T=$T bash $T/work/cases.sh\nfi\nstatus=$?\n\
+             cp $T/work/*.out $T/work/*.err $T/work/*.status {dir}/\nexit $status\n",
             data = data.display(),
             dir = dir.display(),
             gid = UID + 1,
         );
         let mut script = format!(
             "pin=\nif [ \"$(nproc)\" -gt 1 ] && command -v taskset >/dev/null; then pin='taskset -c 1'; fi\n\
-             export HK_KERNEL={dir}/vmlinux HK_CACHE_DIR=$T/cache HK_RUNTIME_DIR=$T/run \
-             HK_DATA_DIR=$T/data HOME=$T/home\n\
-             hk=\"$pin {hk}\"\nR={prefix}\nexport hk R\ncd {dir}\n",
-            hk = env!("CARGO_BIN_EXE_hk"),
-            dir = dir.display(),
+             export HK_KERNEL=$T/work/vmlinux HK_AGENT=$T/bin/hk-agent HK_CACHE_DIR=$T/cache \
+             HK_RUNTIME_DIR=$T/run HK_DATA_DIR=$T/data HOME=$T/home\n\
+             hk=\"$pin $T/bin/hk\"\nR={prefix}\nexport hk R\ncd $T/work\n",
         );
         for (name, lines) in CASES {
             std::fs::write(dir.join(format!("{name}.sh")), format!("{lines}\n")).unwrap();
