@@ -102,16 +102,16 @@ pub fn container(cmd: ContainerCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Runs `f` on each named container; docker's way: print the name on success, the error
-/// on failure, and exit 1 if any failed.
-fn each(
+/// Runs `f` on each named container, docker's way: print what it returns on success, the
+/// error on failure, and exit 1 if any failed.
+fn each_reporting<T: std::fmt::Display>(
     names: &[String],
-    mut f: impl FnMut(&Container) -> anyhow::Result<()>,
+    mut f: impl FnMut(&str, &Container) -> anyhow::Result<T>,
 ) -> anyhow::Result<ExitCode> {
     let mut failed = false;
     for name in names {
-        match Container::find(name).and_then(|c| f(&c)) {
-            Ok(()) => println!("{name}"),
+        match Container::find(name).and_then(|c| f(name, &c)) {
+            Ok(shown) => println!("{shown}"),
             Err(e) => {
                 eprintln!("hk: {e:#}");
                 failed = true;
@@ -123,6 +123,14 @@ fn each(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// [`each_reporting`] for commands that print the name they were given.
+fn each(
+    names: &[String],
+    mut f: impl FnMut(&Container) -> anyhow::Result<()>,
+) -> anyhow::Result<ExitCode> {
+    each_reporting(names, |name, c| f(c).map(|()| name.to_string()))
 }
 
 pub fn stop(args: StopArgs) -> anyhow::Result<ExitCode> {
@@ -242,23 +250,9 @@ pub fn rm(args: RmArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn wait(args: NamesArgs) -> anyhow::Result<ExitCode> {
-    let mut failed = false;
-    for name in &args.containers {
-        match Container::find(name).and_then(|c| {
-            c.wait_stopped()?;
-            Ok(c.state().exit_code)
-        }) {
-            Ok(code) => println!("{code}"),
-            Err(e) => {
-                eprintln!("hk: {e:#}");
-                failed = true;
-            }
-        }
-    }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
+    each_reporting(&args.containers, |_, c| {
+        c.wait_stopped()?;
+        Ok(c.state().exit_code)
     })
 }
 

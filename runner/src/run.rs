@@ -513,9 +513,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     // docker exec: the container's env and user, then the flags.
     let mut env = p.env.clone();
     for e in args.process.env.iter().filter_map(|e| spec::env_flag(e)) {
-        let key = e.split('=').next().unwrap_or_default().to_string();
-        env.retain(|old| old.split('=').next() != Some(key.as_str()));
-        env.push(e);
+        spec::set_env(&mut env, &e);
     }
     if args.process.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
         env.push("TERM=xterm".into());

@@ -128,7 +128,7 @@ pub fn process(image: &ImageDefaults, o: &Overrides) -> anyhow::Result<Process> 
 }
 
 /// Sets `KEY=VALUE` in `env`, replacing an earlier KEY.
-fn set_env(env: &mut Vec<String>, pair: &str) {
+pub fn set_env(env: &mut Vec<String>, pair: &str) {
     let key = pair.split('=').next().unwrap_or_default();
     env.retain(|old| old.split('=').next() != Some(key));
     env.push(pair.to_string());
