@@ -12,6 +12,7 @@
 pub mod block;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 pub mod vsock;
 pub mod worker;
@@ -134,6 +135,7 @@ pub(crate) fn serve_queue(
     Served {
         notify: used && queue.needs_notification(mem).unwrap_or(true),
         more: left == 0,
+        config: false,
     }
 }
 

@@ -33,12 +33,16 @@ pub struct Served {
     /// The call stopped at its budget with work left: call `process` again soon, after the
     /// other ready sources had their turn.
     pub more: bool,
+    /// The device's configuration changed (a NIC's link went down): raise the
+    /// configuration interrupt.
+    pub config: bool,
 }
 
 impl std::ops::BitOrAssign for Served {
     fn bitor_assign(&mut self, other: Served) {
         self.notify |= other.notify;
         self.more |= other.more;
+        self.config |= other.config;
     }
 }
 
@@ -197,6 +201,9 @@ fn serve(work: Activated, stop: &EventFd) -> std::io::Result<()> {
         if served.notify {
             interrupt.signal_used_queue()?;
         }
+        if served.config {
+            interrupt.signal(super::INT_CONFIG)?;
+        }
         process = served.more;
         let n = match events.epoll.wait(timeout, &mut ready) {
             Ok(n) => n,
@@ -216,6 +223,9 @@ fn serve(work: Activated, stop: &EventFd) -> std::io::Result<()> {
         }
         if served.notify {
             interrupt.signal_used_queue()?;
+        }
+        if served.config {
+            interrupt.signal(super::INT_CONFIG)?;
         }
         process |= served.more;
     }

@@ -810,6 +810,7 @@ impl VsockWorker {
         Served {
             notify: used && queue.needs_notification(mem).unwrap_or(true),
             more: budget == 0,
+            config: false,
         }
     }
 
@@ -882,6 +883,7 @@ impl VsockWorker {
         Served {
             notify: used && queue.needs_notification(mem).unwrap_or(true),
             more: budget == 0,
+            config: false,
         }
     }
 
@@ -973,6 +975,7 @@ impl VsockWorker {
         Served {
             notify: queue.needs_notification(mem).unwrap_or(true),
             more: false,
+            config: false,
         }
     }
 

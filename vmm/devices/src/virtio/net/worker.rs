@@ -1,0 +1,404 @@
+//! The device thread of virtio-net: moves frames between the guest's queues and the backend.
+//!
+//! Queues: 0 receive (device to guest), 1 transmit (guest to device). Each pass moves at
+//! most [`BUDGET`] frames each way. Receive chains are checked once when taken from the ring
+//! and kept as lists of guest segments until a frame fills them, so a frame that needs more
+//! buffers than the guest has posted waits for more without putting any back.
+
+use super::{
+    NetBackend, Shared, HDR_LEN, MAX_FRAME, MIN_FRAME, NUM_BUFFERS_AT, VIRTIO_NET_S_LINK_UP,
+};
+use crate::virtio::{DeviceWorker, Events, Served};
+use crate::GuestMemory;
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory as _};
+use vmm_sys_util::epoll::EventSet;
+
+/// Frames moved per pass in each direction before other work gets a turn.
+const BUDGET: usize = 64;
+const TOKEN_BACKEND: u64 = 1;
+
+/// A descriptor chain checked for one direction: its segments in guest memory.
+struct Chain {
+    head: u16,
+    segs: Vec<(GuestAddress, usize)>,
+    len: usize,
+    descs: usize,
+}
+
+/// What became of the frame at the head of the backend.
+enum Placed {
+    /// In the guest's buffers.
+    Done,
+    /// Larger than every buffer the guest can give: dropped.
+    Dropped,
+    /// Waits for the guest to post more buffers.
+    NoRoom,
+}
+
+pub(super) struct NetWorker {
+    name: String,
+    shared: Arc<Shared>,
+    backend: Option<Box<dyn NetBackend>>,
+    mrg: bool,
+    /// Receive chains taken from the ring, not yet filled, and their total room.
+    held: VecDeque<Chain>,
+    held_len: usize,
+    held_descs: usize,
+}
+
+impl NetWorker {
+    pub(super) fn new(name: String, shared: Arc<Shared>, mrg: bool) -> NetWorker {
+        let backend = shared
+            .backend
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        NetWorker {
+            name,
+            shared,
+            backend,
+            mrg,
+            held: VecDeque::new(),
+            held_len: 0,
+            held_descs: 0,
+        }
+    }
+
+    /// Drops a failed backend: the link goes down and the guest is told.
+    fn fail(&mut self, error: io::Error, events: &Events) -> Served {
+        if let Some(backend) = self.backend.take() {
+            let _ = events.remove(backend.raw_fd());
+        }
+        self.shared
+            .status
+            .fetch_and(!VIRTIO_NET_S_LINK_UP, Ordering::SeqCst);
+        if let Some(sink) = &self.shared.on_error {
+            sink(format!("{}: {error}; the link is down", self.name));
+        }
+        Served {
+            config: true,
+            ..Served::default()
+        }
+    }
+
+    /// Takes transmit chains while the backend has room and sends their frames.
+    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemory, events: &Events) -> Served {
+        let mut served = Served::default();
+        let mut budget = BUDGET;
+        let mut error = None;
+        while budget > 0 {
+            if let Some(backend) = &self.backend {
+                if !backend.can_send() {
+                    break;
+                }
+            }
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            budget -= 1;
+            if let (Some(chain), Some(backend)) = (walk(chain, mem, false), &mut self.backend) {
+                let len = chain.len.saturating_sub(HDR_LEN);
+                if chain.len >= HDR_LEN + MIN_FRAME && len <= MAX_FRAME {
+                    // The header carries nothing without offloads: skip it.
+                    let _ = backend.send(len, &mut |buf| {
+                        copy_from_guest(mem, &chain.segs, HDR_LEN, buf)
+                    });
+                    self.shared.stats.tx_frames.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.shared.stats.tx_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            } else {
+                self.shared.stats.tx_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            if queue.add_used(mem, head, 0).is_err() {
+                break;
+            }
+            served.notify = true;
+        }
+        if let Some(backend) = &mut self.backend {
+            if let Err(e) = backend.flush() {
+                error = Some(e);
+            }
+        }
+        served.notify = served.notify && queue.needs_notification(mem).unwrap_or(true);
+        served.more = budget == 0;
+        if let Some(e) = error {
+            served |= self.fail(e, events);
+        }
+        served
+    }
+
+    /// Fills receive buffers with the backend's frames until either runs out.
+    fn receive(&mut self, queue: &mut Queue, mem: &GuestMemory, events: &Events) -> Served {
+        let mut served = Served::default();
+        let mut budget = BUDGET;
+        let mut error = None;
+        let Some(backend) = self.backend.as_mut() else {
+            return served;
+        };
+        while budget > 0 {
+            let frame = match backend.peek() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            };
+            let mut rx = Rx {
+                queue: &mut *queue,
+                mem,
+                mrg: self.mrg,
+                held: &mut self.held,
+                held_len: &mut self.held_len,
+                held_descs: &mut self.held_descs,
+                used: &mut served.notify,
+            };
+            match rx.place(frame) {
+                Ok(Placed::Done) => {
+                    self.shared.stats.rx_frames.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Placed::Dropped) => {
+                    self.shared.stats.rx_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Placed::NoRoom) | Err(()) => break,
+            }
+            backend.consume();
+            budget -= 1;
+        }
+        served.notify = served.notify && queue.needs_notification(mem).unwrap_or(true);
+        served.more = budget == 0;
+        if let Some(e) = error {
+            served |= self.fail(e, events);
+        }
+        served
+    }
+
+    fn both(&mut self, queues: &mut [Queue], mem: &GuestMemory, events: &Events) -> Served {
+        let mut served = Served::default();
+        let [rx, tx] = queues else {
+            return served;
+        };
+        served |= self.transmit(tx, mem, events);
+        served |= self.receive(rx, mem, events);
+        served
+    }
+}
+
+impl Drop for NetWorker {
+    /// A driver reset ends this worker; the connection outlives it for the next one.
+    fn drop(&mut self) {
+        *self
+            .shared
+            .backend
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = self.backend.take();
+    }
+}
+
+impl DeviceWorker for NetWorker {
+    fn init(&mut self, events: &Events) -> io::Result<()> {
+        if let Some(backend) = &self.backend {
+            events.add(
+                backend.raw_fd(),
+                TOKEN_BACKEND,
+                EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn process(&mut self, queues: &mut [Queue], mem: &GuestMemory, events: &Events) -> Served {
+        self.both(queues, mem, events)
+    }
+
+    fn event(
+        &mut self,
+        _token: u64,
+        queues: &mut [Queue],
+        mem: &GuestMemory,
+        events: &Events,
+    ) -> Served {
+        self.both(queues, mem, events)
+    }
+}
+
+/// The receive queue and the chains held from it, while one frame is placed.
+struct Rx<'a> {
+    queue: &'a mut Queue,
+    mem: &'a GuestMemory,
+    mrg: bool,
+    held: &'a mut VecDeque<Chain>,
+    held_len: &'a mut usize,
+    held_descs: &'a mut usize,
+    used: &'a mut bool,
+}
+
+impl Rx<'_> {
+    /// Room for a frame of `need` bytes with its header: in one chain, or with mergeable
+    /// buffers in as many as it takes.
+    fn room(&self) -> usize {
+        if self.mrg {
+            *self.held_len
+        } else {
+            self.held.front().map_or(0, |c| c.len)
+        }
+    }
+
+    /// Places `frame`, header first; `Err` when the used ring is broken.
+    fn place(&mut self, frame: &[u8]) -> Result<Placed, ()> {
+        let need = HDR_LEN + frame.len();
+        while self.room() < need {
+            if !self.mrg && !self.held.is_empty() {
+                // Without mergeable buffers a frame must fit one buffer; this one stays
+                // for the next frame.
+                return Ok(Placed::Dropped);
+            }
+            let Some(chain) = self.queue.pop_descriptor_chain(self.mem) else {
+                // Everything the guest can post is held and still too small.
+                if *self.held_descs >= usize::from(self.queue.size()) {
+                    return Ok(Placed::Dropped);
+                }
+                return Ok(Placed::NoRoom);
+            };
+            let head = chain.head_index();
+            match walk(chain, self.mem, true).filter(|c| c.len >= HDR_LEN) {
+                Some(chain) => {
+                    *self.held_len += chain.len;
+                    *self.held_descs += chain.descs;
+                    self.held.push_back(chain);
+                }
+                // A broken chain goes back empty, before this frame's buffers, so a driver
+                // sees it as a runt and drops it.
+                None => {
+                    self.queue.add_used(self.mem, head, 0).map_err(|_| ())?;
+                    *self.used = true;
+                }
+            }
+        }
+        // How many chains the frame takes.
+        let mut count = 0;
+        let mut room = 0;
+        for chain in self.held.iter() {
+            count += 1;
+            room += chain.len;
+            if room >= need {
+                break;
+            }
+        }
+        let mut header = [0u8; HDR_LEN];
+        header[NUM_BUFFERS_AT..].copy_from_slice(&(count as u16).to_le_bytes());
+        let mut rest = frame;
+        for i in 0..count {
+            let chain = self.held.pop_front().expect("counted above");
+            *self.held_len -= chain.len;
+            *self.held_descs -= chain.descs;
+            let mut written = 0;
+            if i == 0 {
+                let _ = copy_to_guest(self.mem, &chain.segs, 0, &header);
+                written = HDR_LEN;
+            }
+            let n = rest.len().min(chain.len - written);
+            let _ = copy_to_guest(self.mem, &chain.segs, written, &rest[..n]);
+            rest = &rest[n..];
+            written += n;
+            self.queue
+                .add_used(self.mem, chain.head, written as u32)
+                .map_err(|_| ())?;
+            *self.used = true;
+        }
+        Ok(Placed::Done)
+    }
+}
+
+/// Checks a chain for one direction: every descriptor device-writable (`write`) or every
+/// one device-readable, inside guest memory, and the chain ending where it says it ends (a
+/// loop, a next index past the table or an unreadable descriptor cuts it short). `None`
+/// for a chain that fails, which the caller returns unused.
+fn walk(chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory, write: bool) -> Option<Chain> {
+    let head = chain.head_index();
+    let mut segs = Vec::new();
+    let mut len = 0usize;
+    let mut descs = 0;
+    let mut ended = false;
+    for desc in chain {
+        descs += 1;
+        ended = !desc.has_next();
+        if desc.is_write_only() != write {
+            return None;
+        }
+        let n = desc.len() as usize;
+        if n == 0 {
+            continue;
+        }
+        if !mem.check_range(desc.addr(), n) {
+            return None;
+        }
+        len = len.checked_add(n)?;
+        segs.push((desc.addr(), n));
+    }
+    if !ended {
+        return None;
+    }
+    Some(Chain {
+        head,
+        segs,
+        len,
+        descs,
+    })
+}
+
+/// Copies `data` into the segments, from byte `skip` of the chain.
+fn copy_to_guest(
+    mem: &GuestMemory,
+    segs: &[(GuestAddress, usize)],
+    mut skip: usize,
+    mut data: &[u8],
+) -> io::Result<()> {
+    for &(addr, len) in segs {
+        if data.is_empty() {
+            break;
+        }
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let n = (len - skip).min(data.len());
+        mem.write_slice(&data[..n], addr.unchecked_add(skip as u64))
+            .map_err(io::Error::other)?;
+        data = &data[n..];
+        skip = 0;
+    }
+    Ok(())
+}
+
+/// Fills `out` from the segments, from byte `skip` of the chain.
+fn copy_from_guest(
+    mem: &GuestMemory,
+    segs: &[(GuestAddress, usize)],
+    mut skip: usize,
+    mut out: &mut [u8],
+) -> io::Result<()> {
+    for &(addr, len) in segs {
+        if out.is_empty() {
+            break;
+        }
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let n = (len - skip).min(out.len());
+        let (now, later) = out.split_at_mut(n);
+        mem.read_slice(now, addr.unchecked_add(skip as u64))
+            .map_err(io::Error::other)?;
+        out = later;
+        skip = 0;
+    }
+    Ok(())
+}
