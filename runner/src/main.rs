@@ -8,6 +8,7 @@ mod info;
 mod initramfs;
 mod lab;
 mod lifecycle;
+mod passt;
 mod run;
 mod supervisor;
 mod term;

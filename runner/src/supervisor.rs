@@ -218,6 +218,7 @@ fn boot_and_run(
             guest_cid: GUEST_CID,
             uds: Some(container.vsock_socket()),
         }),
+        net: Vec::new(),
         console: Box::new(std::io::LineWriter::new(console)),
         console_input: None,
         start,

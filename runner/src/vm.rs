@@ -5,7 +5,7 @@ use crate::host::{self, Kvm};
 use crate::term::RawTerminal;
 use anyhow::{bail, Context};
 use hk_vmm::console::RotatingLog;
-use hk_vmm::{Disk, GuestExit, Share, VmConfig, VsockConfig};
+use hk_vmm::{Disk, GuestExit, Net, NetBackend, Share, VmConfig, VsockConfig};
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -62,6 +62,24 @@ pub struct BootArgs {
     /// The guest's vsock context ID (with --vsock-uds)
     #[arg(long, value_name = "CID", default_value_t = 3, requires = "vsock_uds")]
     vsock_cid: u64,
+    /// A network interface (eth0): `passt` starts passt as its backend (docs/networking.md)
+    #[arg(long, value_name = "passt")]
+    net: Option<NetKind>,
+    /// Options for passt, one string split at spaces: addresses and port forwards, such as
+    /// "-a 10.0.2.15 -n 24 -g 10.0.2.2 -t 8080:80"
+    #[arg(
+        long,
+        value_name = "OPTIONS",
+        allow_hyphen_values = true,
+        requires = "net"
+    )]
+    passt_args: Option<String>,
+    /// The interface's MTU, which the guest's driver takes from the device
+    #[arg(long, default_value_t = hk_vmm::MAX_MTU, requires = "net")]
+    mtu: u16,
+    /// The interface's MAC address
+    #[arg(long, default_value = "02:68:6b:00:00:01", value_parser = parse_mac, requires = "net")]
+    mac: [u8; 6],
     /// Print, on stderr, the time from start until the guest's boot-complete marker
     #[arg(long)]
     boot_timer: bool,
@@ -70,6 +88,23 @@ pub struct BootArgs {
     allow_pvm: bool,
     #[command(flatten)]
     seccomp: SeccompArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+pub enum NetKind {
+    Passt,
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{text:?}: expected a MAC address such as 02:68:6b:00:00:01"))?;
+    bytes
+        .try_into()
+        .map_err(|_| format!("{text:?}: expected six bytes"))
 }
 
 /// `--seccomp on|off`: the VMM's seccomp filters (docs/security.md).
@@ -170,6 +205,25 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     } else {
         (None, None)
     };
+    // passt starts before the process filter, which forbids exec; it dies with the VM.
+    let mut passt = None;
+    let mut net = Vec::new();
+    if let Some(NetKind::Passt) = args.net {
+        let extra: Vec<String> = args
+            .passt_args
+            .as_deref()
+            .unwrap_or("")
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        let mut p = crate::passt::Passt::start(&extra)?;
+        net.push(Net {
+            backend: NetBackend::Stream(p.take_stream().expect("a fresh passt has its socket")),
+            mac: args.mac,
+            mtu: args.mtu,
+        });
+        passt = Some(p);
+    }
     if args.seccomp.on {
         hk_vmm::seccomp::confine_process()?;
     }
@@ -186,11 +240,13 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
             guest_cid: args.vsock_cid,
             uds: Some(uds),
         }),
+        net,
         console,
         console_input,
         start,
         seccomp: args.seccomp.on,
     })?;
+    drop(passt);
     if args.boot_timer {
         match outcome.boot_time {
             Some(t) => eprintln!(

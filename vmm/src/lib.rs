@@ -1,6 +1,7 @@
 //! hk-vmm: hk's virtual machine monitor, a library. Its API is "a VM with these devices":
 //! give [`run`] a [`VmConfig`] (kernel, initrd, command line, CPUs, memory, disks, shared
-//! directories, vsock) and it boots the guest and returns how the guest ended ([`Outcome`]). A program that
+//! directories, vsock, network interfaces) and it boots the guest and returns how the guest
+//! ended ([`Outcome`]). A program that
 //! talks to its guest while it runs builds a [`Vm`] first: [`Vm::vsock`] is the host end of
 //! the guest's sockets and [`Vm::stop_handle`] stops it from another thread.
 //!
@@ -23,6 +24,7 @@ pub mod seccomp;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
+pub use hk_devices::virtio::net::{StreamBackend, MAX_MTU};
 pub use hk_devices::virtio::vsock::{Listener, VsockConfig, VsockHost, HOST_CID};
 pub use machine::{run, StopHandle, Vm};
 use std::io::Write;
@@ -47,6 +49,8 @@ pub struct VmConfig {
     pub rng: bool,
     /// Offer a virtio-vsock device.
     pub vsock: Option<VsockConfig>,
+    /// Network interfaces (virtio-net), eth0 first.
+    pub net: Vec<Net>,
     /// Where the serial console goes.
     pub console: Box<dyn Write + Send>,
     /// Where the serial console's input comes from, if anywhere: any file descriptor epoll
@@ -78,6 +82,23 @@ pub struct Share {
     /// At most 36 bytes, unique per VM.
     pub tag: String,
     pub read_only: bool,
+}
+
+/// A virtio-net interface and what its frames go to.
+pub struct Net {
+    pub backend: NetBackend,
+    pub mac: [u8; 6],
+    /// The MTU the guest's driver takes from the device (68 to [`MAX_MTU`]).
+    pub mtu: u16,
+}
+
+/// The other end of a NIC.
+pub enum NetBackend {
+    /// A connected Unix stream socket speaking the qemu stream protocol (each frame after
+    /// its 4-byte big-endian length), as passt does (`passt --fd`).
+    Stream(std::os::unix::net::UnixStream),
+    /// Any other frame source and sink.
+    Custom(Box<dyn hk_devices::virtio::net::NetBackend>),
 }
 
 /// How the guest ended.
@@ -126,6 +147,8 @@ pub enum Error {
     Share(#[from] hk_devices::virtio::fs::Error),
     #[error(transparent)]
     Vsock(#[from] hk_devices::virtio::vsock::Error),
+    #[error("network interface: {0}")]
+    Net(#[source] std::io::Error),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error(transparent)]

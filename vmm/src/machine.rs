@@ -7,6 +7,7 @@ use hk_devices::serial::Serial;
 use hk_devices::virtio::block::Block;
 use hk_devices::virtio::fs::{Cache, Fs, VIRTIO_ID_FS};
 use hk_devices::virtio::mmio::{MmioTransport, MMIO_SIZE, REG_QUEUE_NOTIFY};
+use hk_devices::virtio::net::{ErrorSink, Net, NetBackend, StreamBackend};
 use hk_devices::virtio::rng::Rng;
 use hk_devices::virtio::vsock::{Vsock, VsockHost};
 use hk_devices::virtio::worker::{panic_text, Confine, Fatal};
@@ -277,6 +278,26 @@ where
             let device = Vsock::new(cfg)?;
             vsock = Some(device.host());
             devices.push(Box::new(device));
+        }
+        for (i, nic) in config.net.into_iter().enumerate() {
+            let backend: Box<dyn NetBackend> = match nic.backend {
+                crate::NetBackend::Stream(stream) => {
+                    Box::new(StreamBackend::new(stream).map_err(Error::Net)?)
+                }
+                crate::NetBackend::Custom(backend) => backend,
+            };
+            // A backend that fails leaves the VM running without its link: say so once.
+            let on_error: ErrorSink = Arc::new(|why| eprintln!("hk: {why}"));
+            devices.push(Box::new(
+                Net::new(
+                    &format!("net{i}"),
+                    backend,
+                    nic.mac,
+                    nic.mtu,
+                    Some(on_error),
+                )
+                .map_err(Error::Net)?,
+            ));
         }
         // A device thread that fails or panics stops the VM instead of leaving it waiting.
         let fatal: Fatal = {

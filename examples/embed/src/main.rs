@@ -50,6 +50,7 @@ fn main() -> std::process::ExitCode {
         shares: Vec::new(),
         rng: true,
         vsock: None,
+        net: Vec::new(),
         console: Box::new(console.clone()),
         console_input: None,
         start: Instant::now(),
