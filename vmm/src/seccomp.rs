@@ -215,8 +215,9 @@ fn kvm_ioctls() -> Result<Vec<SeccompRule>, Error> {
 pub fn vcpu_filter() -> Result<BpfProgram, Error> {
     let mut more = BTreeMap::new();
     more.insert(libc::SYS_ioctl, kvm_ioctls()?);
-    // A debug build of std checks each fd it closes with F_GETFD: a driver's reset closes
-    // the stopped device thread's eventfds here.
+    // std checks, in builds with debug assertions, that a descriptor it closes is open
+    // (fcntl F_GETFD): a vCPU thread closes its vCPU's descriptor when the VM ends, and a
+    // driver's reset closes the stopped device thread's eventfds here.
     more.insert(libc::SYS_fcntl, arg_in(1, &[libc::F_GETFD as u64])?);
     allow_list(VCPU, more)
 }
