@@ -149,9 +149,16 @@ pub fn run_with_kvm(program: &Path, args: &[&OsStr], timeout: Duration) -> Outpu
     }
 }
 
-/// An exclusive lock held while a lab runs.
+/// An exclusive lock held while a lab runs. It is one per user and machine, not per checkout:
+/// two labs on one machine slow each other past the lab's own timeouts, whichever worktree
+/// they run from. `HK_LAB_LOCK` names another file (scripts/bench-run takes the same one).
 pub fn lab_lock() -> fs::File {
-    let file = fs::File::create(scratch_root().join(".lab.lock")).expect("create lab lock");
+    let path = std::env::var_os("HK_LAB_LOCK").map_or_else(
+        || std::env::temp_dir().join(format!("hk-lab-{}.lock", nix::unistd::getuid())),
+        PathBuf::from,
+    );
+    let file = fs::File::create(&path)
+        .unwrap_or_else(|e| panic!("cannot create the lab lock {}: {e}", path.display()));
     file.lock().expect("take lab lock");
     file
 }
