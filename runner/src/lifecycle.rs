@@ -278,6 +278,66 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// docker's STATUS column: "Up 5 minutes", "Exited (0) 2 seconds ago", "Created".
+/// `docker ps`'s PORTS: the published ports of a running container, then exposed ports
+/// that are not published.
+fn ports_text(c: &Container) -> String {
+    let s = c.state();
+    let published: &[crate::container::ports::Port] = if s.status == Status::Running {
+        &s.ports
+    } else {
+        &[]
+    };
+    let mut out: Vec<String> = published.iter().map(|p| p.display()).collect();
+    for e in &c.config.exposed_ports {
+        let key = if e.contains('/') {
+            e.clone()
+        } else {
+            format!("{e}/tcp")
+        };
+        if !published.iter().any(|p| p.key() == key) {
+            out.push(key);
+        }
+    }
+    out.join(", ")
+}
+
+#[derive(clap::Args)]
+pub struct PortArgs {
+    container: String,
+    /// A container port (80, 80/tcp, 53/udp): print only its host addresses
+    #[arg(value_name = "PRIVATE_PORT[/PROTO]")]
+    port: Option<String>,
+}
+
+/// `hk port`: a running container's published ports, as `docker port` prints them.
+pub fn port(args: PortArgs) -> anyhow::Result<ExitCode> {
+    let c = Container::find(&args.container)?;
+    let s = c.state();
+    let published = if c.is_running() { s.ports } else { Vec::new() };
+    match &args.port {
+        None => {
+            for p in &published {
+                println!("{} -> {}:{}", p.key(), p.host_ip_text(), p.host_port);
+            }
+        }
+        Some(want) => {
+            let key = if want.contains('/') {
+                want.clone()
+            } else {
+                format!("{want}/tcp")
+            };
+            let found: Vec<_> = published.iter().filter(|p| p.key() == key).collect();
+            if found.is_empty() {
+                bail!("no public port '{key}' published for {}", args.container);
+            }
+            for p in found {
+                println!("{}:{}", p.host_ip_text(), p.host_port);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn status_text(c: &Container) -> String {
     let s = c.state();
     match s.status {
@@ -351,7 +411,7 @@ pub fn ps(args: PsArgs) -> anyhow::Result<ExitCode> {
                     "Labels": c.config.labels.iter().map(|(k, v)| format!("{k}={v}"))
                         .collect::<Vec<_>>().join(","),
                     "Names": c.config.name,
-                    "Ports": "",
+                    "Ports": ports_text(c),
                     "RunningFor": since(Some(&c.config.created), true),
                     "State": c.state().status.as_str(),
                     "Status": status_text(c),
@@ -381,7 +441,7 @@ pub fn ps(args: PsArgs) -> anyhow::Result<ExitCode> {
             command_text(c, args.no_trunc),
             since(Some(&c.config.created), true),
             status_text(c),
-            String::new(),
+            ports_text(c),
             c.config.name.clone(),
         ]);
     }
@@ -421,11 +481,30 @@ fn inspect_json(c: &Container) -> serde_json::Value {
         .map_or((String::new(), Vec::new()), |(p, a)| {
             (p.clone(), a.to_vec())
         });
-    let ports: serde_json::Map<String, serde_json::Value> = cfg
+    let mut ports: serde_json::Map<String, serde_json::Value> = cfg
         .exposed_ports
         .iter()
         .map(|p| (p.clone(), json!({})))
         .collect();
+    // docker's shapes: bindings as asked (HostConfig) and as made (NetworkSettings).
+    let bindings = |list: &[crate::container::ports::Port]| {
+        let mut map = serde_json::Map::new();
+        for p in list {
+            let entry = map.entry(p.key()).or_insert_with(|| json!([]));
+            if let Some(v) = entry.as_array_mut() {
+                v.push(json!({
+                    "HostIp": p.host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                    "HostPort": if p.host_port == 0 { String::new() } else { p.host_port.to_string() },
+                }));
+            }
+        }
+        serde_json::Value::Object(map)
+    };
+    for p in &cfg.ports {
+        ports.entry(p.key()).or_insert_with(|| json!({}));
+    }
+    let user = cfg.network == crate::container::NETWORK_USER;
+    let running = s.status == Status::Running;
     json!({
         "Id": cfg.id,
         "Created": cfg.created,
@@ -453,7 +532,16 @@ fn inspect_json(c: &Container) -> serde_json::Value {
             "ReadonlyRootfs": cfg.read_only,
             "Memory": cfg.memory_mib << 20,
             "NanoCpus": u64::from(cfg.cpus) * 1_000_000_000,
-            "NetworkMode": "none",
+            "NetworkMode": cfg.network,
+            "PortBindings": bindings(&cfg.ports),
+            "ExtraHosts": cfg.add_hosts.iter().map(|(n, ip)| format!("{n}:{ip}")).collect::<Vec<_>>(),
+            "Dns": cfg.dns,
+        },
+        "NetworkSettings": {
+            "Ports": if running { bindings(&s.ports) } else { json!({}) },
+            "IPAddress": if user && running { crate::passt::GUEST_IP } else { "" },
+            "IPPrefixLen": if user && running { crate::passt::PREFIX_LEN } else { 0 },
+            "Gateway": if user && running { crate::passt::GATEWAY } else { "" },
         },
         "Config": {
             "Hostname": cfg.hostname,

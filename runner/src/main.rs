@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a command in a new container, in its own microVM
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Run a command in a running container
     Exec(run::ExecArgs),
     /// List containers
@@ -50,6 +50,8 @@ enum Command {
     Logs(lifecycle::LogsArgs),
     /// Display detailed information on one or more containers
     Inspect(lifecycle::NamesArgs),
+    /// List a container's published ports, or the host addresses of one
+    Port(lifecycle::PortArgs),
     /// Block until one or more containers stop, then print their exit codes
     Wait(lifecycle::NamesArgs),
     /// Manage containers
@@ -90,7 +92,7 @@ pub(crate) const EXIT_RUNNER_ERROR: u8 = 125;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Exec(args) => run::exec(args),
         Command::Ps(args) => lifecycle::ps(args),
         Command::Start(args) => run::start(args),
@@ -101,6 +103,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => lifecycle::logs(args),
         Command::Inspect(args) => lifecycle::inspect(args),
         Command::Wait(args) => lifecycle::wait(args),
+        Command::Port(args) => lifecycle::port(args),
         Command::Container(cmd) => lifecycle::container(cmd),
         Command::Info(args) => info::run(args),
         Command::Pull(args) => images::pull(args),

@@ -9,6 +9,52 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
+/// A container's address on its user-mode network, as slirp4netns numbers it (podman's
+/// rootless default before pasta): passt translates it to the host's own address on the
+/// way out, so it is the same in every container and clashes with nothing on the host.
+pub const GUEST_IP: &str = "10.0.2.100";
+pub const PREFIX_LEN: u8 = 24;
+/// The gateway; connections to it reach the host's loopback (passt's gateway mapping), so
+/// it is what `host.hk.internal` names.
+pub const GATEWAY: &str = "10.0.2.2";
+/// DNS queries to this address go to the host's first resolver (`--dns-forward`).
+pub const DNS: &str = "10.0.2.3";
+/// The names for the host that every container's /etc/hosts carries: hk's own, and the
+/// ones podman and Docker Desktop use, so that existing setups find the host.
+pub const HOST_NAMES: &str = "host.hk.internal host.containers.internal host.docker.internal";
+
+/// passt's options for a container's user-mode network with these published ports.
+pub fn user_mode_args(ports: &[crate::container::ports::Port]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-a",
+        GUEST_IP,
+        "-n",
+        &PREFIX_LEN.to_string(),
+        "-g",
+        GATEWAY,
+        "--dns-forward",
+        DNS,
+        // IPv6 would need router advertisements the agent does not configure yet.
+        "-4",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(crate::container::ports::passt_args(ports));
+    args
+}
+
+/// Whether the host has a default IPv4 route: Debian 12's passt copies its settings from
+/// that route's interface and will not start without one (newer passt will).
+pub fn host_has_default_route() -> bool {
+    std::fs::read_to_string("/proc/net/route").is_ok_and(|table| {
+        table
+            .lines()
+            .skip(1)
+            .any(|l| l.split_whitespace().nth(1) == Some("00000000"))
+    })
+}
+
 /// The descriptor number passt finds its socket under.
 const CHILD_FD: i32 = 3;
 
@@ -16,6 +62,7 @@ const CHILD_FD: i32 = 3;
 pub struct Passt {
     child: Child,
     stream: Option<UnixStream>,
+    args: Vec<String>,
 }
 
 impl Passt {
@@ -52,16 +99,21 @@ impl Passt {
             }
         })?;
         drop(theirs);
-        let mut passt = Passt {
+        Ok(Passt {
             child,
             stream: Some(mine),
-        };
-        // A bad option makes passt exit at once; catch that here rather than as a dead link.
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        if let Some(status) = passt.child.try_wait()? {
-            bail!("passt exited at start ({status}); its options: {extra:?}");
+            args: extra.to_vec(),
+        })
+    }
+
+    /// Fails when passt has exited: a bad option or a port it could not bind ends it at
+    /// once. Asked once the guest is up rather than waited for at start, which would add
+    /// its wait to every boot.
+    pub fn check(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("passt exited ({status}); its options: {:?}", self.args);
         }
-        Ok(passt)
+        Ok(())
     }
 
     /// hk's end of the socket, for the VM's NIC; taken once.

@@ -3,6 +3,7 @@
 //! it in the foreground or starts a detached supervisor (`-d`); see `supervisor` for what
 //! runs the VM and `container` for what is kept on disk.
 
+use crate::container::ports;
 use crate::container::spec::{self, ImageDefaults, Overrides};
 use crate::container::{self, Config, Container};
 use crate::supervisor::{self, ProcessIo, Stdio, Timings, MIN_MEMORY_MIB};
@@ -61,6 +62,23 @@ pub struct RunArgs {
     /// Write the container ID to this file
     #[arg(long, value_name = "FILE")]
     cidfile: Option<PathBuf>,
+    /// Publish a container's port to the host: [IP:][HOSTPORT:]CONTAINERPORT[/tcp|/udp]
+    /// (no HOSTPORT: any free one, see hk port); every host address unless IP is given
+    #[arg(short, long = "publish", value_name = "PORTS")]
+    publish: Vec<String>,
+    /// Publish every port the image exposes, each on any free host port
+    #[arg(short = 'P', long)]
+    publish_all: bool,
+    /// The container's network: passt (user-mode networking through the host's sockets,
+    /// the default) or none (loopback only)
+    #[arg(long, visible_alias = "net", default_value = container::NETWORK_USER)]
+    network: String,
+    /// Add a line to /etc/hosts (NAME:IP; host-gateway is the host)
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    add_hosts: Vec<String>,
+    /// Use this DNS server instead of the host's resolvers
+    #[arg(long, value_name = "IP")]
+    dns: Vec<std::net::IpAddr>,
     /// Print where the time went (image lookup, VM setup, boot, process, shutdown)
     #[arg(long)]
     timings: bool,
@@ -165,6 +183,38 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    let network = match args.network.as_str() {
+        // Compose files and scripts say "bridge" (docker's default) or "default".
+        "bridge" | "default" | container::NETWORK_USER => container::NETWORK_USER,
+        container::NETWORK_NONE => container::NETWORK_NONE,
+        other => {
+            bail!("network {other:?} not found: hk has passt (user-mode, the default) and none")
+        }
+    };
+    let mut published = Vec::new();
+    for p in &args.publish {
+        published.extend(ports::parse_publish(p)?);
+    }
+    if network == container::NETWORK_NONE && (!published.is_empty() || args.publish_all) {
+        bail!("--network none has no interface to publish ports on: drop -p/-P or the option");
+    }
+    let mut add_hosts = Vec::new();
+    for h in &args.add_hosts {
+        let (name, ip) = h
+            .split_once(':')
+            .filter(|(n, ip)| {
+                !n.is_empty() && (*ip == "host-gateway" || ip.parse::<std::net::IpAddr>().is_ok())
+            })
+            .with_context(|| {
+                format!("invalid --add-host {h:?}: give NAME:IP (or NAME:host-gateway)")
+            })?;
+        let ip = if ip == "host-gateway" {
+            crate::passt::GATEWAY
+        } else {
+            ip
+        };
+        add_hosts.push((name.to_string(), ip.to_string()));
+    }
     let mut labels = std::collections::BTreeMap::new();
     for l in &args.labels {
         let (k, v) = l.split_once('=').unwrap_or((l, ""));
@@ -224,6 +274,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let process = spec::process(&defaults, &overrides)?;
     let (entrypoint, cmd) = spec::command(&defaults, &overrides);
+    if args.publish_all {
+        // docker: an explicit -p for the same container port wins over -P.
+        for p in ports::publish_all(&defaults.exposed_ports) {
+            if !published
+                .iter()
+                .any(|q| q.container_port == p.container_port && q.proto == p.proto)
+            {
+                published.push(p);
+            }
+        }
+    }
+    ports::check_unique(&published)?;
     let mut all_labels = defaults.labels.clone();
     all_labels.extend(labels);
     let c = Container::create(Config {
@@ -245,6 +307,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         read_only: args.read_only,
         auto_remove: args.rm,
         seccomp: args.seccomp.on,
+        network: network.to_string(),
+        ports: published,
+        add_hosts,
+        dns: args.dns.iter().map(|ip| ip.to_string()).collect(),
     })?;
     if let Some(f) = &args.cidfile {
         std::fs::write(f, &id).with_context(|| format!("cannot write {}", f.display()))?;

@@ -9,15 +9,16 @@
 //! its parent on a pipe when the main process has started, or why it could not.
 
 use crate::container::logs::{Log, StreamLog};
-use crate::container::{Container, State, Status};
+use crate::container::{Container, State, Status, NETWORK_USER};
 use crate::host::{self, Kvm};
 use crate::term::{self, RawTerminal};
 use anyhow::{bail, Context};
 use hk_agent_protocol::{
-    Client, Connector, ErrorKind, ExitStatus, ProcessSpec, Root, Setup, WindowSize, HOST_PORT,
+    Client, Connector, ErrorKind, ExitStatus, Interface, ProcessSpec, Root, Setup, WindowSize,
+    HOST_PORT,
 };
 use hk_vmm::console::{tail, RotatingLog};
-use hk_vmm::{Disk, GuestExit, Outcome, Vm, VmConfig, VsockConfig, VsockHost};
+use hk_vmm::{Disk, GuestExit, Net, NetBackend, Outcome, Vm, VmConfig, VsockConfig, VsockHost};
 use nix::sys::signal::{SigSet, Signal};
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -127,8 +128,14 @@ pub fn supervise(
         started_at: Some(started_at),
         ..State::default()
     };
+    // Host ports are chosen (and checked free) at each start, as docker does; `hk port`
+    // reads them from the state.
+    let ports = crate::container::ports::allocate(&container.config.ports);
+    if let Ok(p) = &ports {
+        state.ports = p.clone();
+    }
     container.set_state(&state)?;
-    let result = boot_and_run(container, stdio, timings);
+    let result = ports.and_then(|ports| boot_and_run(container, &ports, stdio, timings));
     state.status = Status::Exited;
     state.finished_at = Some(crate::container::now());
     match &result {
@@ -149,6 +156,7 @@ pub fn supervise(
 
 fn boot_and_run(
     container: &Container,
+    ports: &[crate::container::ports::Port],
     stdio: Stdio,
     mut timings: Option<&mut Timings>,
 ) -> anyhow::Result<u8> {
@@ -205,6 +213,43 @@ fn boot_and_run(
             serial: "hk-upper".into(),
         });
     }
+    // passt starts before the process filter, which forbids exec; it dies with the VM.
+    let mut passt = None;
+    let mut net = Vec::new();
+    let mut interfaces = Vec::new();
+    let offline = config.network == NETWORK_USER && !crate::passt::host_has_default_route();
+    if offline {
+        if !ports.is_empty() {
+            bail!(
+                "cannot publish ports: this host has no default route, which passt (the \
+                 user-mode network) needs; connect the host or drop -p/-P"
+            );
+        }
+        eprintln!(
+            "hk: warning: this host has no default route, so the container has no network \
+             (as with --network none)"
+        );
+    }
+    if config.network == NETWORK_USER && !offline {
+        let mut p = crate::passt::Passt::start(&crate::passt::user_mode_args(ports))?;
+        let mac = mac_address(&config.id);
+        net.push(Net {
+            backend: NetBackend::Stream(p.take_stream().expect("a fresh passt has its socket")),
+            mac,
+            mtu: hk_vmm::MAX_MTU,
+        });
+        interfaces.push(Interface {
+            mac: mac
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":"),
+            address: format!("{}/{}", crate::passt::GUEST_IP, crate::passt::PREFIX_LEN),
+            gateway: Some(crate::passt::GATEWAY.into()),
+            mtu: Some(u32::from(hk_vmm::MAX_MTU)),
+        });
+        passt = Some(p);
+    }
     let vm = Vm::new(VmConfig {
         kernel,
         initrd: Some(initrd),
@@ -218,7 +263,7 @@ fn boot_and_run(
             guest_cid: GUEST_CID,
             uds: Some(container.vsock_socket()),
         }),
-        net: Vec::new(),
+        net,
         console: Box::new(std::io::LineWriter::new(console)),
         console_input: None,
         start,
@@ -269,6 +314,13 @@ fn boot_and_run(
         t.guest = Some((hello.started_ns, hello.ready_ns));
     }
     mark(&mut timings, "agent ready");
+    if let Some(p) = &mut passt {
+        if let Err(e) = p.check() {
+            stopper.stop();
+            let _ = running.join();
+            return Err(e.context("the container's network did not start"));
+        }
+    }
     let ended = (|| -> anyhow::Result<u8> {
         client.setup(Setup {
             root: Some(Root {
@@ -276,9 +328,9 @@ fn boot_and_run(
                 upper: container.upper().map(|_| "hk-upper".into()),
             }),
             hostname: Some(config.hostname.clone()),
-            hosts: Some(etc_hosts(&config.hostname)),
-            resolv_conf: Some(resolv_conf()),
-            interfaces: Vec::new(),
+            hosts: Some(etc_hosts(config)),
+            resolv_conf: Some(resolv_conf(config)),
+            interfaces,
         })?;
         let p = &config.process;
         let spec = ProcessSpec {
@@ -587,34 +639,71 @@ fn boot_failure(outcome: Result<Outcome, hk_vmm::Error>, log: &Path) -> anyhow::
 }
 
 /// docker's /etc/hosts for a container without a network.
-fn etc_hosts(hostname: &str) -> String {
-    format!(
+/// docker's /etc/hosts: loopback names, the container's own address under its host name,
+/// `--add-host` lines, and on the user-mode network the names of the host.
+fn etc_hosts(config: &crate::container::Config) -> String {
+    let mut out = String::from(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
          fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
-         ff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
-    )
+         ff02::2\tip6-allrouters\n",
+    );
+    for (name, ip) in &config.add_hosts {
+        out.push_str(&format!("{ip}\t{name}\n"));
+    }
+    if config.network == NETWORK_USER {
+        out.push_str(&format!(
+            "{}\t{}\n{}\t{}\n",
+            crate::passt::GATEWAY,
+            crate::passt::HOST_NAMES,
+            crate::passt::GUEST_IP,
+            config.hostname
+        ));
+    } else {
+        out.push_str(&format!("127.0.1.1\t{}\n", config.hostname));
+    }
+    out
 }
 
-/// The host's resolv.conf as docker passes it on: without loopback name servers (they
-/// would point into the container), and Google's if none is left.
-fn resolv_conf() -> String {
+/// A locally administered MAC from the container's ID, stable across restarts.
+fn mac_address(id: &str) -> [u8; 6] {
+    let byte =
+        |i: usize| u8::from_str_radix(id.get(i * 2..i * 2 + 2).unwrap_or("00"), 16).unwrap_or(0);
+    [0x02, 0x68, 0x6b, byte(0), byte(1), byte(2)]
+}
+
+/// The container's resolv.conf: the host's search and options lines, and as name server
+/// `--dns`, or on the user-mode network passt's forwarder (which asks the host's first
+/// resolver, loopback ones included, as podman's pasta does), or else the host's non-loopback
+/// servers (a loopback one would point into the container) and Google's if none is left,
+/// as docker does.
+fn resolv_conf(config: &crate::container::Config) -> String {
     let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let mut out = String::new();
-    let mut servers = 0;
+    let mut servers: Vec<String> = config.dns.clone();
+    let own = servers.is_empty() && config.network == NETWORK_USER;
+    if own {
+        servers.push(crate::passt::DNS.into());
+    }
+    let keep_host_servers = servers.is_empty();
     for line in host.lines() {
         let mut words = line.split_whitespace();
         if words.next() == Some("nameserver") {
             match words.next() {
-                Some(ip) if ip.starts_with("127.") || ip == "::1" => continue,
-                Some(_) => servers += 1,
-                None => continue,
+                Some(ip) if keep_host_servers && !(ip.starts_with("127.") || ip == "::1") => {
+                    servers.push(ip.to_string())
+                }
+                _ => {}
             }
+            continue;
         }
         out.push_str(line);
         out.push('\n');
     }
-    if servers == 0 {
-        out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+    if servers.is_empty() {
+        servers = vec!["8.8.8.8".into(), "8.8.4.4".into()];
+    }
+    for s in servers {
+        out.push_str(&format!("nameserver {s}\n"));
     }
     out
 }

@@ -35,13 +35,6 @@ ctl_exit 0
 const L1: &str = r#"
 set -u
 bb=busybox
-$bb ip link set lo up
-# passt wants an interface with a default route to copy its settings from; the L1 has
-# none, so a tap nobody reads stands in (addresses come from -a/-n/-g anyway).
-$bb tunctl -t hk-tap0 >/dev/null
-$bb ip link set hk-tap0 up
-$bb ip addr add 192.0.2.2/24 dev hk-tap0
-$bb ip route add default via 192.0.2.1 dev hk-tap0
 www=/run/hk-net-www
 mkdir -p $www
 echo host-says-hi >$www/hello.txt

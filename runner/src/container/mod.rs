@@ -19,6 +19,7 @@
 //!   socket path has 108 bytes.
 
 pub mod logs;
+pub mod ports;
 pub mod spec;
 
 use crate::host;
@@ -57,6 +58,28 @@ pub struct Config {
     /// The VMM's seccomp filters (`--seccomp off` to debug).
     #[serde(default = "yes")]
     pub seccomp: bool,
+    /// `--network`: [`NETWORK_USER`] or [`NETWORK_NONE`].
+    #[serde(default = "user_network")]
+    pub network: String,
+    /// `-p` and `-P`, as given (host port 0: any).
+    #[serde(default)]
+    pub ports: Vec<ports::Port>,
+    /// `--add-host NAME:IP` entries for /etc/hosts.
+    #[serde(default)]
+    pub add_hosts: Vec<(String, String)>,
+    /// `--dns`: name servers instead of the host's.
+    #[serde(default)]
+    pub dns: Vec<String>,
+}
+
+/// The default network: user-mode networking through passt (docs/networking.md), the
+/// host's own sockets, no root.
+pub const NETWORK_USER: &str = "passt";
+/// Loopback only.
+pub const NETWORK_NONE: &str = "none";
+
+fn user_network() -> String {
+    NETWORK_USER.into()
 }
 
 fn yes() -> bool {
@@ -91,6 +114,9 @@ pub struct State {
     pub error: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// The published ports with the host ports chosen at start.
+    #[serde(default)]
+    pub ports: Vec<ports::Port>,
 }
 
 impl Default for State {
@@ -102,6 +128,7 @@ impl Default for State {
             error: String::new(),
             started_at: None,
             finished_at: None,
+            ports: Vec::new(),
         }
     }
 }
