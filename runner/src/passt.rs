@@ -46,7 +46,7 @@ pub fn user_mode_args(ports: &[crate::container::ports::Port]) -> Vec<String> {
 
 /// Whether the host has a default IPv4 route: Debian 12's passt copies its settings from
 /// that route's interface and will not start without one (newer passt will).
-pub fn host_has_default_route() -> bool {
+fn host_has_default_route() -> bool {
     std::fs::read_to_string("/proc/net/route").is_ok_and(|table| {
         table
             .lines()
@@ -111,7 +111,16 @@ impl Passt {
     /// its wait to every boot.
     pub fn check(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
-            bail!("passt exited ({status}); its options: {:?}", self.args);
+            let hint = if host_has_default_route() {
+                ""
+            } else {
+                "; this host has no default route, which passt before 2024 needs: \
+                 install a newer passt or use --network none"
+            };
+            bail!(
+                "passt exited ({status}){hint}; its options: {:?}",
+                self.args
+            );
         }
         Ok(())
     }

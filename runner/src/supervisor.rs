@@ -217,20 +217,7 @@ fn boot_and_run(
     let mut passt = None;
     let mut net = Vec::new();
     let mut interfaces = Vec::new();
-    let offline = config.network == NETWORK_USER && !crate::passt::host_has_default_route();
-    if offline {
-        if !ports.is_empty() {
-            bail!(
-                "cannot publish ports: this host has no default route, which passt (the \
-                 user-mode network) needs; connect the host or drop -p/-P"
-            );
-        }
-        eprintln!(
-            "hk: warning: this host has no default route, so the container has no network \
-             (as with --network none)"
-        );
-    }
-    if config.network == NETWORK_USER && !offline {
+    if config.network == NETWORK_USER {
         let mut p = crate::passt::Passt::start(&crate::passt::user_mode_args(ports))?;
         let mac = mac_address(&config.id);
         net.push(Net {

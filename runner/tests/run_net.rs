@@ -166,7 +166,7 @@ fn lab() -> &'static HashMap<String, Case> {
                 .replace("{FLOOD_BLOCKS}", &(FLOOD_MIB * 16).to_string());
             std::fs::write(dir.join(format!("{name}.sh")), format!("{lines}\n")).unwrap();
             cases.push_str(&format!(
-                "echo '[case {name}]' >&2\n( . ./{name}.sh ) >{name}.out 2>{name}.err </dev/null\necho $? >{name}.status\n"
+                "echo '[case {name}]' >&2\ntimeout 300 bash ./{name}.sh >{name}.out 2>{name}.err </dev/null\necho $? >{name}.status\n"
             ));
         }
         cases.push_str(
@@ -183,7 +183,7 @@ fn lab() -> &'static HashMap<String, Case> {
                g=$(stat -c %g /dev/kvm)\n\
                if [ \"$g\" = 0 ]; then g={gid}; chgrp $g /dev/kvm; chmod g+rw /dev/kvm; fi\n\
                chown -R {UID}:{UID} $T\n\
-               export T\n. $T/work/services.sh\n\
+               export T\necho '[services]' >&2\n. $T/work/services.sh\necho '[cases]' >&2\n\
                setpriv --reuid={UID} --regid={UID} --groups=$g --inh-caps=-all \
                  --bounding-set=-all env T=$T bash $T/work/cases.sh\n\
              else\n\
