@@ -79,7 +79,7 @@ pub struct NamesArgs {
 pub struct PruneArgs {
     /// Do not prompt for confirmation
     #[arg(short, long)]
-    force: bool,
+    pub force: bool,
 }
 
 #[derive(clap::Subcommand)]

@@ -245,6 +245,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         read_only: args.read_only,
         auto_remove: args.rm,
         seccomp: args.seccomp.on,
+        networks: Vec::new(),
     })?;
     if let Some(f) = &args.cidfile {
         std::fs::write(f, &id).with_context(|| format!("cannot write {}", f.display()))?;
