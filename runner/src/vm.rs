@@ -239,6 +239,9 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     let holder = format!("vm:{}", std::process::id());
     let mut network = None;
     if let Some(NetKind::Network(name)) = &args.net {
+        if args.mac.is_some() {
+            bail!("--mac cannot be used with --net network:NAME: the switch gives a NIC the MAC of its address");
+        }
         let joined = crate::network::join(
             name,
             &crate::network::Member {
@@ -248,9 +251,6 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
                 ip: args.ip,
             },
         )?;
-        if args.mac.is_some_and(|m| m != joined.mac) {
-            bail!("--mac: a NIC on an hk network has the MAC its address gives it");
-        }
         eprintln!(
             "hk: network {name}: {} (DNS {})",
             joined.interface.address, joined.dns
@@ -278,8 +278,20 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         });
         passt = Some(p);
     }
+    // The address goes back however the VM ends (a lease of a dead `vm:PID` would be
+    // reclaimed anyway, but only when someone looks).
+    let release = |network: Option<String>| {
+        if let Some(name) = network {
+            if let Err(e) = crate::network::Network::find(&name).and_then(|n| n.release(&holder)) {
+                eprintln!("hk: {e:#}");
+            }
+        }
+    };
     if args.seccomp.on {
-        hk_vmm::seccomp::confine_process()?;
+        if let Err(e) = hk_vmm::seccomp::confine_process() {
+            release(network);
+            return Err(e.into());
+        }
     }
     let outcome = hk_vmm::run(VmConfig {
         kernel,
@@ -299,13 +311,10 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         console_input,
         start,
         seccomp: args.seccomp.on,
-    })?;
+    });
     drop(passt);
-    if let Some(name) = network {
-        if let Err(e) = crate::network::Network::find(&name).and_then(|n| n.release(&holder)) {
-            eprintln!("hk: {e:#}");
-        }
-    }
+    release(network);
+    let outcome = outcome?;
     if args.boot_timer {
         match outcome.boot_time {
             Some(t) => eprintln!(
