@@ -761,7 +761,7 @@ fn rm(args: RmArgs) -> anyhow::Result<ExitCode> {
             Ok(true) => println!("{spec}"),
             Ok(false) => {}
             Err(e) => {
-                eprintln!("Error response from daemon: {e:#}");
+                eprintln!("hk: {e:#}");
                 failed = true;
             }
         }
@@ -805,7 +805,7 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         match Network::find(spec) {
             Ok(n) => out.push(inspect_json(&n)),
             Err(e) => {
-                eprintln!("Error: {e:#}");
+                eprintln!("hk: {e:#}");
                 failed = true;
             }
         }
