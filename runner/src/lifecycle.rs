@@ -79,7 +79,7 @@ pub struct NamesArgs {
 pub struct PruneArgs {
     /// Do not prompt for confirmation
     #[arg(short, long)]
-    force: bool,
+    pub force: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -542,6 +542,18 @@ fn inspect_json(c: &Container) -> serde_json::Value {
             "IPAddress": if user && running { crate::passt::GUEST_IP } else { "" },
             "IPPrefixLen": if user && running { crate::passt::PREFIX_LEN } else { 0 },
             "Gateway": if user && running { crate::passt::GATEWAY } else { "" },
+            "Networks": cfg.networks.iter().map(|a| {
+                let ip = crate::network::Network::load(&a.name)
+                    .ok()
+                    .and_then(|n| n.leases().get(&cfg.id).map(|ip| (n, *ip)));
+                (a.name.clone(), json!({
+                    "Aliases": a.aliases,
+                    "NetworkID": ip.as_ref().map(|(n, _)| n.id.clone()).unwrap_or_default(),
+                    "IPAddress": ip.as_ref().map(|(_, ip)| ip.to_string()).unwrap_or_default(),
+                    "IPPrefixLen": ip.as_ref().map_or(0, |(n, _)| n.prefix()),
+                    "MacAddress": ip.as_ref().map(|(_, ip)| crate::network::format_mac(crate::network::mac_for(*ip))).unwrap_or_default(),
+                }))
+            }).collect::<serde_json::Map<_, _>>(),
         },
         "Config": {
             "Hostname": cfg.hostname,

@@ -8,6 +8,7 @@ mod info;
 mod initramfs;
 mod lab;
 mod lifecycle;
+mod network;
 mod passt;
 mod run;
 mod supervisor;
@@ -80,6 +81,9 @@ enum Command {
     Login(images::LoginArgs),
     /// Log out from a registry
     Logout(images::LogoutArgs),
+    /// Manage networks
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
     /// Low-level VM commands, for people who embed or debug hk's VMM
     #[command(subcommand)]
     Vm(vm::VmCommand),
@@ -116,6 +120,7 @@ fn main() -> ExitCode {
         Command::Image(cmd) => images::image(cmd),
         Command::Login(args) => images::login(args),
         Command::Logout(args) => images::logout(args),
+        Command::Network(cmd) => network::run(cmd),
         Command::Vm(cmd) => vm::run(cmd),
     };
     match result {

@@ -69,10 +69,18 @@ pub struct RunArgs {
     /// Publish every port the image exposes, each on any free host port
     #[arg(short = 'P', long)]
     publish_all: bool,
-    /// The container's network: passt (user-mode networking through the host's sockets,
-    /// the default) or none (loopback only)
-    #[arg(long, visible_alias = "net", default_value = container::NETWORK_USER)]
-    network: String,
+    /// Connect the container to a network: passt (user-mode networking through the host's
+    /// sockets, the default), none (loopback only), or a network made with hk network
+    /// create (repeat for several; egress stays with passt)
+    #[arg(long, visible_alias = "net", value_name = "NETWORK")]
+    network: Vec<String>,
+    /// More names the container has on its user-defined networks' DNS
+    #[arg(
+        long = "network-alias",
+        visible_alias = "net-alias",
+        value_name = "ALIAS"
+    )]
+    network_aliases: Vec<String>,
     /// Add a line to /etc/hosts (NAME:IP; host-gateway is the host)
     #[arg(long = "add-host", value_name = "NAME:IP")]
     add_hosts: Vec<String>,
@@ -183,14 +191,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let network = match args.network.as_str() {
-        // Compose files and scripts say "bridge" (docker's default) or "default".
-        "bridge" | "default" | container::NETWORK_USER => container::NETWORK_USER,
-        container::NETWORK_NONE => container::NETWORK_NONE,
-        other => {
-            bail!("network {other:?} not found: hk has passt (user-mode, the default) and none")
-        }
-    };
+    let (network, networks) = networks(&args.network, &args.network_aliases)?;
     let mut published = Vec::new();
     for p in &args.publish {
         published.extend(ports::parse_publish(p)?);
@@ -311,6 +312,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ports: published,
         add_hosts,
         dns: args.dns.iter().map(|ip| ip.to_string()).collect(),
+        networks,
     })?;
     if let Some(f) = &args.cidfile {
         std::fs::write(f, &id).with_context(|| format!("cannot write {}", f.display()))?;
@@ -338,6 +340,37 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         timings.print();
     }
     Ok(ExitCode::from(code))
+}
+
+/// `--network` values: the mode of the container's own interface (passt or none) and the
+/// user-defined networks it joins, which must exist.
+fn networks(
+    given: &[String],
+    aliases: &[String],
+) -> anyhow::Result<(&'static str, Vec<container::NetworkAttachment>)> {
+    let mut mode = container::NETWORK_USER;
+    let mut joined = Vec::new();
+    for name in given {
+        match name.as_str() {
+            // Compose files and scripts say "bridge" (docker's default) or "default".
+            "bridge" | "default" | container::NETWORK_USER => {}
+            container::NETWORK_NONE => mode = container::NETWORK_NONE,
+            other => {
+                let net = crate::network::Network::find(other)?;
+                joined.push(container::NetworkAttachment {
+                    name: net.name,
+                    aliases: aliases.to_vec(),
+                });
+            }
+        }
+    }
+    if mode == container::NETWORK_NONE && given.len() > 1 {
+        bail!("--network none cannot be combined with other networks");
+    }
+    if !aliases.is_empty() && joined.is_empty() {
+        bail!("--network-alias works only on networks made with hk network create");
+    }
+    Ok((mode, joined))
 }
 
 /// The image, pulled as `--pull` says.

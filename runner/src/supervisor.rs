@@ -213,11 +213,21 @@ fn boot_and_run(
             serial: "hk-upper".into(),
         });
     }
+    // docker: a container only on internal networks reaches nothing outside.
+    let egress = config.network == NETWORK_USER
+        && (config.networks.is_empty()
+            || !config
+                .networks
+                .iter()
+                .all(|a| crate::network::Network::load(&a.name).is_ok_and(|n| n.internal)));
+    if !egress && !ports.is_empty() {
+        bail!("the container is only on internal networks, which publish no ports: drop -p/-P");
+    }
     // passt starts before the process filter, which forbids exec; it dies with the VM.
     let mut passt = None;
     let mut net = Vec::new();
     let mut interfaces = Vec::new();
-    if config.network == NETWORK_USER {
+    if egress {
         let mut p = crate::passt::Passt::start(&crate::passt::user_mode_args(ports))?;
         let mac = mac_address(&config.id);
         net.push(Net {
@@ -236,6 +246,37 @@ fn boot_and_run(
             mtu: Some(u32::from(hk_vmm::MAX_MTU)),
         });
         passt = Some(p);
+    }
+    // An interface per user-defined network, each registered with its network's switch;
+    // their DNS servers answer for the networks' containers and relay the rest.
+    let mut network_dns = Vec::new();
+    let mut own_ip = None;
+    for (i, attachment) in config.networks.iter().enumerate() {
+        let joined = crate::network::join(
+            &attachment.name,
+            &crate::network::Member {
+                id: &config.id,
+                name: &config.name,
+                aliases: &attachment.aliases,
+                ip: None,
+            },
+        )
+        .with_context(|| format!("cannot join network {}", attachment.name))?;
+        if i == 0 {
+            own_ip = joined
+                .interface
+                .address
+                .split('/')
+                .next()
+                .map(str::to_string);
+        }
+        net.push(Net {
+            backend: NetBackend::Stream(joined.stream),
+            mac: joined.mac,
+            mtu: joined.mtu,
+        });
+        interfaces.push(joined.interface);
+        network_dns.push(joined.dns.to_string());
     }
     let vm = Vm::new(VmConfig {
         kernel,
@@ -315,8 +356,8 @@ fn boot_and_run(
                 upper: container.upper().map(|_| "hk-upper".into()),
             }),
             hostname: Some(config.hostname.clone()),
-            hosts: Some(etc_hosts(config)),
-            resolv_conf: Some(resolv_conf(config)),
+            hosts: Some(etc_hosts(config, own_ip.as_deref(), egress)),
+            resolv_conf: Some(resolv_conf(config, &network_dns, egress)),
             interfaces,
         })?;
         let p = &config.process;
@@ -628,7 +669,7 @@ fn boot_failure(outcome: Result<Outcome, hk_vmm::Error>, log: &Path) -> anyhow::
 /// docker's /etc/hosts for a container without a network.
 /// docker's /etc/hosts: loopback names, the container's own address under its host name,
 /// `--add-host` lines, and on the user-mode network the names of the host.
-fn etc_hosts(config: &crate::container::Config) -> String {
+fn etc_hosts(config: &crate::container::Config, own_ip: Option<&str>, egress: bool) -> String {
     let mut out = String::from(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
          fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
@@ -637,17 +678,20 @@ fn etc_hosts(config: &crate::container::Config) -> String {
     for (name, ip) in &config.add_hosts {
         out.push_str(&format!("{ip}\t{name}\n"));
     }
-    if config.network == NETWORK_USER {
+    if egress {
         out.push_str(&format!(
-            "{}\t{}\n{}\t{}\n",
+            "{}\t{}\n",
             crate::passt::GATEWAY,
-            crate::passt::HOST_NAMES,
-            crate::passt::GUEST_IP,
-            config.hostname
+            crate::passt::HOST_NAMES
         ));
-    } else {
-        out.push_str(&format!("127.0.1.1\t{}\n", config.hostname));
     }
+    // The container's own name on its first network, as docker writes it, else on passt's.
+    let own = own_ip.unwrap_or(if egress {
+        crate::passt::GUEST_IP
+    } else {
+        "127.0.1.1"
+    });
+    out.push_str(&format!("{own}\t{}\n", config.hostname));
     out
 }
 
@@ -663,13 +707,16 @@ fn mac_address(id: &str) -> [u8; 6] {
 /// resolver, loopback ones included, as podman's pasta does), or else the host's non-loopback
 /// servers (a loopback one would point into the container) and Google's if none is left,
 /// as docker does.
-fn resolv_conf(config: &crate::container::Config) -> String {
+fn resolv_conf(config: &crate::container::Config, network_dns: &[String], egress: bool) -> String {
     let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let mut out = String::new();
     let mut servers: Vec<String> = config.dns.clone();
-    let own = servers.is_empty() && config.network == NETWORK_USER;
-    if own {
-        servers.push(crate::passt::DNS.into());
+    if servers.is_empty() {
+        if let Some(first) = network_dns.first() {
+            servers.push(first.clone());
+        } else if egress {
+            servers.push(crate::passt::DNS.into());
+        }
     }
     let keep_host_servers = servers.is_empty();
     for line in host.lines() {

@@ -62,9 +62,20 @@ pub struct BootArgs {
     /// The guest's vsock context ID (with --vsock-uds)
     #[arg(long, value_name = "CID", default_value_t = 3, requires = "vsock_uds")]
     vsock_cid: u64,
-    /// A network interface (eth0): `passt` starts passt as its backend (docs/networking.md)
-    #[arg(long, value_name = "passt")]
+    /// A network interface (eth0): `passt` starts passt as its backend; `network:NAME`
+    /// plugs it into the switch of hk network NAME (docs/networking.md)
+    #[arg(long, value_name = "passt|network:NAME", value_parser = parse_net)]
     net: Option<NetKind>,
+    /// With --net network:NAME: the name the network's DNS answers with this VM's address
+    #[arg(long, value_name = "NAME", default_value = "vm", requires = "net")]
+    net_name: String,
+    /// With --net network:NAME: another name for this VM on the network; repeat for more
+    #[arg(long = "net-alias", value_name = "ALIAS", requires = "net")]
+    net_aliases: Vec<String>,
+    /// With --net network:NAME: the VM's address [default: the first free one]; the guest
+    /// configures it itself (this command has no agent)
+    #[arg(long, value_name = "IPV4", requires = "net")]
+    ip: Option<std::net::Ipv4Addr>,
     /// Options for passt, one string split at spaces: addresses and port forwards, such as
     /// "-a 10.0.2.15 -n 24 -g 10.0.2.2 -t 8080:80"
     #[arg(
@@ -77,9 +88,10 @@ pub struct BootArgs {
     /// The interface's MTU, which the guest's driver takes from the device
     #[arg(long, default_value_t = hk_vmm::MAX_MTU, requires = "net")]
     mtu: u16,
-    /// The interface's MAC address
-    #[arg(long, default_value = "02:68:6b:00:00:01", value_parser = parse_mac, requires = "net")]
-    mac: [u8; 6],
+    /// The interface's MAC address [default: 02:68:6b:00:00:01 with passt; on a network,
+    /// 02:68 and the IPv4 address, which the switch requires]
+    #[arg(long, value_parser = parse_mac, requires = "net")]
+    mac: Option<[u8; 6]>,
     /// Print, on stderr, the time from start until the guest's boot-complete marker
     #[arg(long)]
     boot_timer: bool,
@@ -90,9 +102,19 @@ pub struct BootArgs {
     seccomp: SeccompArg,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy)]
+#[derive(Clone)]
 pub enum NetKind {
     Passt,
+    /// An hk network, by name.
+    Network(String),
+}
+
+fn parse_net(text: &str) -> Result<NetKind, String> {
+    match text.split_once(':') {
+        None if text == "passt" => Ok(NetKind::Passt),
+        Some(("network", name)) if !name.is_empty() => Ok(NetKind::Network(name.to_string())),
+        _ => Err(format!("{text:?}: expected passt or network:NAME")),
+    }
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
@@ -164,6 +186,11 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         );
         writable.extend(args.console.clone());
         writable.extend(args.vsock_uds.clone());
+        if let Some(NetKind::Network(_)) = &args.net {
+            // Leases and the switch's socket.
+            writable.push(hk_image::Store::default_root().join("networks"));
+            writable.push(host::runtime_dir());
+        }
         if args.interactive && crate::lab::needed() {
             bail!(
                 "--interactive cannot reach a VM in the nested lab, which forwards no input; \
@@ -208,6 +235,33 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     // passt starts before the process filter, which forbids exec; it dies with the VM.
     let mut passt = None;
     let mut net = Vec::new();
+    // The lease's holder: this process, so the address is free again once it is gone.
+    let holder = format!("vm:{}", std::process::id());
+    let mut network = None;
+    if let Some(NetKind::Network(name)) = &args.net {
+        if args.mac.is_some() {
+            bail!("--mac cannot be used with --net network:NAME: the switch gives a NIC the MAC of its address");
+        }
+        let joined = crate::network::join(
+            name,
+            &crate::network::Member {
+                id: &holder,
+                name: &args.net_name,
+                aliases: &args.net_aliases,
+                ip: args.ip,
+            },
+        )?;
+        eprintln!(
+            "hk: network {name}: {} (DNS {})",
+            joined.interface.address, joined.dns
+        );
+        net.push(Net {
+            backend: NetBackend::Stream(joined.stream),
+            mac: joined.mac,
+            mtu: args.mtu.min(joined.mtu),
+        });
+        network = Some(name.clone());
+    }
     if let Some(NetKind::Passt) = args.net {
         let extra: Vec<String> = args
             .passt_args
@@ -219,13 +273,25 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         let mut p = crate::passt::Passt::start(&extra)?;
         net.push(Net {
             backend: NetBackend::Stream(p.take_stream().expect("a fresh passt has its socket")),
-            mac: args.mac,
+            mac: args.mac.unwrap_or([0x02, 0x68, 0x6b, 0, 0, 1]),
             mtu: args.mtu,
         });
         passt = Some(p);
     }
+    // The address goes back however the VM ends (a lease of a dead `vm:PID` would be
+    // reclaimed anyway, but only when someone looks).
+    let release = |network: Option<String>| {
+        if let Some(name) = network {
+            if let Err(e) = crate::network::Network::find(&name).and_then(|n| n.release(&holder)) {
+                eprintln!("hk: {e:#}");
+            }
+        }
+    };
     if args.seccomp.on {
-        hk_vmm::seccomp::confine_process()?;
+        if let Err(e) = hk_vmm::seccomp::confine_process() {
+            release(network);
+            return Err(e.into());
+        }
     }
     let outcome = hk_vmm::run(VmConfig {
         kernel,
@@ -245,8 +311,10 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         console_input,
         start,
         seccomp: args.seccomp.on,
-    })?;
+    });
     drop(passt);
+    release(network);
+    let outcome = outcome?;
     if args.boot_timer {
         match outcome.boot_time {
             Some(t) => eprintln!(

@@ -100,6 +100,24 @@ const CASES: &[(&str, &str)] = &[
          printf \"GET / HTTP/1.0\\r\\n\\r\\n\" | nc -w 3 10.0.2.2 18080; echo nc=$?'",
     ),
     ("port-taken", "$hk run --rm -p 18080:80 hk-demo true"),
+    // User-defined networks: names and aliases through the network's DNS, egress kept,
+    // nothing across networks.
+    (
+        "user-network",
+        "$hk network create front >/dev/null; $hk network create back >/dev/null; \
+         $hk run -d --name alpha --network front --network-alias web hk-demo \
+           sh -c 'mkdir -p /www; echo alpha-says-hi >/www/index.html; httpd -p 80 -h /www; sleep 100000' >/dev/null; \
+         ip=$($hk inspect alpha | grep -A4 '\"front\"' | grep IPAddress | cut -d'\"' -f4); echo alpha-ip=${ip%.*}.x; \
+         $hk run --rm --name beta --network front hk-demo sh -c 'get() { printf \"GET / HTTP/1.0\\r\\n\\r\\n\" | nc -w 5 $1 80 | tail -1; }; \
+           n=0; until [ \"$(get alpha)\" = alpha-says-hi ] || [ $n -ge 60 ]; do sleep 0.5; n=$((n + 1)); done; \
+           echo by-name=$(get alpha); echo by-alias=$(get web); \
+           echo egress=$(printf \"GET /hello.txt HTTP/1.0\\r\\n\\r\\n\" | nc -w 5 10.0.2.2 18080 | tail -1); \
+           nslookup svc.hk.test | grep -c 192.0.2.77'; \
+         $hk run --rm --name gamma --network back -e IP=$ip hk-demo sh -c 'nslookup alpha >/dev/null 2>&1; echo resolve=$?; \
+           printf \"GET / HTTP/1.0\\r\\n\\r\\n\" | nc -w 5 $IP 80; echo reach=$?'; \
+         $hk network rm front; echo rm-in-use=$?; $hk rm -f alpha >/dev/null; \
+         $hk network rm front back",
+    ),
     (
         "flood",
         "$hk run -d --name flood -m {FLOOD_GUEST_MIB}m hk-demo sleep 100000 >/dev/null; \

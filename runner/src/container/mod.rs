@@ -70,6 +70,20 @@ pub struct Config {
     /// `--dns`: name servers instead of the host's.
     #[serde(default)]
     pub dns: Vec<String>,
+    /// User-defined networks the container joins at each start (`hk network connect`
+    /// edits this while it is stopped; docs/networking.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkAttachment>,
+}
+
+/// A container's place on a user-defined network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkAttachment {
+    /// The network's name.
+    pub name: String,
+    /// `--network-alias`es: more names the network's DNS answers with its address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// The default network: user-mode networking through passt (docs/networking.md), the
@@ -302,6 +316,12 @@ impl Container {
         bail!("no such container: {spec} (hk ps -a lists them)")
     }
 
+    /// Rewrites config.json: only `hk network connect`/`disconnect` change a container's
+    /// config after create, and only while it is not running.
+    pub fn save_config(&self) -> anyhow::Result<()> {
+        write_json(&self.dir.join("config.json"), &self.config)
+    }
+
     pub fn short_id(&self) -> &str {
         &self.config.id[..12]
     }
@@ -410,6 +430,11 @@ impl Container {
                 }
             })
             .with_context(|| format!("cannot remove {}", self.dir.display()))?;
+        // After the directory: a lease whose container is gone is free anyway, so a
+        // failure here loses no address.
+        if let Err(e) = crate::network::release_everywhere(&self.config.id) {
+            eprintln!("WARNING: {e:#}");
+        }
         let link = names_dir().join(&self.config.name);
         if fs::read_link(&link).is_ok_and(|id| id.as_os_str() == self.config.id.as_str()) {
             let _ = fs::remove_file(&link);
