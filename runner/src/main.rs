@@ -13,6 +13,7 @@ mod run;
 mod supervisor;
 mod term;
 mod vm;
+mod volume;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -78,6 +79,9 @@ enum Command {
     Login(images::LoginArgs),
     /// Log out from a registry
     Logout(images::LogoutArgs),
+    /// Manage volumes
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
     /// Low-level VM commands, for people who embed or debug hk's VMM
     #[command(subcommand)]
     Vm(vm::VmCommand),
@@ -113,6 +117,7 @@ fn main() -> ExitCode {
         Command::Image(cmd) => images::image(cmd),
         Command::Login(args) => images::login(args),
         Command::Logout(args) => images::logout(args),
+        Command::Volume(cmd) => volume::run(cmd),
         Command::Vm(cmd) => vm::run(cmd),
     };
     match result {

@@ -24,8 +24,9 @@ pub use client::{Client, Connector, Process, ProcessStreams};
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 
-/// Protocol version; the host refuses an agent that speaks another.
-pub const VERSION: u32 = 1;
+/// Protocol version; the host refuses an agent that speaks another. 2: `Setup.mounts` (an
+/// agent of version 1 would ignore them and run the container without its volumes).
+pub const VERSION: u32 = 2;
 /// The vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 1024;
 /// The host vsock port the agent dials at boot to say [`Hello`].
@@ -123,6 +124,37 @@ pub struct Setup {
     /// Network interfaces to configure (loopback is always brought up).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<Interface>,
+    /// Filesystems mounted into the root after it is set up and before any process runs,
+    /// in this order (the host puts parents before the mounts nested in them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
+}
+
+/// One filesystem mounted into the container (`-v`, `--mount`, `--tmpfs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// Absolute path in the container; symlinks in it resolve inside the container's root.
+    pub target: String,
+    #[serde(flatten)]
+    pub source: MountSource,
+    /// Mounted read-only in the guest (the host enforces it too, for shares).
+    #[serde(default)]
+    pub read_only: bool,
+    /// When the mounted filesystem is empty, fill it with what the root has at `target`
+    /// first (docker's seeding of a new volume from the image), owners and modes kept.
+    #[serde(default)]
+    pub seed: bool,
+}
+
+/// What a [`Mount`] mounts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MountSource {
+    /// The virtio-fs device with this tag.
+    Virtiofs { tag: String },
+    /// A new tmpfs; `options` are mount(8)'s: flags (`ro`, `noexec`, `nosuid`, `nodev` and
+    /// their opposites) and tmpfs's own (`size=`, `mode=`, `uid=`, `gid=`, `nr_inodes=`).
+    Tmpfs { options: Vec<String> },
 }
 
 /// One NIC, found by its MAC address, configured with a static IPv4 address.

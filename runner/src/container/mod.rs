@@ -19,6 +19,7 @@
 //!   socket path has 108 bytes.
 
 pub mod logs;
+pub mod mounts;
 pub mod spec;
 
 use crate::host;
@@ -57,6 +58,9 @@ pub struct Config {
     /// The VMM's seccomp filters (`--seccomp off` to debug).
     #[serde(default = "yes")]
     pub seccomp: bool,
+    /// `-v`, `--mount`, `--tmpfs`, checked and in the order they are mounted.
+    #[serde(default)]
+    pub mounts: Vec<mounts::Mount>,
 }
 
 fn yes() -> bool {
