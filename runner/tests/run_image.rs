@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{busybox_tar, Compression, Hk, Registry, TarBuilder, TestImage, TestLayer};
+use common::{base_layers, Hk, Registry, TestImage};
 use hk_tests::{guest_kernel, run_with_kvm, scratch_dir};
 use serde_json::json;
 use std::collections::HashMap;
@@ -141,47 +141,6 @@ fn entry_cmd(entrypoint: Option<&[&str]>, cmd: Option<&[&str]>) -> serde_json::V
         "Cmd": cmd,
         "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
     })
-}
-
-/// busybox with every applet, two programs that print their arguments, a user and groups.
-fn base_layers() -> Vec<TestLayer> {
-    let list = std::process::Command::new("/bin/busybox")
-        .arg("--list")
-        .output()
-        .unwrap();
-    let mut extra = TarBuilder::new()
-        .dir("bin", 0o755)
-        .dir("etc", 0o755)
-        .dir("root", 0o700)
-        .dir("home", 0o755)
-        .dir("home/alice", 0o755)
-        .file(
-            "etc/passwd",
-            0o644,
-            b"root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n",
-        )
-        .file(
-            "etc/group",
-            0o644,
-            b"root:x:0:\nalice:x:1000:\nwheel:x:10:alice\n",
-        )
-        .file("bin/show-entry", 0o755, b"#!/bin/sh\necho \"entry: $*\"\n")
-        .file("bin/show-cmd", 0o755, b"#!/bin/sh\necho \"cmd: $*\"\n");
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if !["busybox", "sh", "ls", "cat", "echo", "mount"].contains(&applet) {
-            extra = extra.symlink(&format!("bin/{applet}"), "busybox");
-        }
-    }
-    vec![
-        TestLayer {
-            tar: busybox_tar(),
-            compression: Compression::Gzip,
-        },
-        TestLayer {
-            tar: extra.finish(),
-            compression: Compression::Gzip,
-        },
-    ]
 }
 
 fn images() -> Vec<(&'static str, serde_json::Value)> {
