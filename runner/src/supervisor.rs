@@ -207,6 +207,9 @@ fn boot_and_run(
         });
     }
     let (shares, mounts) = mounts(container)?;
+    if !shares.is_empty() {
+        host::raise_open_files_limit();
+    }
     let vm = Vm::new(VmConfig {
         kernel,
         initrd: Some(initrd),
