@@ -355,6 +355,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mounts_are_written_as_documented_and_optional() {
+        let share = Mount {
+            target: "/data".into(),
+            source: MountSource::Virtiofs {
+                tag: "hk-m0".into(),
+            },
+            read_only: true,
+            seed: false,
+        };
+        assert_eq!(
+            serde_json::to_value(&share).unwrap(),
+            serde_json::json!({"target": "/data", "type": "virtiofs", "tag": "hk-m0",
+                               "read_only": true, "seed": false})
+        );
+        let tmpfs: Mount = serde_json::from_value(serde_json::json!(
+            {"target": "/cache", "type": "tmpfs", "options": ["size=64m"]}
+        ))
+        .unwrap();
+        assert_eq!(
+            (tmpfs.source, tmpfs.read_only, tmpfs.seed),
+            (
+                MountSource::Tmpfs {
+                    options: vec!["size=64m".into()]
+                },
+                false,
+                false
+            )
+        );
+        // A setup without mounts says nothing about them, and reads back without any.
+        let json = serde_json::to_value(Setup::default()).unwrap();
+        assert!(json.get("mounts").is_none(), "{json}");
+        let back: Setup = serde_json::from_value(json).unwrap();
+        assert!(back.mounts.is_empty());
+        assert!(serde_json::from_value::<Mount>(
+            serde_json::json!({"target": "/x", "type": "nfs", "server": "h"})
+        )
+        .is_err());
+    }
+
+    #[test]
     fn frames_round_trip_and_name_their_fields_as_documented() {
         let req = Request {
             id: 7,
