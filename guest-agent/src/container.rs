@@ -7,7 +7,7 @@
 //! to pivot away from rootfs), so the switch is switch_root's: move the new root over `/`
 //! and chroot into it. The agent keeps running from memory; its open sockets stay.
 
-use hk_agent_protocol::{Root, Setup};
+use hk_agent_protocol::{Mount, Root, Setup};
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 use std::fs;
@@ -97,19 +97,21 @@ pub fn setup(setup: &Setup) -> Result<(), String> {
     }
     crate::network::configure(&setup.interfaces)?;
     let Some(root) = &setup.root else {
-        return Ok(());
+        return crate::mounts::mount_all(&setup.mounts);
     };
     let stage = Path::new(STAGE);
-    let merged = mount_root(root, stage)?;
+    let merged = mount_root(root, stage, &setup.mounts)?;
     if let Some(e) = mount_specials(&merged).into_iter().next() {
         return Err(e);
     }
     etc_files(setup, stage, &merged, root.upper.is_some())?;
-    switch_root(&merged)
+    switch_root(&merged)?;
+    crate::mounts::mount_all(&setup.mounts)
 }
 
-/// Mounts lower, upper and the overlay; returns where the merged root is.
-fn mount_root(root: &Root, stage: &Path) -> Result<PathBuf, String> {
+/// Mounts lower, upper and the overlay; returns where the merged root is. A read-only root
+/// gets the mount points of `mounts` that the image lacks, as docker creates them.
+fn mount_root(root: &Root, stage: &Path, mounts: &[Mount]) -> Result<PathBuf, String> {
     let lower = stage.join("lower");
     mnt(
         &disk(&root.lower)?.to_string_lossy(),
@@ -158,9 +160,10 @@ fn mount_root(root: &Root, stage: &Path) -> Result<PathBuf, String> {
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
                 Some("mode=0755,size=1m"),
             )?;
-            for dir in ["proc", "sys", "dev", "etc"] {
+            let targets = mounts.iter().map(|m| m.target.trim_start_matches('/'));
+            for dir in ["proc", "sys", "dev", "etc"].into_iter().chain(targets) {
                 if !lower.join(dir).is_dir() {
-                    fs::create_dir(scaffold.join(dir)).map_err(|e| format!("scaffold: {e}"))?;
+                    fs::create_dir_all(scaffold.join(dir)).map_err(|e| format!("scaffold: {e}"))?;
                 }
             }
             for file in ["etc/hostname", "etc/hosts", "etc/resolv.conf"] {

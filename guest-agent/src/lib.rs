@@ -3,6 +3,7 @@
 //! (`main.rs`) adds what only makes sense in a VM: mounts, vsock, the control page.
 
 pub mod container;
+mod mounts;
 mod network;
 mod reaper;
 pub mod server;

@@ -100,3 +100,24 @@ pub fn runtime_dir() -> PathBuf {
     }
     dir
 }
+
+/// Raises this process's soft limit on open files to its hard limit, as virtiofsd raises
+/// its own. A virtio-fs share keeps one descriptor (O_PATH) open for each host file the
+/// guest has looked up and not yet forgotten, and a guest keeps what it walked in its
+/// cache: a `find` over 10,000 files holds 10,000 descriptors, far past the usual soft
+/// limit of 1024. The hard limit (often 524288 under systemd; 4096 by the kernel's
+/// default) stays the bound; past it the guest's lookups fail with EMFILE.
+pub fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write only the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

@@ -527,6 +527,7 @@ fn inspect_json(c: &Container) -> serde_json::Value {
         "LogPath": c.log_path(),
         "Name": format!("/{}", cfg.name),
         "Driver": "hk-microvm",
+        "Mounts": cfg.mounts.iter().map(crate::container::mounts::inspect_json).collect::<Vec<_>>(),
         "HostConfig": {
             "AutoRemove": cfg.auto_remove,
             "ReadonlyRootfs": cfg.read_only,

@@ -14,6 +14,7 @@ mod run;
 mod supervisor;
 mod term;
 mod vm;
+mod volume;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -84,9 +85,12 @@ enum Command {
     /// Manage networks
     #[command(subcommand)]
     Network(network::NetworkCommand),
+    /// Manage volumes
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
     /// Low-level VM commands, for people who embed or debug hk's VMM
     #[command(subcommand)]
-    Vm(vm::VmCommand),
+    Vm(Box<vm::VmCommand>),
 }
 
 /// Docker and Podman exit with 125 when the failure is the runner's own rather than the
@@ -121,7 +125,8 @@ fn main() -> ExitCode {
         Command::Login(args) => images::login(args),
         Command::Logout(args) => images::logout(args),
         Command::Network(cmd) => network::run(cmd),
-        Command::Vm(cmd) => vm::run(cmd),
+        Command::Volume(cmd) => volume::run(cmd),
+        Command::Vm(cmd) => vm::run(*cmd),
     };
     match result {
         Ok(code) => code,

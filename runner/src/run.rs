@@ -3,6 +3,7 @@
 //! it in the foreground or starts a detached supervisor (`-d`); see `supervisor` for what
 //! runs the VM and `container` for what is kept on disk.
 
+use crate::container::mounts;
 use crate::container::ports;
 use crate::container::spec::{self, ImageDefaults, Overrides};
 use crate::container::{self, Config, Container};
@@ -87,6 +88,15 @@ pub struct RunArgs {
     /// Use this DNS server instead of the host's resolvers
     #[arg(long, value_name = "IP")]
     dns: Vec<std::net::IpAddr>,
+    /// Bind a host directory or mount a named volume (HOSTDIR|VOLUME:PATH[:ro|rw])
+    #[arg(short, long = "volume", value_name = "SOURCE:PATH[:OPTS]")]
+    volume: Vec<String>,
+    /// Attach a filesystem mount (type=bind|volume|tmpfs,source=...,target=...,readonly)
+    #[arg(long = "mount", value_name = "type=TYPE,...")]
+    mount: Vec<String>,
+    /// Mount a tmpfs directory (PATH[:OPTIONS])
+    #[arg(long = "tmpfs", value_name = "PATH[:OPTS]")]
+    tmpfs: Vec<String>,
     /// Print where the time went (image lookup, VM setup, boot, process, shutdown)
     #[arg(long)]
     timings: bool,
@@ -216,6 +226,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         add_hosts.push((name.to_string(), ip.to_string()));
     }
+    let mut mounts = mounts::order(
+        args.volume
+            .iter()
+            .map(|v| mounts::parse_volume_flag(v))
+            .chain(args.mount.iter().map(|m| mounts::parse_mount_flag(m)))
+            .chain(args.tmpfs.iter().map(|t| mounts::parse_tmpfs_flag(t)))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    )?;
+    mounts::prepare(&mut mounts)?;
     let mut labels = std::collections::BTreeMap::new();
     for l in &args.labels {
         let (k, v) = l.split_once('=').unwrap_or((l, ""));
@@ -313,6 +332,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         add_hosts,
         dns: args.dns.iter().map(|ip| ip.to_string()).collect(),
         networks,
+        mounts,
     })?;
     if let Some(f) = &args.cidfile {
         std::fs::write(f, &id).with_context(|| format!("cannot write {}", f.display()))?;
@@ -589,7 +609,10 @@ fn start_in_lab(c: &Container, timings: bool) -> anyhow::Result<ExitCode> {
         args.push("--timings".into());
     }
     args.push(c.config.id.clone().into());
-    let result = crate::lab::run_in_lab(std::slice::from_ref(&c.dir), &args);
+    // The lab sees the host read-only; the container's shares must be writable there.
+    let mut shared = vec![c.dir.clone()];
+    shared.extend(c.config.mounts.iter().filter_map(mounts::host_dir));
+    let result = crate::lab::run_in_lab(&shared, &args);
     if c.config.auto_remove {
         let _ = c.remove();
     }

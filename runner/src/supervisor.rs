@@ -14,11 +14,13 @@ use crate::host::{self, Kvm};
 use crate::term::{self, RawTerminal};
 use anyhow::{bail, Context};
 use hk_agent_protocol::{
-    Client, Connector, ErrorKind, ExitStatus, Interface, ProcessSpec, Root, Setup, WindowSize,
-    HOST_PORT,
+    Client, Connector, ErrorKind, ExitStatus, Interface, MountSource, ProcessSpec, Root, Setup,
+    WindowSize, HOST_PORT,
 };
 use hk_vmm::console::{tail, RotatingLog};
-use hk_vmm::{Disk, GuestExit, Net, NetBackend, Outcome, Vm, VmConfig, VsockConfig, VsockHost};
+use hk_vmm::{
+    Disk, GuestExit, Net, NetBackend, Outcome, Share, Vm, VmConfig, VsockConfig, VsockHost,
+};
 use nix::sys::signal::{SigSet, Signal};
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -236,11 +238,7 @@ fn boot_and_run(
             mtu: hk_vmm::MAX_MTU,
         });
         interfaces.push(Interface {
-            mac: mac
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":"),
+            mac: crate::network::format_mac(mac),
             address: format!("{}/{}", crate::passt::GUEST_IP, crate::passt::PREFIX_LEN),
             gateway: Some(crate::passt::GATEWAY.into()),
             mtu: Some(u32::from(hk_vmm::MAX_MTU)),
@@ -278,6 +276,10 @@ fn boot_and_run(
         interfaces.push(joined.interface);
         network_dns.push(joined.dns.to_string());
     }
+    let (shares, mounts) = mounts(container)?;
+    if !shares.is_empty() {
+        host::raise_open_files_limit();
+    }
     let vm = Vm::new(VmConfig {
         kernel,
         initrd: Some(initrd),
@@ -285,7 +287,7 @@ fn boot_and_run(
         cpus: config.cpus,
         memory_mib: config.memory_mib,
         disks,
-        shares: Vec::new(),
+        shares,
         rng: true,
         vsock: Some(VsockConfig {
             guest_cid: GUEST_CID,
@@ -359,6 +361,7 @@ fn boot_and_run(
             hosts: Some(etc_hosts(config, own_ip.as_deref(), egress)),
             resolv_conf: Some(resolv_conf(config, &network_dns, egress)),
             interfaces,
+            mounts,
         })?;
         let p = &config.process;
         let spec = ProcessSpec {
@@ -420,6 +423,47 @@ fn boot_and_run(
     let _ = running.join();
     mark(&mut timings, "shutdown");
     ended
+}
+
+/// The container's mounts as the VM gets them: each bind or volume a virtio-fs share
+/// (`hk-m0`, `hk-m1`... in mount order), and what the agent is to mount where. A volume
+/// removed behind hk's back (not through `hk volume rm`, which refuses) is made again, empty.
+fn mounts(container: &Container) -> anyhow::Result<(Vec<Share>, Vec<hk_agent_protocol::Mount>)> {
+    use crate::container::mounts::{host_dir, Kind};
+    let mut shares = Vec::new();
+    let mut mounts = Vec::new();
+    for m in &container.config.mounts {
+        let source = match host_dir(m) {
+            Some(host_dir) => {
+                if m.kind == Kind::Volume {
+                    crate::volume::ensure(&m.source)?;
+                } else if !host_dir.is_dir() {
+                    bail!(
+                        "the host directory {} of the mount on {} is gone: create it again",
+                        host_dir.display(),
+                        m.target
+                    );
+                }
+                let tag = format!("hk-m{}", shares.len());
+                shares.push(Share {
+                    host_dir,
+                    tag: tag.clone(),
+                    read_only: m.read_only,
+                });
+                MountSource::Virtiofs { tag }
+            }
+            None => MountSource::Tmpfs {
+                options: m.options.clone(),
+            },
+        };
+        mounts.push(hk_agent_protocol::Mount {
+            target: m.target.clone(),
+            source,
+            read_only: m.read_only,
+            seed: m.kind == Kind::Volume && !m.no_copy,
+        });
+    }
+    Ok((shares, mounts))
 }
 
 /// How a process's stdio is wired on the host.

@@ -172,6 +172,9 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|spec| parse_share(spec))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if !shares.is_empty() {
+        crate::host::raise_open_files_limit();
+    }
     if !args.allow_pvm {
         let mut writable: Vec<PathBuf> = disks
             .iter()

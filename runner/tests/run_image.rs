@@ -8,8 +8,8 @@
 
 mod common;
 
-use common::{busybox_tar, Compression, Hk, Registry, TarBuilder, TestImage, TestLayer};
-use hk_tests::{guest_kernel, run_with_kvm, scratch_dir};
+use common::{base_layers, Hk, Registry, TestImage};
+use hk_tests::{scratch_dir, Case, UnprivilegedSession};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,20 +19,8 @@ use std::time::Duration;
 /// The unprivileged user the cases run as when the test itself is root (as in the lab).
 const UID: u32 = 4242;
 
-#[derive(Debug)]
-struct Case {
-    status: i32,
-    out: String,
-    err: String,
-}
-
-struct Lab {
-    cases: HashMap<&'static str, Case>,
-}
-
-/// Each case: a name and the shell lines that run it. `$hk` is hk, `$R` the registry's
-/// repository prefix; stdout and stderr go to NAME.out and NAME.err, the status to
-/// NAME.status.
+/// Each case: a name and the shell lines that run it (see `UnprivilegedSession`); `$R` is
+/// the registry's repository prefix.
 const CASES: &[(&str, &str)] = &[
     ("whoami", "id -u; $hk run --rm $R/base id -u"),
     // The Dockerfile reference's ENTRYPOINT/CMD table, one image per cell.
@@ -143,47 +131,6 @@ fn entry_cmd(entrypoint: Option<&[&str]>, cmd: Option<&[&str]>) -> serde_json::V
     })
 }
 
-/// busybox with every applet, two programs that print their arguments, a user and groups.
-fn base_layers() -> Vec<TestLayer> {
-    let list = std::process::Command::new("/bin/busybox")
-        .arg("--list")
-        .output()
-        .unwrap();
-    let mut extra = TarBuilder::new()
-        .dir("bin", 0o755)
-        .dir("etc", 0o755)
-        .dir("root", 0o700)
-        .dir("home", 0o755)
-        .dir("home/alice", 0o755)
-        .file(
-            "etc/passwd",
-            0o644,
-            b"root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n",
-        )
-        .file(
-            "etc/group",
-            0o644,
-            b"root:x:0:\nalice:x:1000:\nwheel:x:10:alice\n",
-        )
-        .file("bin/show-entry", 0o755, b"#!/bin/sh\necho \"entry: $*\"\n")
-        .file("bin/show-cmd", 0o755, b"#!/bin/sh\necho \"cmd: $*\"\n");
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if !["busybox", "sh", "ls", "cat", "echo", "mount"].contains(&applet) {
-            extra = extra.symlink(&format!("bin/{applet}"), "busybox");
-        }
-    }
-    vec![
-        TestLayer {
-            tar: busybox_tar(),
-            compression: Compression::Gzip,
-        },
-        TestLayer {
-            tar: extra.finish(),
-            compression: Compression::Gzip,
-        },
-    ]
-}
-
 fn images() -> Vec<(&'static str, serde_json::Value)> {
     let sh_cmd: &[&str] = &["/bin/sh", "-c", "show-cmd p1_cmd"];
     let exec_cmd: &[&str] = &["show-cmd", "p1_cmd"];
@@ -215,8 +162,8 @@ fn images() -> Vec<(&'static str, serde_json::Value)> {
     ]
 }
 
-fn lab() -> &'static Lab {
-    static LAB: OnceLock<Lab> = OnceLock::new();
+fn lab() -> &'static HashMap<String, Case> {
+    static LAB: OnceLock<HashMap<String, Case>> = OnceLock::new();
     LAB.get_or_init(|| {
         let dir = scratch_dir("run-image");
         // Images into a store on the host (the lab has no network), from a real registry.
@@ -228,19 +175,31 @@ fn lab() -> &'static Lab {
             image.container_config = config;
             registry.push_image(&format!("t/{name}"), "latest", &image);
             let out = hk
-                .cmd(&["pull", "-q", &registry.image_ref(&format!("t/{name}"), "latest")])
+                .cmd(&[
+                    "pull",
+                    "-q",
+                    &registry.image_ref(&format!("t/{name}"), "latest"),
+                ])
                 .env("HK_DATA_DIR", &data)
                 .output()
                 .unwrap();
             assert!(out.status.success(), "pull {name}: {out:?}");
         }
-        std::fs::copy(guest_kernel(), dir.join("vmlinux")).unwrap();
         // Tarballs as skopeo writes them, and the demo image.
-        for (transport, name) in [("docker-archive", "skopeo/docker:one"), ("oci-archive", "skopeo/oci:two")] {
+        for (transport, name) in [
+            ("docker-archive", "skopeo/docker:one"),
+            ("oci-archive", "skopeo/oci:two"),
+        ] {
             let out = std::process::Command::new("skopeo")
                 .args(["copy", "--quiet", "--src-tls-verify=false"])
-                .arg(format!("docker://{}", registry.image_ref("t/exec-exec", "latest")))
-                .arg(format!("{transport}:{}:{name}", dir.join(format!("{transport}.tar")).display()))
+                .arg(format!(
+                    "docker://{}",
+                    registry.image_ref("t/exec-exec", "latest")
+                ))
+                .arg(format!(
+                    "{transport}:{}:{name}",
+                    dir.join(format!("{transport}.tar")).display()
+                ))
                 .output()
                 .unwrap();
             assert!(out.status.success(), "skopeo {transport}: {out:?}");
@@ -250,102 +209,27 @@ fn lab() -> &'static Lab {
             .output()
             .unwrap();
         assert!(out.status.success(), "demo-image: {out:?}");
-        let prefix = format!("{}/t", registry.addr);
-
-        // The cases run as an unprivileged user with access to /dev/kvm and nothing more;
-        // hk's state lives in a private temporary directory (the lab's memory).
-        // hk, its agent and every input are copied into the lab's memory for the
-        // unprivileged user, who may not traverse the checkout's directories (a private
-        // clone); results are copied back for the assertions. hk is stripped first: the
-        // lab reads it over 9p.
-        let hk = Path::new(env!("CARGO_BIN_EXE_hk"));
-        let status = std::process::Command::new("strip")
-            .arg("-o")
-            .arg(dir.join("hk"))
-            .arg(hk)
-            .status()
-            .unwrap();
-        assert!(status.success(), "strip hk");
-        let agent = hk
-            .parent()
-            .unwrap()
-            .join("../x86_64-unknown-linux-gnu/agent/hk-agent");
-        std::fs::copy(&agent, dir.join("hk-agent"))
-            .unwrap_or_else(|e| panic!("{}: {e} (build the static agent first)", agent.display()));
-        let wrapper = format!(
-            "set -e\nT=$(mktemp -d /tmp/hk-run-image.XXXXXX)\nchmod 755 $T\ncp -a {data} $T/data\n\
-             mkdir -p $T/home $T/cache $T/bin $T/work\ncp {dir}/hk {dir}/hk-agent $T/bin/\n\
-             cp {dir}/*.sh {dir}/*.tar {dir}/vmlinux $T/work/\nset +e\n\
-             if [ \"$(id -u)\" = 0 ]; then\n\
-               g=$(stat -c %g /dev/kvm)\n\
-               if [ \"$g\" = 0 ]; then g={gid}; chgrp $g /dev/kvm; chmod g+rw /dev/kvm; fi\n\
-               chown -R {UID}:{UID} $T\n\
-               setpriv --reuid={UID} --regid={UID} --groups=$g --inh-caps=-all \
-                 --bounding-set=-all env T=$T bash $T/work/cases.sh\n\
-             else\n  env T=$T bash $T/work/cases.sh\nfi\nstatus=$?\n\
-             cp $T/work/*.out $T/work/*.err $T/work/*.status {dir}/\nexit $status\n",
-            data = data.display(),
-            dir = dir.display(),
-            gid = UID + 1,
-        );
-        let mut script = format!(
-            "pin=\nif [ \"$(nproc)\" -gt 1 ] && command -v taskset >/dev/null; then pin='taskset -c 1'; fi\n\
-             export HK_KERNEL=$T/work/vmlinux HK_AGENT=$T/bin/hk-agent HK_CACHE_DIR=$T/cache \
-             HK_RUNTIME_DIR=$T/run HK_DATA_DIR=$T/data HOME=$T/home\n\
-             hk=\"$pin $T/bin/hk\"\nR={prefix}\nexport hk R\ncd $T/work\n",
-        );
-        for (name, lines) in CASES {
-            std::fs::write(dir.join(format!("{name}.sh")), format!("{lines}\n")).unwrap();
-            script.push_str(&format!(
-                "echo '[case {name}]' >&2\n( . ./{name}.sh ) >{name}.out 2>{name}.err </dev/null\necho $? >{name}.status\n"
-            ));
-        }
+        // The cases run as an unprivileged user with access to /dev/kvm and nothing more,
+        // hk's state in a private directory in the lab's memory (UnprivilegedSession).
+        let mut session = UnprivilegedSession::new(dir, UID);
+        session.prelude = format!("R={}/t\nexport R", registry.addr);
         // Nothing may be left: no container, no runtime state, no hk process.
-        script.push_str(
-            "{ ls -A $HK_DATA_DIR/containers; ls -A $HK_DATA_DIR/containers/names; \
-             ls -A $HK_RUNTIME_DIR/run 2>/dev/null; pgrep -u $(id -u) -x hk; } >leftover.out 2>&1; \
-             echo done\n",
-        );
-        std::fs::write(dir.join("cases.sh"), script).unwrap();
-        let wrapper_path = dir.join("wrapper.sh");
-        std::fs::write(&wrapper_path, wrapper).unwrap();
-        let out = run_with_kvm(
-            Path::new("/bin/bash"),
-            &[wrapper_path.as_os_str()],
-            Duration::from_secs(1500),
-        );
-        assert!(
-            out.status.success(),
-            "the case script failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let read = |file: String| std::fs::read_to_string(dir.join(&file)).unwrap_or_default();
-        let mut cases: HashMap<&'static str, Case> = CASES
-            .iter()
-            .map(|(name, _)| {
-                let case = Case {
-                    status: read(format!("{name}.status")).trim().parse().unwrap_or(-1),
-                    out: read(format!("{name}.out")),
-                    err: read(format!("{name}.err")),
-                };
-                (*name, case)
-            })
-            .collect();
-        cases.insert(
+        let leftover = (
             "leftover",
-            Case {
-                status: 0,
-                out: read("leftover.out".into()),
-                err: String::new(),
-            },
+            "ls -A $HK_DATA_DIR/containers; ls -A $HK_DATA_DIR/containers/names; \
+             ls -A $HK_RUNTIME_DIR/run 2>/dev/null; pgrep -u $(id -u) -x hk",
         );
-        Lab { cases }
+        session.run(
+            Path::new(env!("CARGO_BIN_EXE_hk")),
+            CASES,
+            leftover,
+            Duration::from_secs(1500),
+        )
     })
 }
 
 fn case(name: &str) -> &'static Case {
-    &lab().cases[name]
+    &lab()[name]
 }
 
 #[test]

@@ -329,3 +329,128 @@ fn write_entry<W: Write>(
     writer.finish()?;
     Ok(())
 }
+
+/// What one shell case of [`UnprivilegedSession`] did.
+#[derive(Debug, Clone, Default)]
+pub struct Case {
+    pub status: i32,
+    pub out: String,
+    pub err: String,
+}
+
+/// Shell cases run with a KVM (the host's or the lab's, in one session) by an unprivileged
+/// user with access to /dev/kvm and nothing more, as a person runs hk. hk (stripped: the
+/// lab reads it over 9p), its static agent and every input are copied into the lab's
+/// memory first, because that user may not traverse the checkout's directories (a private
+/// clone); each case's stdout, stderr and status are copied back.
+///
+/// In the cases: `$T` is the private directory (mode 0755, the user's), `$hk` runs hk,
+/// inputs are in the working directory `$T/work`, hk's state lives in `$T/data` (a copy of
+/// `dir/data` when the test made one), `$T/run`, `$T/cache` and `$T/home`.
+pub struct UnprivilegedSession {
+    /// The test's scratch dir: inputs (`*.sh`, `*.tar`, `data/`) and, afterwards, results.
+    pub dir: PathBuf,
+    /// The unprivileged uid (and gid) when the test runs as root, as it does in the lab.
+    pub uid: u32,
+    /// Lines run as root in the lab after `$T` is ready and before the cases.
+    pub root_setup: String,
+    /// Lines at the top of the cases' script, after hk's environment (exports for cases).
+    pub prelude: String,
+}
+
+impl UnprivilegedSession {
+    pub fn new(dir: PathBuf, uid: u32) -> UnprivilegedSession {
+        UnprivilegedSession {
+            dir,
+            uid,
+            root_setup: String::new(),
+            prelude: String::new(),
+        }
+    }
+
+    /// Runs `cases` (name, shell lines) in order, then `last` (a case that checks what is
+    /// left); returns each by name. Panics when the session itself fails.
+    pub fn run(
+        &self,
+        hk: &Path,
+        cases: &[(&str, &str)],
+        last: (&str, &str),
+        timeout: Duration,
+    ) -> std::collections::HashMap<String, Case> {
+        let dir = &self.dir;
+        fs::copy(guest_kernel(), dir.join("vmlinux")).expect("copy the guest kernel");
+        let status = Command::new("strip")
+            .arg("-o")
+            .arg(dir.join("hk"))
+            .arg(hk)
+            .status()
+            .expect("run strip");
+        assert!(status.success(), "strip hk");
+        let agent = hk
+            .parent()
+            .expect("hk is in a target directory")
+            .join("../x86_64-unknown-linux-gnu/agent/hk-agent");
+        fs::copy(&agent, dir.join("hk-agent"))
+            .unwrap_or_else(|e| panic!("{}: {e} (build the static agent first)", agent.display()));
+        let data = dir.join("data");
+        fs::create_dir_all(&data).expect("create data");
+        let uid = self.uid;
+        let wrapper = format!(
+            "set -e\nT=$(mktemp -d /tmp/hk-session.XXXXXX)\nchmod 755 $T\ncp -a {data} $T/data\n\
+             mkdir -p $T/home $T/cache $T/bin $T/work\ncp {dir}/hk {dir}/hk-agent $T/bin/\n\
+             cp {dir}/*.sh {dir}/vmlinux $T/work/\ncp {dir}/*.tar $T/work/ 2>/dev/null || true\n\
+             set +e\n\
+             if [ \"$(id -u)\" = 0 ]; then\n\
+               g=$(stat -c %g /dev/kvm)\n\
+               if [ \"$g\" = 0 ]; then g={gid}; chgrp $g /dev/kvm; chmod g+rw /dev/kvm; fi\n\
+               chown -R {uid}:{uid} $T\n\
+               {root_setup}\n\
+               setpriv --reuid={uid} --regid={uid} --groups=$g --inh-caps=-all \
+                 --bounding-set=-all env T=$T bash $T/work/cases.sh\n\
+             else\n  {root_setup}\n  env T=$T bash $T/work/cases.sh\nfi\nstatus=$?\n\
+             cp $T/work/*.out $T/work/*.err $T/work/*.status {dir}/\nexit $status\n",
+            data = data.display(),
+            dir = dir.display(),
+            gid = uid + 1,
+            root_setup = self.root_setup,
+        );
+        let mut script = format!(
+            "pin=\nif [ \"$(nproc)\" -gt 1 ] && command -v taskset >/dev/null; then pin='taskset -c 1'; fi\n\
+             export HK_KERNEL=$T/work/vmlinux HK_AGENT=$T/bin/hk-agent HK_CACHE_DIR=$T/cache \
+             HK_RUNTIME_DIR=$T/run HK_DATA_DIR=$T/data HOME=$T/home\n\
+             hk=\"$pin $T/bin/hk\"\nexport hk\ncd $T/work\n{}\n",
+            self.prelude
+        );
+        for (name, lines) in cases.iter().chain([&last]) {
+            fs::write(dir.join(format!("{name}.sh")), format!("{lines}\n")).expect("write case");
+            script.push_str(&format!(
+                "echo '[case {name}]' >&2\n( . ./{name}.sh ) >{name}.out 2>{name}.err </dev/null\n\
+                 echo $? >{name}.status\n"
+            ));
+        }
+        script.push_str("echo done\n");
+        fs::write(dir.join("cases.sh"), script).expect("write cases.sh");
+        let wrapper_path = dir.join("wrapper.sh");
+        fs::write(&wrapper_path, wrapper).expect("write wrapper.sh");
+        let out = run_with_kvm(Path::new("/bin/bash"), &[wrapper_path.as_os_str()], timeout);
+        assert!(
+            out.status.success(),
+            "the case script failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let read = |file: String| fs::read_to_string(dir.join(&file)).unwrap_or_default();
+        cases
+            .iter()
+            .chain([&last])
+            .map(|(name, _)| {
+                let case = Case {
+                    status: read(format!("{name}.status")).trim().parse().unwrap_or(-1),
+                    out: read(format!("{name}.out")),
+                    err: read(format!("{name}.err")),
+                };
+                (name.to_string(), case)
+            })
+            .collect()
+    }
+}

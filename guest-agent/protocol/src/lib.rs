@@ -24,8 +24,9 @@ pub use client::{Client, Connector, Process, ProcessStreams};
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 
-/// Protocol version; the host refuses an agent that speaks another.
-pub const VERSION: u32 = 1;
+/// Protocol version; the host refuses an agent that speaks another. 2: `Setup.mounts` (an
+/// agent of version 1 would ignore them and run the container without its volumes).
+pub const VERSION: u32 = 2;
 /// The vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 1024;
 /// The host vsock port the agent dials at boot to say [`Hello`].
@@ -123,6 +124,37 @@ pub struct Setup {
     /// Network interfaces to configure (loopback is always brought up).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<Interface>,
+    /// Filesystems mounted into the root after it is set up and before any process runs,
+    /// in this order (the host puts parents before the mounts nested in them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
+}
+
+/// One filesystem mounted into the container (`-v`, `--mount`, `--tmpfs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// Absolute path in the container; symlinks in it resolve inside the container's root.
+    pub target: String,
+    #[serde(flatten)]
+    pub source: MountSource,
+    /// Mounted read-only in the guest (the host enforces it too, for shares).
+    #[serde(default)]
+    pub read_only: bool,
+    /// When the mounted filesystem is empty, fill it with what the root has at `target`
+    /// first (docker's seeding of a new volume from the image), owners and modes kept.
+    #[serde(default)]
+    pub seed: bool,
+}
+
+/// What a [`Mount`] mounts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MountSource {
+    /// The virtio-fs device with this tag.
+    Virtiofs { tag: String },
+    /// A new tmpfs; `options` are mount(8)'s: flags (`ro`, `noexec`, `nosuid`, `nodev` and
+    /// their opposites) and tmpfs's own (`size=`, `mode=`, `uid=`, `gid=`, `nr_inodes=`).
+    Tmpfs { options: Vec<String> },
 }
 
 /// One NIC, found by its MAC address, configured with a static IPv4 address.
@@ -321,6 +353,46 @@ pub fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> Result<Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mounts_are_written_as_documented_and_optional() {
+        let share = Mount {
+            target: "/data".into(),
+            source: MountSource::Virtiofs {
+                tag: "hk-m0".into(),
+            },
+            read_only: true,
+            seed: false,
+        };
+        assert_eq!(
+            serde_json::to_value(&share).unwrap(),
+            serde_json::json!({"target": "/data", "type": "virtiofs", "tag": "hk-m0",
+                               "read_only": true, "seed": false})
+        );
+        let tmpfs: Mount = serde_json::from_value(serde_json::json!(
+            {"target": "/cache", "type": "tmpfs", "options": ["size=64m"]}
+        ))
+        .unwrap();
+        assert_eq!(
+            (tmpfs.source, tmpfs.read_only, tmpfs.seed),
+            (
+                MountSource::Tmpfs {
+                    options: vec!["size=64m".into()]
+                },
+                false,
+                false
+            )
+        );
+        // A setup without mounts says nothing about them, and reads back without any.
+        let json = serde_json::to_value(Setup::default()).unwrap();
+        assert!(json.get("mounts").is_none(), "{json}");
+        let back: Setup = serde_json::from_value(json).unwrap();
+        assert!(back.mounts.is_empty());
+        assert!(serde_json::from_value::<Mount>(
+            serde_json::json!({"target": "/x", "type": "nfs", "server": "h"})
+        )
+        .is_err());
+    }
 
     #[test]
     fn frames_round_trip_and_name_their_fields_as_documented() {

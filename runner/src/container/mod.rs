@@ -19,6 +19,7 @@
 //!   socket path has 108 bytes.
 
 pub mod logs;
+pub mod mounts;
 pub mod ports;
 pub mod spec;
 
@@ -74,6 +75,9 @@ pub struct Config {
     /// edits this while it is stopped; docs/networking.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkAttachment>,
+    /// `-v`, `--mount`, `--tmpfs`, checked and in the order they are mounted.
+    #[serde(default)]
+    pub mounts: Vec<mounts::Mount>,
 }
 
 /// A container's place on a user-defined network.

@@ -604,6 +604,27 @@ impl TarBuilder {
         self
     }
 
+    /// A directory or regular file (`data: None` for a directory) owned by `uid:gid`.
+    pub fn owned(
+        mut self,
+        path: &str,
+        mode: u32,
+        (uid, gid): (u64, u64),
+        data: Option<&[u8]>,
+    ) -> Self {
+        let kind = if data.is_some() {
+            tar::EntryType::Regular
+        } else {
+            tar::EntryType::Directory
+        };
+        let body = data.unwrap_or_default();
+        let mut h = Self::header(kind, mode, body.len() as u64);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        self.b.append_data(&mut h, path, body).expect("tar entry");
+        self
+    }
+
     pub fn symlink(mut self, path: &str, target: &str) -> Self {
         let mut h = Self::header(tar::EntryType::Symlink, 0o777, 0);
         self.b
@@ -978,4 +999,45 @@ pub fn assert_tree_matches(
         problems.join("\n")
     );
     expected.len()
+}
+
+/// busybox with every applet, two programs that print their arguments, a user and groups.
+pub fn base_layers() -> Vec<TestLayer> {
+    let list = std::process::Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .unwrap();
+    let mut extra = TarBuilder::new()
+        .dir("bin", 0o755)
+        .dir("etc", 0o755)
+        .dir("root", 0o700)
+        .dir("home", 0o755)
+        .dir("home/alice", 0o755)
+        .file(
+            "etc/passwd",
+            0o644,
+            b"root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n",
+        )
+        .file(
+            "etc/group",
+            0o644,
+            b"root:x:0:\nalice:x:1000:\nwheel:x:10:alice\n",
+        )
+        .file("bin/show-entry", 0o755, b"#!/bin/sh\necho \"entry: $*\"\n")
+        .file("bin/show-cmd", 0o755, b"#!/bin/sh\necho \"cmd: $*\"\n");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if !["busybox", "sh", "ls", "cat", "echo", "mount"].contains(&applet) {
+            extra = extra.symlink(&format!("bin/{applet}"), "busybox");
+        }
+    }
+    vec![
+        TestLayer {
+            tar: busybox_tar(),
+            compression: Compression::Gzip,
+        },
+        TestLayer {
+            tar: extra.finish(),
+            compression: Compression::Gzip,
+        },
+    ]
 }
