@@ -219,10 +219,13 @@ pub fn kill(args: KillArgs) -> anyhow::Result<ExitCode> {
         if !c.is_running() {
             bail!("cannot kill container {}: it is not running", c.config.name);
         }
-        supervisor::connect(c)?
-            .process(MAIN)
-            .signal(signal as i32)
-            .with_context(|| format!("cannot signal container {}", c.config.name))
+        let sent = supervisor::connect(c)?.process(MAIN).signal(signal as i32);
+        // A fatal signal can end the VM before the agent's answer leaves it: the connection
+        // then closes unanswered, and the container stopping is the answer.
+        if sent.is_err() && wait_stopped(c, Duration::from_secs(2)) {
+            return Ok(());
+        }
+        sent.with_context(|| format!("cannot signal container {}", c.config.name))
     })
 }
 
