@@ -45,7 +45,7 @@ mount --bind $W/resolv.conf /etc/resolv.conf
 dnsmasq -k -C /dev/null --no-resolv --no-hosts --listen-address=127.0.0.1 --bind-interfaces \
     --port=53 --address=/svc.hk.test/192.0.2.77 -x $W/dnsmasq.pid -u "$(id -un)" \
     --log-facility=$W/dnsmasq.log --enable-tftp --tftp-root=$W/tftp --tftp-single-port &
-$W/udp-tool echo 18090 &
+$W/net-tool echo 18090 &
 # Sinks that never read: a UDP socket, and a TCP listener that accepts and sleeps.
 python3 -c 'import socket, time
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 18091))
@@ -66,7 +66,7 @@ const CASES: &[(&str, &str)] = &[
     ),
     (
         "egress-udp",
-        "$hk run --rm -i hk-demo sh -c 'cat >/tmp/u && chmod +x /tmp/u && /tmp/u ask 10.0.2.2 18090 hello-udp-egress' <udp-tool",
+        "$hk run --rm -i hk-demo sh -c 'cat >/tmp/u && chmod +x /tmp/u && /tmp/u ask 10.0.2.2 18090 hello-udp-egress' <net-tool",
     ),
     (
         "dns",
@@ -78,21 +78,22 @@ const CASES: &[(&str, &str)] = &[
     ),
     (
         "publish",
-        "$hk run -d --name web -p 18081:80 -p 18083:9000/udp -p 80 hk-demo \
+        "$hk run -d --name web -p 18081:80 -p 18083:9000/udp -p 80 -p 18084:8080 hk-demo \
            sh -c 'mkdir -p /www; echo guest-says-hi >/www/index.html; httpd -p 80 -h /www; sleep 100000' >/dev/null; \
-         $hk exec -i web sh -c 'cat >/tmp/u; chmod +x /tmp/u' <udp-tool; $hk exec -d web /tmp/u echo 9000; \
+         $hk exec -i web sh -c 'cat >/tmp/u; chmod +x /tmp/u' <net-tool; $hk exec -d web /tmp/u echo 9000; \
+         $hk exec -d web /tmp/u serve 8080 served-by-net-tool; \
          get() { printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc 127.0.0.1 $1 | tail -1; }; \
          n=0; until [ \"$(get 18081)\" = guest-says-hi ] || [ $n -ge 60 ]; do sleep 0.5; n=$((n + 1)); done; \
          echo fixed=$(get 18081); \
          random=$($hk port web 80 | grep -v ':18081$' | cut -d: -f2); echo random=$(get $random); \
-         echo udp=$(./udp-tool ask 127.0.0.1 18083 hello-udp-ingress); \
+         echo udp=$(./net-tool ask 127.0.0.1 18083 hello-udp-ingress); \
          $hk port web | sort; $hk ps --format json | grep -o '\"Ports\":\"[^\"]*\"'; \
          $hk inspect web | grep -E '\"(IPAddress|Gateway|NetworkMode)\"'",
     ),
     (
         "parallel",
-        "for i in $(seq 1 100); do (printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc 127.0.0.1 18081 >par.$i 2>&1) & done; wait; \
-         cat par.* | grep -c guest-says-hi; $hk rm -f web >/dev/null",
+        "for i in $(seq 1 100); do (printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc 127.0.0.1 18084 >par.$i 2>&1) & done; wait; \
+         cat par.* | grep -c served-by-net-tool; $hk rm -f web >/dev/null",
     ),
     (
         "none",
@@ -122,7 +123,7 @@ const CASES: &[(&str, &str)] = &[
         "flood",
         "$hk run -d --name flood -m {FLOOD_GUEST_MIB}m hk-demo sleep 100000 >/dev/null; \
          pid=$($hk inspect flood | grep '\"Pid\"' | tr -dc 0-9); \
-         $hk exec -i flood sh -c 'cat >/tmp/u; chmod +x /tmp/u' <udp-tool; \
+         $hk exec -i flood sh -c 'cat >/tmp/u; chmod +x /tmp/u' <net-tool; \
          grep VmHWM /proc/$pid/status; \
          $hk exec flood /tmp/u flood 10.0.2.2 18091 {FLOOD_MIB}; \
          $hk exec flood sh -c 'dd if=/dev/zero bs=64k count={FLOOD_BLOCKS} 2>/dev/null | timeout 20 nc 10.0.2.2 18092; echo tcp-flood-ended'; \
@@ -148,11 +149,11 @@ fn lab() -> &'static HashMap<String, Case> {
         assert!(out.status.success(), "demo-image: {out:?}");
         let status = Command::new("gcc")
             .args(["-static", "-O2", "-Wall", "-o"])
-            .arg(dir.join("udp-tool"))
-            .arg(hk_tests::repo_root().join("tests/tools/udp-tool.c"))
+            .arg(dir.join("net-tool"))
+            .arg(hk_tests::repo_root().join("tests/tools/net-tool.c"))
             .status()
             .expect("run gcc (apt-get install gcc libc6-dev)");
-        assert!(status.success(), "gcc udp-tool");
+        assert!(status.success(), "gcc net-tool");
         std::fs::copy(guest_kernel(), dir.join("vmlinux")).unwrap();
         // hk is stripped (the lab reads it over 9p) and, with the agent and every input,
         // copied into memory the unprivileged user can reach.
@@ -196,7 +197,7 @@ fn lab() -> &'static HashMap<String, Case> {
         let wrapper = format!(
             "set -e\nT=$(mktemp -d /tmp/hk-run-net.XXXXXX)\nchmod 755 $T\n\
              mkdir -p $T/home $T/cache $T/bin $T/work $T/data\ncp {dir}/hk {dir}/hk-agent $T/bin/\n\
-             cp {dir}/*.sh {dir}/hk-demo.tar {dir}/udp-tool {dir}/vmlinux $T/work/\nset +e\n\
+             cp {dir}/*.sh {dir}/hk-demo.tar {dir}/net-tool {dir}/vmlinux $T/work/\nset +e\n\
              if [ \"$(id -u)\" = 0 ]; then\n\
                g=$(stat -c %g /dev/kvm)\n\
                if [ \"$g\" = 0 ]; then g={gid}; chgrp $g /dev/kvm; chmod g+rw /dev/kvm; fi\n\
@@ -292,8 +293,9 @@ fn published_tcp_and_udp_ports_answer_from_the_host() {
     assert_eq!(lines[0], "fixed=guest-says-hi", "{c:?}");
     assert_eq!(lines[1], "random=guest-says-hi", "{c:?}");
     assert_eq!(lines[2], "udp=hello-udp-ingress", "{c:?}");
-    // hk port: three bindings, the random one in the ephemeral range.
-    let ports: Vec<&str> = lines[3..6].to_vec();
+    // hk port: four bindings, the random one in the ephemeral range.
+    let ports: Vec<&str> = lines[3..7].to_vec();
+    assert!(ports.contains(&"8080/tcp -> 0.0.0.0:18084"), "{c:?}");
     assert!(ports.contains(&"80/tcp -> 0.0.0.0:18081"), "{c:?}");
     assert!(ports.contains(&"9000/udp -> 0.0.0.0:18083"), "{c:?}");
     let random = ports
@@ -303,9 +305,9 @@ fn published_tcp_and_udp_ports_answer_from_the_host() {
     let port: u16 = random.rsplit(':').next().unwrap().parse().unwrap();
     assert!(port >= 1024, "{c:?}");
     assert!(
-        lines[6].contains("0.0.0.0:18081->80/tcp")
-            && lines[6].contains("0.0.0.0:18083->9000/udp")
-            && lines[6].contains(&format!("0.0.0.0:{port}->80/tcp")),
+        lines[7].contains("0.0.0.0:18081->80/tcp")
+            && lines[7].contains("0.0.0.0:18083->9000/udp")
+            && lines[7].contains(&format!("0.0.0.0:{port}->80/tcp")),
         "{c:?}"
     );
     assert!(c.out.contains("\"IPAddress\": \"10.0.2.100\""), "{c:?}");

@@ -1,10 +1,15 @@
-/* udp-tool: the UDP ends the network tests need inside a container, whose busybox has no
- * UDP client or server. Built static by the test and copied into the container.
+/* net-tool: the network ends the tests need inside a container, whose busybox has no UDP
+ * client or server and whose httpd listens with a backlog of 9 (a burst of connections
+ * beyond that waits on SYN retransmissions, which is the server's limit, not hk's). Built
+ * static by the test and copied into the container.
  *
- *   udp-tool echo PORT               answer every datagram with itself, forever
- *   udp-tool ask IP PORT MESSAGE     send MESSAGE, print the answer (5 s timeout: exit 2)
- *   udp-tool flood IP PORT MBYTES    send MBYTES MiB in 1400-byte datagrams as fast as the
+ *   net-tool echo PORT               answer every UDP datagram with itself, forever
+ *   net-tool ask IP PORT MESSAGE     send MESSAGE over UDP, print the answer (5 s timeout:
+ *                                    exit 2)
+ *   net-tool flood IP PORT MBYTES    send MBYTES MiB in 1400-byte datagrams as fast as the
  *                                    stack takes them; print what was sent
+ *   net-tool serve PORT TEXT         a TCP server with a backlog of 1024: read a request,
+ *                                    answer "HTTP/1.0 200 OK" and TEXT, close; forever
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -80,6 +85,29 @@ int main(int argc, char **argv)
 		printf("sent %lld\n", sent);
 		return 0;
 	}
-	fprintf(stderr, "usage: udp-tool echo PORT | ask IP PORT MSG | flood IP PORT MBYTES\n");
+	if (argc == 4 && !strcmp(argv[1], "serve")) {
+		int one = 1, l = socket(AF_INET, SOCK_STREAM, 0);
+		struct sockaddr_in me = addr("0.0.0.0", argv[2]);
+		setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+		if (bind(l, (struct sockaddr *)&me, sizeof me) < 0 || listen(l, 1024) < 0) {
+			perror("bind/listen");
+			return 1;
+		}
+		int n = snprintf(buf, sizeof buf, "HTTP/1.0 200 OK\r\nContent-Length: %zu\r\n\r\n%s\n",
+				 strlen(argv[3]) + 1, argv[3]);
+		for (;;) {
+			char req[4096];
+			int c = accept(l, NULL, NULL);
+			if (c < 0)
+				continue;
+			struct timeval tv = {.tv_sec = 5};
+			setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+			/* The request's first segment is enough: the answer does not depend on it. */
+			if (read(c, req, sizeof req) > 0)
+				write(c, buf, n);
+			close(c);
+		}
+	}
+	fprintf(stderr, "usage: net-tool echo PORT | ask IP PORT MSG | flood IP PORT MBYTES | serve PORT TEXT\n");
 	return 1;
 }
