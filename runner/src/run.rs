@@ -306,6 +306,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     ports::check_unique(&published)?;
+    if in_lab && !published.is_empty() {
+        bail!(
+            "-p/-P need a host with hardware KVM: in the nested lab the port would open \
+             inside the lab's VM, not on this host"
+        );
+    }
+    if in_lab && !networks.is_empty() {
+        bail!(
+            "--network NAME needs a host with hardware KVM: in the nested lab each hk \
+             command runs in a VM of its own, so containers could not meet on a network"
+        );
+    }
     let mut all_labels = defaults.labels.clone();
     all_labels.extend(labels);
     let c = Container::create(Config {
