@@ -295,6 +295,7 @@ impl Rx<'_> {
         let mut header = [0u8; HDR_LEN];
         header[NUM_BUFFERS_AT..].copy_from_slice(&(count as u16).to_le_bytes());
         let mut rest = frame;
+        let mut used = Vec::with_capacity(count);
         for i in 0..count {
             let chain = self.held.pop_front().expect("counted above");
             *self.held_len -= chain.len;
@@ -308,13 +309,45 @@ impl Rx<'_> {
             let _ = copy_to_guest(self.mem, &chain.segs, written, &rest[..n]);
             rest = &rest[n..];
             written += n;
-            self.queue
-                .add_used(self.mem, chain.head, written as u32)
-                .map_err(|_| ())?;
-            *self.used = true;
+            used.push((chain.head, written as u32));
         }
+        add_used_together(self.queue, self.mem, &used)?;
+        *self.used = true;
         Ok(Placed::Done)
     }
+}
+
+/// Puts a frame's chains in the used ring and then moves the ring's index past all of them
+/// at once. `Queue::add_used` moves the index per chain, and a driver polling the ring at
+/// that moment (Linux's NAPI does, on another vCPU) would find a frame's first buffers
+/// without the rest and drop it; virtio 1.2 §5.1.6.4 asks for the buffers of one packet to
+/// be used together. `Err` when the ring lies outside guest memory or a head is out of
+/// range. (Without EVENT_IDX, which this device does not offer, nothing else reads the
+/// count `add_used` keeps for notifications.)
+fn add_used_together(queue: &mut Queue, mem: &GuestMemory, used: &[(u16, u32)]) -> Result<(), ()> {
+    let size = queue.size();
+    let ring = GuestAddress(queue.used_ring());
+    let mut next = queue.next_used();
+    for &(head, len) in used {
+        if head >= size {
+            return Err(());
+        }
+        // struct virtq_used_elem { le32 id; le32 len; } after the 4-byte flags and idx.
+        let at = ring.checked_add(4 + 8 * u64::from(next % size)).ok_or(())?;
+        let mut elem = [0u8; 8];
+        elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+        elem[4..].copy_from_slice(&len.to_le_bytes());
+        mem.write_slice(&elem, at).map_err(|_| ())?;
+        next = next.wrapping_add(1);
+    }
+    queue.set_next_used(next);
+    // Release: the frame's bytes and the ring entries are visible before the index.
+    mem.store(
+        next.to_le(),
+        ring.checked_add(2).ok_or(())?,
+        Ordering::Release,
+    )
+    .map_err(|_| ())
 }
 
 /// Checks a chain for one direction: every descriptor device-writable (`write`) or every
