@@ -453,23 +453,7 @@ pub fn ps(args: PsArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn inspect(args: NamesArgs) -> anyhow::Result<ExitCode> {
-    let mut out = Vec::new();
-    let mut failed = false;
-    for name in &args.containers {
-        match Container::find(name) {
-            Ok(c) => out.push(inspect_json(&c)),
-            Err(e) => {
-                eprintln!("hk: {e:#}");
-                failed = true;
-            }
-        }
-    }
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    print_inspect(&args.containers, Container::find, inspect_json)
 }
 
 /// docker's inspect document, with its field names where hk has the thing.
@@ -576,14 +560,46 @@ fn inspect_json(c: &Container) -> serde_json::Value {
     })
 }
 
-pub fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
-    if !args.force && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        eprint!("WARNING! This will remove all stopped containers.\nAre you sure you want to continue? [y/N] ");
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        if !answer.trim().eq_ignore_ascii_case("y") {
-            return Ok(ExitCode::SUCCESS);
+/// docker's prune question, asked only at a terminal and unless `-f`: whether to go on.
+pub fn confirm_prune(force: bool, what: &str) -> std::io::Result<bool> {
+    if force || !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return Ok(true);
+    }
+    eprint!("WARNING! This will remove {what}.\nAre you sure you want to continue? [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(answer.trim().eq_ignore_ascii_case("y"))
+}
+
+/// Prints docker's inspect array of what `find` finds by each name, with one line for each
+/// name it cannot; fails when any was not found.
+pub fn print_inspect<T>(
+    names: &[String],
+    find: impl Fn(&str) -> anyhow::Result<T>,
+    json: impl Fn(&T) -> serde_json::Value,
+) -> anyhow::Result<ExitCode> {
+    let mut out = Vec::new();
+    let mut failed = false;
+    for name in names {
+        match find(name) {
+            Ok(x) => out.push(json(&x)),
+            Err(e) => {
+                eprintln!("hk: {e:#}");
+                failed = true;
+            }
         }
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
+    if !confirm_prune(args.force, "all stopped containers")? {
+        return Ok(ExitCode::SUCCESS);
     }
     let mut deleted = Vec::new();
     let mut bytes = 0u64;

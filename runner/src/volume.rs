@@ -286,16 +286,11 @@ fn rm(args: RmArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
-    if !args.force && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        eprint!(
-            "WARNING! This will remove all volumes not used by at least one container.\n\
-             Are you sure you want to continue? [y/N] "
-        );
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        if !answer.trim().eq_ignore_ascii_case("y") {
-            return Ok(ExitCode::SUCCESS);
-        }
+    if !crate::lifecycle::confirm_prune(
+        args.force,
+        "all volumes not used by at least one container",
+    )? {
+        return Ok(ExitCode::SUCCESS);
     }
     let users = users()?;
     let mut deleted = Vec::new();

@@ -800,23 +800,7 @@ fn remove(net: &Network) -> anyhow::Result<()> {
 }
 
 fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
-    let mut out = Vec::new();
-    let mut failed = false;
-    for spec in &args.networks {
-        match Network::find(spec) {
-            Ok(n) => out.push(inspect_json(&n)),
-            Err(e) => {
-                eprintln!("hk: {e:#}");
-                failed = true;
-            }
-        }
-    }
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    crate::lifecycle::print_inspect(&args.networks, Network::find, inspect_json)
 }
 
 /// docker's `network inspect` object. Containers: the running ones with an address here.
@@ -864,13 +848,11 @@ fn inspect_json(n: &Network) -> serde_json::Value {
 }
 
 fn prune(args: crate::lifecycle::PruneArgs) -> anyhow::Result<ExitCode> {
-    if !args.force && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        eprint!("WARNING! This will remove all custom networks not used by at least one container.\nAre you sure you want to continue? [y/N] ");
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        if !answer.trim().eq_ignore_ascii_case("y") {
-            return Ok(ExitCode::SUCCESS);
-        }
+    if !crate::lifecycle::confirm_prune(
+        args.force,
+        "all custom networks not used by at least one container",
+    )? {
+        return Ok(ExitCode::SUCCESS);
     }
     let _lock = lock_file(&store_dir().join("lock"))?;
     let mut deleted = Vec::new();
