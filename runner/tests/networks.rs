@@ -108,7 +108,9 @@ cat $HK_DATA_DIR/networks/front.leases.json >leases-running.txt 2>&1
 kill $alpha; wait $alpha
 # Both switches exit a few seconds after their last port left.
 n=0
-while ls $HK_RUNTIME_DIR/networks/*/switch.sock >/dev/null 2>&1 && [ $n -lt 100 ]; do
+# (`ls a b` fails once either is gone, so test for any that remains.)
+socks() { for s in $HK_RUNTIME_DIR/networks/*/switch.sock; do [ -e "$s" ] && return 0; done; return 1; }
+while socks && [ $n -lt 100 ]; do
     sleep 0.2; n=$((n + 1))
 done
 ls $HK_RUNTIME_DIR/networks/*/switch.sock >sockets-after.txt 2>&1
