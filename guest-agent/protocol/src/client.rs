@@ -2,14 +2,14 @@
 //! stream connections of each process.
 
 use crate::{
-    read_frame, write_frame, Error, ExitStatus, Fd, Hello, Open, Outcome, ProcessSpec, Reply,
-    Request, RequestBody, Response, Setup, VERSION,
+    read_frame, write_frame, DiffSummary, Error, ExitStatus, Fd, Hello, Open, Outcome, ProcessSpec,
+    Reply, Request, RequestBody, Response, Setup, VERSION,
 };
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 /// Opens new connections to the agent's port: through the VMM's vsock in-process, through
@@ -100,6 +100,11 @@ impl Client {
 
     /// Sends a request and waits for its response.
     fn request(&self, body: RequestBody) -> Result<Reply, Error> {
+        self.submit(body)?.recv().unwrap_or(Err(Error::Closed))
+    }
+
+    /// Sends a request; its response arrives on the receiver.
+    fn submit(&self, body: RequestBody) -> Result<Receiver<Result<Reply, Error>>, Error> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
         match lock(&self.inner.waiting).as_mut() {
@@ -107,7 +112,7 @@ impl Client {
             None => return Err(Error::Closed),
         };
         write_frame(&mut *lock(&self.inner.writer), &Request { id, body })?;
-        rx.recv().unwrap_or(Err(Error::Closed))
+        Ok(rx)
     }
 
     /// Sends a request that gets no response.
@@ -172,6 +177,21 @@ impl Client {
             id: id.to_string(),
             streams: ProcessStreams::default(),
         }
+    }
+
+    /// Asks for the root's upper layer as an OCI layer tar: sends the `diff` request and
+    /// opens the `diff` connection the agent writes it on. Read the [`Diff`] to its end
+    /// (or parse it and call [`Diff::finish`]): only then is it known to be complete.
+    pub fn diff(&self) -> Result<Diff, Error> {
+        let reply = self.submit(RequestBody::Diff)?;
+        let mut stream = self.inner.connector.connect()?;
+        write_frame(&mut stream, &Open::Diff)?;
+        Ok(Diff {
+            stream,
+            reply,
+            read: 0,
+            end: None,
+        })
     }
 
     /// Ends the VM with `status` (the agent kills, syncs and unmounts first).
@@ -252,5 +272,101 @@ impl Process {
         expect_done(self.client.request(RequestBody::CloseStdin {
             process: self.id.clone(),
         })?)
+    }
+}
+
+/// Bytes [`Diff::finish`] reads past the point where its caller stopped: the rest of the
+/// end-of-archive blocks, which a tar parser need not read, and a tar writer's padding to
+/// a whole record (10 KiB for GNU tar). More than this is a guest that does not stop.
+const DIFF_TRAILER_MAX: u64 = 64 << 10;
+
+/// The tar stream of a `diff`, as the agent writes it. It is the guest's and so untrusted:
+/// nothing here parses or buffers it, it only counts the bytes. At the end of the stream
+/// the agent's [`Reply::Diff`] says how many bytes it wrote; a stream that ended short
+/// (or the agent's error) makes the last `read` fail instead of returning 0, so a reader
+/// that reaches a clean end of file has the whole archive.
+pub struct Diff {
+    stream: UnixStream,
+    reply: Receiver<Result<Reply, Error>>,
+    read: u64,
+    /// How it ended, once it has.
+    end: Option<Result<DiffSummary, Error>>,
+}
+
+impl Diff {
+    /// Bytes read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.read
+    }
+
+    /// Reads what is left (at most a trailer's worth: a parser stops at the first
+    /// end-of-archive block) and returns what the agent reports, or why the stream is not
+    /// complete.
+    pub fn finish(mut self) -> Result<DiffSummary, Error> {
+        if self.end.is_none() {
+            let start = self.read;
+            let mut buf = [0u8; 8192];
+            loop {
+                match self.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) if self.read - start > DIFF_TRAILER_MAX => {
+                        return Err(Error::Malformed(format!(
+                            "the diff stream goes on for over {DIFF_TRAILER_MAX} bytes \
+                             after its reader stopped"
+                        )))
+                    }
+                    Ok(_) => {}
+                    Err(_) if self.end.is_some() => break,
+                    Err(e) => return Err(Error::Io(e)),
+                }
+            }
+        }
+        self.end.take().unwrap_or(Err(Error::Closed))
+    }
+
+    /// The stream has ended: the agent's reply says whether all of it came.
+    fn conclude(&mut self) -> Result<DiffSummary, Error> {
+        match self.reply.recv() {
+            Ok(Ok(Reply::Diff(summary))) if summary.bytes == self.read => Ok(summary),
+            Ok(Ok(Reply::Diff(summary))) => Err(Error::Malformed(format!(
+                "the diff stream has {} bytes; the agent wrote {}",
+                self.read, summary.bytes
+            ))),
+            Ok(Ok(other)) => Err(Error::Malformed(format!("unexpected reply {other:?}"))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Closed),
+        }
+    }
+}
+
+impl Read for Diff {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(end) = &self.end {
+            return match end {
+                Ok(_) => Ok(0),
+                Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+            };
+        }
+        let n = loop {
+            match self.stream.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.end = Some(Err(Error::Malformed(format!("diff stream: {e}"))));
+                    return Err(e);
+                }
+                Ok(n) => break n,
+            }
+        };
+        if n > 0 || buf.is_empty() {
+            self.read += n as u64;
+            return Ok(n);
+        }
+        let end = self.conclude();
+        let result = match &end {
+            Ok(_) => Ok(0),
+            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+        };
+        self.end = Some(end);
+        result
     }
 }

@@ -20,13 +20,17 @@
 
 mod client;
 
-pub use client::{Client, Connector, Process, ProcessStreams};
+pub use client::{Client, Connector, Diff, Process, ProcessStreams};
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 
 /// Protocol version; the host refuses an agent that speaks another. 2: `Setup.mounts` (an
-/// agent of version 1 would ignore them and run the container without its volumes).
-pub const VERSION: u32 = 2;
+/// agent of version 1 would ignore them and run the container without its volumes). 3: the
+/// `diff` request and connection, which export the root's upper layer as a tar stream. A
+/// version 2 agent would answer `diff` with `unsupported`, which a host could probe for,
+/// but `hk build` would learn it only after running the step, with the step's work lost;
+/// the bump makes an agent without it fail at [`Hello`] instead.
+pub const VERSION: u32 = 3;
 /// The vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 1024;
 /// The host vsock port the agent dials at boot to say [`Hello`].
@@ -44,6 +48,9 @@ pub enum Open {
     Control,
     /// Raw bytes of one stdio stream of `process` follow, in the direction `fd` says.
     Stream { process: String, fd: Fd },
+    /// The agent writes the tar stream of a [`RequestBody::Diff`] on this connection, then
+    /// closes it. Version 3.
+    Diff,
 }
 
 /// Which stdio stream a stream connection carries.
@@ -110,6 +117,12 @@ pub enum RequestBody {
     Shutdown {
         status: u32,
     },
+    /// Exports the root's upper layer as an OCI layer tar on a [`Open::Diff`] connection
+    /// (the host opens it next to the request; the agent waits for it as `start` waits for
+    /// streams) and answers [`Reply::Diff`] once the whole stream is written and the
+    /// connection closed. Only with a writable root and no process running; the root stays
+    /// read-only afterwards. Version 3.
+    Diff,
 }
 
 /// How the container is set up.
@@ -241,8 +254,22 @@ pub enum Outcome {
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
     Done,
-    Started { pid: u32 },
+    Started {
+        pid: u32,
+    },
     Exited(ExitStatus),
+    /// A `diff` was written in full: `entries` tar entries (extension headers not counted)
+    /// in `bytes` bytes, end-of-archive blocks included. The host checks it read exactly
+    /// `bytes`, which tells a complete stream from one cut short.
+    Diff(DiffSummary),
+}
+
+/// What [`Reply::Diff`] reports about a diff stream: `{"reply": "diff", "entries": N,
+/// "bytes": B}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffSummary {
+    pub entries: u64,
+    pub bytes: u64,
 }
 
 /// How a process ended.
@@ -456,6 +483,69 @@ mod tests {
             open,
             serde_json::json!({"open": "stream", "process": "p", "fd": "stdout"})
         );
+    }
+
+    #[test]
+    fn diff_frames_round_trip_as_documented() {
+        let cases = [
+            (
+                serde_json::to_value(Request {
+                    id: 5,
+                    body: RequestBody::Diff,
+                })
+                .unwrap(),
+                serde_json::json!({"id": 5, "op": "diff"}),
+            ),
+            (
+                serde_json::to_value(Response {
+                    id: 5,
+                    result: Outcome::Ok(Reply::Diff(DiffSummary {
+                        entries: 12,
+                        bytes: 10240,
+                    })),
+                })
+                .unwrap(),
+                serde_json::json!({"id": 5, "ok": {"reply": "diff", "entries": 12, "bytes": 10240}}),
+            ),
+            (
+                serde_json::to_value(Open::Diff).unwrap(),
+                serde_json::json!({"open": "diff"}),
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+        }
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &Open::Diff).unwrap();
+        assert_eq!(read_frame::<Open>(&mut &buf[..]).unwrap(), Some(Open::Diff));
+        let req = Request {
+            id: 9,
+            body: RequestBody::Diff,
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &req).unwrap();
+        assert_eq!(read_frame::<Request>(&mut &buf[..]).unwrap(), Some(req));
+        let resp = Response {
+            id: 9,
+            result: Outcome::Ok(Reply::Diff(DiffSummary {
+                entries: 0,
+                bytes: 1024,
+            })),
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &resp).unwrap();
+        assert_eq!(read_frame::<Response>(&mut &buf[..]).unwrap(), Some(resp));
+        // A reply without its counts is malformed, not a zero-byte diff.
+        let mut buf = Vec::new();
+        write_frame(
+            &mut buf,
+            &serde_json::json!({"id": 9, "ok": {"reply": "diff"}}),
+        )
+        .unwrap();
+        assert!(matches!(
+            read_frame::<Response>(&mut &buf[..]),
+            Err(Error::Malformed(_))
+        ));
     }
 
     #[test]
