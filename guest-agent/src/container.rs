@@ -11,6 +11,7 @@ use hk_agent_protocol::{Mount, Root, Setup};
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 const STAGE: &str = "/run/hk";
@@ -134,6 +135,7 @@ fn mount_root(root: &Root, stage: &Path, mounts: &[Mount]) -> Result<PathBuf, St
             for dir in ["upper", "work"] {
                 fs::create_dir_all(upperfs.join(dir)).map_err(|e| format!("upper layer: {e}"))?;
             }
+            crate::diff::remember_upper(&upperfs.join("upper"))?;
             let options = format!(
                 "lowerdir={},upperdir={},workdir={}",
                 lower.display(),
@@ -208,18 +210,23 @@ fn etc_files(setup: &Setup, stage: &Path, merged: &Path, writable: bool) -> Resu
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=0755,size=1m"),
     )?;
+    // What the agent creates here to mount over is recorded as a stub, which a diff of
+    // the container's layer leaves out (diff.rs, `Stubs`), and /etc keeps its times, so a
+    // step that does not touch /etc leaves it as the image had it.
+    let etc_times = fs::symlink_metadata(merged.join("etc")).ok();
     for (name, contents) in files {
         let Some(contents) = contents else { continue };
         let source = dir.join(name);
         fs::write(&source, contents).map_err(|e| format!("{}: {e}", source.display()))?;
+        let in_root = Path::new("/etc").join(name);
         let target = merged.join("etc").join(name);
         // docker creates missing mount points; a read-only root without them goes without.
         if fs::symlink_metadata(&target).is_err() {
             if !writable {
                 continue;
             }
-            fs::create_dir_all(merged.join("etc")).map_err(|e| format!("/etc: {e}"))?;
-            fs::write(&target, b"").map_err(|e| format!("{}: {e}", target.display()))?;
+            crate::diff::create_stub(merged, &in_root, true)
+                .map_err(|e| format!("{}: {e}", target.display()))?;
         } else if fs::metadata(&target).map(|m| !m.is_file()).unwrap_or(true) {
             // A symlink (resolv.conf often is one) or a directory: replace it where the
             // root is writable, as docker's bind mount over the path's target would not.
@@ -228,6 +235,7 @@ fn etc_files(setup: &Setup, stage: &Path, merged: &Path, writable: bool) -> Resu
             }
             let _ = fs::remove_file(&target);
             fs::write(&target, b"").map_err(|e| format!("{}: {e}", target.display()))?;
+            crate::diff::record_file_stub(&in_root);
         }
         mnt(
             &source.to_string_lossy(),
@@ -236,6 +244,15 @@ fn etc_files(setup: &Setup, stage: &Path, merged: &Path, writable: bool) -> Resu
             MsFlags::MS_BIND,
             None,
         )?;
+    }
+    if let (Some(meta), true) = (etc_times, writable) {
+        let _ = nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &merged.join("etc"),
+            &nix::sys::time::TimeSpec::new(meta.atime(), meta.atime_nsec()),
+            &nix::sys::time::TimeSpec::new(meta.mtime(), meta.mtime_nsec()),
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        );
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! (`main.rs`) adds what only makes sense in a VM: mounts, vsock, the control page.
 
 pub mod container;
+pub mod diff;
 mod mounts;
 mod network;
 mod reaper;

@@ -119,6 +119,13 @@ impl Host for Vm {
     fn shutdown(&self, status: u32) {
         end_vm(self.ctl.as_ref(), status)
     }
+
+    fn diff(
+        &self,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<hk_agent_protocol::DiffSummary, String> {
+        hk_agent::diff::export_root(out)
+    }
 }
 
 fn vsock_socket() -> Result<OwnedFd, String> {

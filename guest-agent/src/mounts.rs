@@ -31,8 +31,10 @@ fn mount_one(m: &Mount) -> Result<(), String> {
     match fs::metadata(target) {
         Ok(meta) if !meta.is_dir() => return Err("not a directory in the container".into()),
         Ok(_) => {}
-        // docker creates missing mount points (owned by root, 0755).
-        Err(_) => fs::create_dir_all(target).map_err(|e| format!("mkdir: {e}"))?,
+        // docker creates missing mount points (owned by root, 0755); a diff of the
+        // container's layer leaves them out (diff.rs, `Stubs`).
+        Err(_) => crate::diff::create_stub(Path::new("/"), target, false)
+            .map_err(|e| format!("mkdir: {e}"))?,
     }
     // What the root has at the target, kept open: once mounted over, it is reachable only
     // through this descriptor, which is where a new volume is seeded from.

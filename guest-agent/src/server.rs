@@ -11,8 +11,8 @@ use crate::reaper::reaper;
 use crate::spawn::{spawn, Launch};
 use crate::users;
 use hk_agent_protocol::{
-    read_frame_value, write_frame, ErrorKind, ErrorReply, ExitStatus, Fd, Open, Outcome,
-    ProcessSpec, Reply, Request, RequestBody, Response, Setup, WindowSize, DEFAULT_PATH,
+    read_frame_value, write_frame, DiffSummary, ErrorKind, ErrorReply, ExitStatus, Fd, Open,
+    Outcome, ProcessSpec, Reply, Request, RequestBody, Response, Setup, WindowSize, DEFAULT_PATH,
 };
 use nix::errno::Errno;
 use std::collections::HashMap;
@@ -54,6 +54,12 @@ pub trait Host: Send + Sync + 'static {
     fn setup(&self, setup: &Setup) -> Result<(), String>;
     /// Ends the VM with `status`. Does not return in a VM.
     fn shutdown(&self, status: u32);
+    /// Writes the container's upper layer to `out` as an OCI layer tar (the `diff`
+    /// request); the server has checked that none of its processes runs.
+    fn diff(&self, out: &mut (dyn Write + Send)) -> Result<DiffSummary, String> {
+        let _ = out;
+        Err("this agent has no container root to take a diff of".into())
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,6 +119,11 @@ impl<C> Proc<C> {
 pub struct Agent<C: Conn> {
     procs: Mutex<HashMap<String, Arc<Proc<C>>>>,
     host: Box<dyn Host>,
+    /// The host's `diff` connection, until the `diff` request takes it.
+    diff_conn: Mutex<Option<C>>,
+    diff_attached: Condvar,
+    /// Held while a diff is written: one at a time.
+    diffing: Mutex<()>,
 }
 
 impl<C: Conn> Agent<C> {
@@ -120,6 +131,9 @@ impl<C: Conn> Agent<C> {
         Arc::new(Agent {
             procs: Mutex::new(HashMap::new()),
             host,
+            diff_conn: Mutex::new(None),
+            diff_attached: Condvar::new(),
+            diffing: Mutex::new(()),
         })
     }
 
@@ -132,6 +146,12 @@ impl<C: Conn> Agent<C> {
         match open {
             Some(Open::Control) => self.serve_control(conn),
             Some(Open::Stream { process, fd }) => self.attach(&process, fd, conn),
+            Some(Open::Diff) => {
+                // A newer connection replaces one no request took (its request failed
+                // before it came), so a stale one is never written to.
+                *lock(&self.diff_conn) = Some(conn);
+                self.diff_attached.notify_all();
+            }
             None => {}
         }
     }
@@ -181,7 +201,9 @@ impl<C: Conn> Agent<C> {
             let id = request.id;
             match request.body {
                 // These may wait; each gets a thread so the connection keeps serving.
-                body @ (RequestBody::Start { .. } | RequestBody::Wait { .. }) => {
+                body @ (RequestBody::Start { .. }
+                | RequestBody::Wait { .. }
+                | RequestBody::Diff) => {
                     let spawned = std::thread::Builder::new()
                         .name("agent-request".into())
                         .spawn(move || {
@@ -328,7 +350,57 @@ impl<C: Conn> Agent<C> {
                 self.host.shutdown(status);
                 Ok(Reply::Done)
             }
+            RequestBody::Diff => self.diff().map(Reply::Diff),
         }
+    }
+
+    /// Takes the `diff` connection, checks nothing runs, and has the host write the layer
+    /// on it; the connection is closed before the reply, so the host has every byte by
+    /// the time it learns how many there are.
+    fn diff(&self) -> Result<DiffSummary, ErrorReply> {
+        let Ok(_one) = self.diffing.try_lock() else {
+            return Err(error(ErrorKind::InvalidArgument, "a diff is being written"));
+        };
+        let mut conn = {
+            let deadline = Instant::now() + ATTACH_TIMEOUT;
+            let mut slot = lock(&self.diff_conn);
+            loop {
+                if let Some(conn) = slot.take() {
+                    break conn;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(error(
+                        ErrorKind::InvalidArgument,
+                        "the diff connection was not opened",
+                    ));
+                }
+                slot = self
+                    .diff_attached
+                    .wait_timeout(slot, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        };
+        let running: Vec<String> = lock(&self.procs)
+            .iter()
+            .filter(|(_, p)| p.pid().is_some())
+            .map(|(id, _)| format!("{id:?}"))
+            .collect();
+        if !running.is_empty() {
+            conn.shutdown_write();
+            return Err(error(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "process {} still runs; a diff needs every process ended",
+                    running.join(", ")
+                ),
+            ));
+        }
+        let result = self.host.diff(&mut conn);
+        conn.shutdown_write();
+        drop(conn);
+        result.map_err(|e| error(ErrorKind::Other, e))
     }
 
     /// Kills every process this agent started (their whole sessions).
