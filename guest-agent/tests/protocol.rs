@@ -4,8 +4,8 @@
 
 use hk_agent::server::{Agent, Host};
 use hk_agent_protocol::{
-    read_frame, write_frame, Client, Connector, Error, ErrorKind, ExitStatus, Open, ProcessSpec,
-    Response, Setup, WindowSize,
+    read_frame, write_frame, Client, Connector, DiffSummary, Error, ErrorKind, ExitStatus, Open,
+    ProcessSpec, Response, Setup, WindowSize,
 };
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -21,10 +21,22 @@ impl Connector for PathConnector {
     }
 }
 
-/// Records shutdowns instead of ending a VM.
+/// Records shutdowns instead of ending a VM; a diff is of a directory of the host's.
 #[derive(Clone, Default)]
 struct TestHost {
     shutdowns: Arc<Mutex<Vec<u32>>>,
+    diff: Arc<Mutex<DiffOf>>,
+}
+
+#[derive(Default)]
+enum DiffOf {
+    /// The agent's default: no root to take a diff of.
+    #[default]
+    Nothing,
+    /// This directory as an upper layer.
+    Dir(PathBuf),
+    /// This directory, but the reply claims a block more than was written.
+    Short(PathBuf),
 }
 
 impl Host for TestHost {
@@ -37,6 +49,21 @@ impl Host for TestHost {
 
     fn shutdown(&self, status: u32) {
         self.shutdowns.lock().unwrap().push(status);
+    }
+
+    fn diff(&self, out: &mut (dyn Write + Send)) -> Result<DiffSummary, String> {
+        let layer = |dir: &PathBuf| {
+            hk_agent::diff::write_layer(dir, &hk_agent::diff::Stubs::default(), out)
+                .map_err(|e| e.to_string())
+        };
+        match &*self.diff.lock().unwrap() {
+            DiffOf::Nothing => Err("this agent has no container root to take a diff of".into()),
+            DiffOf::Dir(dir) => layer(dir),
+            DiffOf::Short(dir) => layer(dir).map(|s| DiffSummary {
+                bytes: s.bytes + 512,
+                ..s
+            }),
+        }
     }
 }
 
@@ -323,4 +350,93 @@ fn an_exec_is_forgotten_once_its_end_is_told_so_its_id_is_free_again() {
     let err = h.client.process("x").wait().unwrap_err();
     assert!(err.to_string().contains("no process"), "{err}");
     assert_eq!(run(&h, "x", &["false"]).0, ExitStatus::Code(1));
+}
+
+/// A small upper directory: a file in a directory.
+fn upper_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("etc")).unwrap();
+    std::fs::write(dir.path().join("etc/motd"), b"built\n").unwrap();
+    dir
+}
+
+#[test]
+fn a_diff_streams_the_layer_and_the_reply_confirms_all_of_it_came() {
+    let h = start();
+    let upper = upper_dir();
+    *h.host.diff.lock().unwrap() = DiffOf::Dir(upper.path().to_path_buf());
+    let mut diff = h.client.diff().unwrap();
+    let mut names = Vec::new();
+    {
+        let mut archive = tar::Archive::new(&mut diff);
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let mut body = String::new();
+            entry.read_to_string(&mut body).unwrap();
+            names.push((
+                String::from_utf8(entry.path_bytes().into_owned()).unwrap(),
+                body,
+            ));
+        }
+    }
+    assert_eq!(
+        names,
+        [
+            ("etc/".to_string(), String::new()),
+            ("etc/motd".into(), "built\n".into())
+        ]
+    );
+    // The parser stopped at the first end-of-archive block; finish reads the rest.
+    let summary = diff.finish().unwrap();
+    assert_eq!(summary.entries, 2);
+    assert_eq!(summary.bytes % 512, 0);
+
+    // Read whole, the stream ends cleanly with exactly the reported bytes.
+    let mut diff = h.client.diff().unwrap();
+    let mut all = Vec::new();
+    diff.read_to_end(&mut all).unwrap();
+    assert_eq!(all.len() as u64, diff.bytes_read());
+    assert_eq!(diff.finish().unwrap(), summary);
+}
+
+#[test]
+fn a_diff_stream_shorter_than_the_agent_says_fails_the_read() {
+    let h = start();
+    let upper = upper_dir();
+    *h.host.diff.lock().unwrap() = DiffOf::Short(upper.path().to_path_buf());
+    let mut diff = h.client.diff().unwrap();
+    let mut all = Vec::new();
+    let err = diff.read_to_end(&mut all).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    assert!(err.to_string().contains("the agent wrote"), "{err}");
+    assert!(matches!(diff.finish(), Err(Error::Malformed(_))));
+}
+
+#[test]
+fn a_diff_is_refused_while_a_process_runs_or_without_a_root() {
+    let h = start();
+    let mut diff = h.client.diff().unwrap();
+    let err = diff.read_to_end(&mut Vec::new()).unwrap_err();
+    assert!(err.to_string().contains("no container root"), "{err}");
+    assert!(matches!(diff.finish(), Err(Error::Agent(e)) if e.kind == ErrorKind::Other));
+
+    let upper = upper_dir();
+    *h.host.diff.lock().unwrap() = DiffOf::Dir(upper.path().to_path_buf());
+    let p = h.client.create(spec("sleeper", &["sleep", "30"])).unwrap();
+    p.start().unwrap();
+    let diff = h.client.diff().unwrap();
+    match diff.finish() {
+        Err(Error::Agent(e)) => {
+            assert_eq!(e.kind, ErrorKind::InvalidArgument);
+            assert!(
+                e.message.contains("\"sleeper\" still runs"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    p.signal(9).unwrap();
+    assert_eq!(p.wait().unwrap(), ExitStatus::Signal(9));
+    assert_eq!(h.client.diff().unwrap().finish().unwrap().entries, 2);
 }
