@@ -377,6 +377,9 @@ impl<W: Write> Walk<'_, W> {
             return self.dir(&rel).map_err(context);
         }
 
+        if kind.is_file() && self.stubs.files.contains(&rel) && meta.len() == 0 {
+            return Ok(());
+        }
         if meta.nlink() > 1 {
             match self.links.get(&(meta.dev(), meta.ino())) {
                 Some(first) => {
@@ -395,9 +398,6 @@ impl<W: Write> Walk<'_, W> {
         }
 
         if kind.is_file() {
-            if self.stubs.files.contains(&rel) && meta.len() == 0 {
-                return Ok(());
-            }
             let file = fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_NOFOLLOW)

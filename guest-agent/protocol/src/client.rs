@@ -299,6 +299,12 @@ impl Diff {
         self.read
     }
 
+    /// Bounds each read's wait for the guest (`None`: wait as long as it takes); a read
+    /// that times out ends the diff with an error.
+    pub fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
+        self.stream.set_read_timeout(timeout)
+    }
+
     /// Reads what is left (at most a trailer's worth: a parser stops at the first
     /// end-of-archive block) and returns what the agent reports, or why the stream is not
     /// complete.
