@@ -4,7 +4,8 @@
 //! shm, run, cgroup2), then either
 //! - serves the host over vsock (docs/agent-protocol.md): it listens on the agent port,
 //!   dials the host to say hello, and from then on sets the container up, runs processes
-//!   with their stdio, signals and statuses, and ends the VM when told; or
+//!   with their stdio, signals and statuses, exports the root's upper layer as a tar
+//!   (`diff`, for `hk build`), and ends the VM when told; or
 //! - without a vsock device but with a command after `--` on the kernel command line (`hk
 //!   vm boot`), runs that command and hands its exit status to the VMM through the control
 //!   page named by `hk.ctl=` (docs/guest-abi.md). With `hk.root=LOWER[,UPPER]` (disks by

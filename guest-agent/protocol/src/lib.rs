@@ -5,8 +5,8 @@
 //! # Shape
 //! Byte streams over virtio-vsock. Each connection the host opens to the agent's port
 //! ([`AGENT_PORT`]) starts with an [`Open`] frame saying what it is: a control connection
-//! carrying [`Request`]s and [`Response`]s, or one stdio stream of one process, after which
-//! it carries raw bytes. At boot the agent connects to the host's [`HOST_PORT`] and sends a
+//! carrying [`Request`]s and [`Response`]s, one stdio stream of one process, or the tar
+//! stream of a [`RequestBody::Diff`], after which it carries raw bytes. At boot the agent connects to the host's [`HOST_PORT`] and sends a
 //! [`Hello`]; that connection then serves as a control connection too, so the host learns
 //! the moment the agent is ready without polling.
 //!
