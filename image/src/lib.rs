@@ -7,6 +7,7 @@
 //! the ext4 writer. `auth` and `platform` are leaves used by `registry`.
 
 pub mod auth;
+mod commit;
 mod digest;
 mod error;
 pub mod ext4;
@@ -22,6 +23,7 @@ mod rootfs;
 mod save;
 mod store;
 
+pub use commit::BuildGuard;
 pub use digest::Digest;
 pub use error::Error;
 pub use load::{load, Loaded};

@@ -184,7 +184,7 @@ impl Store {
         &self.root
     }
 
-    fn lock(&self, exclusive: bool) -> Result<StoreLock> {
+    pub(crate) fn lock(&self, exclusive: bool) -> Result<StoreLock> {
         let path = self.root.join("lock");
         let f = File::options()
             .create(true)
@@ -285,7 +285,7 @@ impl Store {
         let _ = fs::remove_file(self.blob_path(digest));
     }
 
-    fn write_json(&self, dest: &Path, value: &impl Serialize) -> Result<()> {
+    pub(crate) fn write_json(&self, dest: &Path, value: &impl Serialize) -> Result<()> {
         let temp = self.temp_path("record");
         let json = serde_json::to_vec_pretty(value).expect("store records serialize");
         write_synced(&temp, &json)?;
@@ -618,7 +618,7 @@ impl Store {
         for r in self.refs()? {
             live_blobs.insert(r.digest.hex().to_string());
         }
-        for image in self.images()? {
+        for image in self.images()?.into_iter().chain(self.cached_images()?) {
             live_blobs.insert(image.manifest.hex().to_string());
             live_blobs.insert(image.config.hex().to_string());
             for l in &image.layers {
