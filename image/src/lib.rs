@@ -8,6 +8,7 @@
 
 pub mod auth;
 mod digest;
+pub mod dockerfile;
 mod error;
 pub mod ext4;
 mod layer;
