@@ -22,6 +22,9 @@ mod mount;
 mod parse;
 mod words;
 
+#[cfg(test)]
+mod tests;
+
 use std::time::Duration;
 
 pub use mount::{parse_mount, MountType, RunMount, Sharing};

@@ -90,17 +90,18 @@ pub fn parse_mount(raw: &str) -> Result<RunMount, Error> {
         };
         match key.as_str() {
             "type" => {
-                m.kind =
-                    match value.to_ascii_lowercase().as_str() {
-                        "bind" => MountType::Bind,
-                        "cache" => MountType::Cache,
-                        "tmpfs" => MountType::Tmpfs,
-                        "secret" => MountType::Secret,
-                        "ssh" => MountType::Ssh,
-                        _ => return Err(err(format!(
+                m.kind = match value.to_ascii_lowercase().as_str() {
+                    "bind" => MountType::Bind,
+                    "cache" => MountType::Cache,
+                    "tmpfs" => MountType::Tmpfs,
+                    "secret" => MountType::Secret,
+                    "ssh" => MountType::Ssh,
+                    _ => {
+                        return Err(err(format!(
                             "unsupported mount type {value:?} (bind, cache, tmpfs, secret or ssh)"
-                        ))),
+                        )))
                     }
+                }
             }
             "target" | "dst" | "destination" => m.target = Some(value),
             "source" | "src" => m.source = Some(value),

@@ -774,7 +774,7 @@ fn copy(
     let mut docs = heredocs.drain(..);
     let mut used = Vec::new();
     for word in words {
-        match heredoc_marker(&word).and(docs.next()) {
+        match heredoc_marker(&word).and_then(|_| docs.next()) {
             Some(doc) => used.push(Heredoc {
                 destination: Some(dest.clone()),
                 ..doc
