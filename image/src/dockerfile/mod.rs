@@ -274,6 +274,12 @@ impl Instruction {
     /// USER, VOLUME, WORKDIR. The commands of RUN, CMD, ENTRYPOINT, SHELL and HEALTHCHECK
     /// are left to the shell, and so are RUN here-documents; ONBUILD and MAINTAINER are
     /// left alone. Errors name this instruction's line.
+    ///
+    /// `vars` is the state before this instruction: in `ENV A=1 B=$A`, B gets the A from
+    /// before the line, as in Docker; the executor applies the result afterwards. COPY/ADD
+    /// here-document bodies are expanded like an unquoted shell here-document (only `$` and
+    /// the escape of `$` and `\` are special), where BuildKit runs them through its word
+    /// lexer.
     pub fn expand(&self, vars: &Vars, escape: char) -> Result<Kind, Error> {
         self.expand_kind(vars, escape)
             .map_err(|e| e.on_line(self.line))

@@ -530,12 +530,12 @@ fn instruction(
     let kind = match lower.as_str() {
         "from" => {
             let words: Vec<&str> = args.split_whitespace().collect();
-            let name = match words.as_slice() {
-                [_] => None,
-                [_, as_, name] if as_.eq_ignore_ascii_case("as") => Some(stage_name(name).map_err(at)?),
+            let (image, name) = match words.as_slice() {
+                [image] => (*image, None),
+                [image, as_, name] if as_.eq_ignore_ascii_case("as") => (*image, Some(stage_name(name).map_err(at)?)),
                 _ => return Err(at("FROM requires either one or three arguments: FROM <image> [AS <name>]".into())),
             };
-            let from = From { image: words[0].to_string(), platform: flags.string("platform")?, line };
+            let from = From { image: image.to_string(), platform: flags.string("platform")?, line };
             return Ok(Parsed::From(from, name));
         }
         "arg" => {

@@ -863,3 +863,66 @@ fn large_inputs_parse_in_linear_time() {
         start.elapsed()
     );
 }
+
+const BUILDAH_CHECKED: &str = r#"# escape=\
+FROM scratch
+ARG V=1.2
+ENV A="x y" B=a\ b D='$A' G=${A:+set}
+ENV C hello "world" $A
+# comment
+LABEL "k 1"="v $A" \
+# dropped
+      k2=two
+EXPOSE 80/tcp 53/udp
+WORKDIR /srv/$V
+USER ${U:-1000}:0
+STOPSIGNAL SIG${S:-TERM}
+"#;
+
+/// `buildah bud` (1.28) made this config from BUILDAH_CHECKED: Env A=x y, B=a b, D=$A,
+/// G= (an ENV line sees the variables as they were before it), C=hello world x y; Labels
+/// "k 1"="v x y", k2=two; ExposedPorts 80/tcp, 53/udp; WorkingDir /srv/1.2; User 1000:0;
+/// StopSignal SIGTERM.
+#[test]
+fn agrees_with_buildah_on_a_metadata_only_dockerfile() {
+    let d = p(BUILDAH_CHECKED);
+    let mut v = Vars::new();
+    let mut seen = Vec::new();
+    for i in &d.stages[0].instructions {
+        let k = i.expand(&v, d.directives.escape).unwrap();
+        match &k {
+            Kind::Arg(a) => a
+                .iter()
+                .for_each(|a| v.set(&a.name, a.default.clone().unwrap_or_default())),
+            Kind::Env(e) => e.iter().for_each(|(k, val)| v.set(k, val)),
+            _ => {}
+        }
+        seen.push(k);
+    }
+    let env: Vec<(&str, &str)> = v.iter().collect();
+    assert_eq!(
+        env,
+        [
+            ("V", "1.2"),
+            ("A", "x y"),
+            ("B", "a b"),
+            ("D", "$A"),
+            ("G", ""),
+            ("C", "hello world x y")
+        ]
+    );
+    assert_eq!(
+        seen[3],
+        Kind::Label(vec![
+            ("k 1".into(), "v x y".into()),
+            ("k2".into(), "two".into())
+        ])
+    );
+    assert_eq!(
+        seen[4],
+        Kind::Expose(vec!["80/tcp".into(), "53/udp".into()])
+    );
+    assert_eq!(seen[5], Kind::Workdir("/srv/1.2".into()));
+    assert_eq!(seen[6], Kind::User("1000:0".into()));
+    assert_eq!(seen[7], Kind::Stopsignal("SIGTERM".into()));
+}
