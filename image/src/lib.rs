@@ -9,6 +9,7 @@
 pub mod auth;
 mod commit;
 mod digest;
+pub mod dockerfile;
 mod error;
 pub mod ext4;
 mod layer;
