@@ -91,8 +91,14 @@ impl<'a> Source<'a> {
         }
     }
 
-    fn excluded(&self, path: &[String]) -> bool {
-        self.ignore().is_some_and(|i| i.matches(&join(path)))
+    /// Whether `path` is missing from the context as the client would send it: excluded,
+    /// unless it is a directory that an exception keeps as the parent of something.
+    fn absent(&self, path: &[String], meta: Option<&Meta>) -> bool {
+        self.ignore().is_some_and(|i| {
+            let rel = join(path);
+            i.matches(&rel)
+                && !(meta.is_some_and(|m| m.kind == Kind::Dir) && i.may_include_under(&rel))
+        })
     }
 
     fn keeps_owners(&self) -> bool {
@@ -183,7 +189,7 @@ fn expand(src: &Source, op: &CopyOp) -> Result<Vec<Match>> {
                 Err(e) => return Err(e),
             };
             let meta = r.meta.ok_or_else(not_found)?;
-            if src.excluded(&comps) || src.excluded(&r.path) {
+            if src.absent(&comps, Some(&meta)) || src.absent(&r.path, Some(&meta)) {
                 return Err(not_found());
             }
             out.push(Match {
@@ -215,15 +221,15 @@ fn expand(src: &Source, op: &CopyOp) -> Result<Vec<Match>> {
                 for name in names {
                     let mut p = dir.clone();
                     p.push(name.clone());
-                    if src.excluded(&p) {
-                        continue;
-                    }
                     let r = match resolve(tree, &p, true) {
                         Ok(r) => r,
                         Err(Error::Path { .. }) => continue,
                         Err(e) => return Err(e),
                     };
-                    if r.meta.is_some() && !src.excluded(&r.path) {
+                    if r.meta.is_some()
+                        && !src.absent(&p, r.meta.as_ref())
+                        && !src.absent(&r.path, r.meta.as_ref())
+                    {
                         next.push((name, r.path, r.meta));
                     }
                 }

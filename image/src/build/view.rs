@@ -74,6 +74,18 @@ impl RootView {
         })
     }
 
+    /// An ext4 file not held by the store (tests build their own).
+    #[cfg(test)]
+    pub(crate) fn from_file(file: std::fs::File) -> Result<RootView> {
+        let fs = ext4_view::Ext4::load(Box::new(file)).map_err(|e| Error::Image {
+            reason: e.to_string(),
+        })?;
+        Ok(RootView {
+            fs: Some(fs),
+            _rootfs: None,
+        })
+    }
+
     /// The filesystem of a stored image (building its root first if needed).
     pub fn of_image(store: &Store, image: &crate::Image) -> Result<RootView> {
         if image.layers.is_empty() {
