@@ -204,7 +204,7 @@ fn a_file_into_an_existing_image_directory_and_clashes() {
     );
     let e = run(ctx.path(), "", &op(&["f", "d"], "/etc/file"), &root).unwrap_err();
     assert!(e.to_string().contains("more than one source file"), "{e}");
-    // A file over an image directory: refused.
+    // A file named after an image directory goes inside it (never replaces it).
     let e = run(ctx.path(), "", &op(&["f"], "/etc"), &root).unwrap();
     assert!(e.contains_key("etc/f"));
     let (_keep2, root2) = image(&[("x/", 'd', ""), ("x/f/", 'd', "")]);
