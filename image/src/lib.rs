@@ -7,6 +7,7 @@
 //! the ext4 writer. `auth` and `platform` are leaves used by `registry`.
 
 pub mod auth;
+pub mod build;
 mod commit;
 mod digest;
 pub mod dockerfile;
