@@ -1,6 +1,7 @@
 //! `hk`: the command line of hk. It is the only place where errors become text for a person
 //! (anyhow at this edge, thiserror in the libraries below) and where exit codes are chosen.
 
+mod build;
 mod container;
 mod host;
 mod images;
@@ -36,6 +37,11 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Run a command in a running container
     Exec(run::ExecArgs),
+    /// Build an image from a Dockerfile, each RUN step in a microVM of its own
+    Build(Box<build::BuildArgs>),
+    /// Manage the build cache
+    #[command(subcommand)]
+    Builder(BuilderCommand),
     /// List containers
     Ps(lifecycle::PsArgs),
     /// Start one or more stopped containers
@@ -93,6 +99,12 @@ enum Command {
     Vm(Box<vm::VmCommand>),
 }
 
+#[derive(Subcommand)]
+enum BuilderCommand {
+    /// Remove the build cache (cached steps, cache mounts)
+    Prune(build::PruneArgs),
+}
+
 /// Docker and Podman exit with 125 when the failure is the runner's own rather than the
 /// container's; hk keeps that convention so scripts written for them keep working.
 pub(crate) const EXIT_RUNNER_ERROR: u8 = 125;
@@ -102,6 +114,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Exec(args) => run::exec(args),
+        Command::Build(args) => build::build(*args),
+        Command::Builder(BuilderCommand::Prune(args)) => build::prune(args),
         Command::Ps(args) => lifecycle::ps(args),
         Command::Start(args) => run::start(args),
         Command::Stop(args) => lifecycle::stop(args),

@@ -672,6 +672,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         tty: args.process.tty,
         log: None,
         to_terminal: !args.detach,
+        sink: None,
         started: Default::default(),
     };
     if args.detach {

@@ -47,6 +47,29 @@ pub enum Stdio {
     Attached { interactive: bool },
     /// Output only to the log; `ready` hears "ok" once the process runs, or the error.
     Detached { ready: std::fs::File },
+    /// A build step's: output to `sink` (true for stderr), no input, no log.
+    Build { sink: OutputSink },
+}
+
+/// Where a build step's output goes, a chunk at a time.
+pub type OutputSink = Arc<dyn Fn(bool, &[u8]) + Send + Sync>;
+
+/// What a build does in the VM once the step's process has ended with this code, before
+/// the VM is shut down (turning the writable layer into an image layer).
+pub type AfterProcess<'a> = &'a mut dyn FnMut(&Client, u8) -> anyhow::Result<()>;
+
+/// Runs a build step's container (`hk build`'s RUN): its main process, then `after`, then
+/// the VM ends. Returns the process's exit code. The container records no state: it is the
+/// build's, and the build removes it.
+pub fn run_build_step(
+    container: &Container,
+    sink: OutputSink,
+    after: AfterProcess,
+) -> anyhow::Result<u8> {
+    let _lock = container.take()?;
+    let result = boot_and_run(container, &[], Stdio::Build { sink }, None, Some(after));
+    let _ = std::fs::remove_dir_all(container.runtime_dir());
+    result
 }
 
 /// Where the time of a run went, for `hk run --timings`.
@@ -137,7 +160,7 @@ pub fn supervise(
         state.ports = p.clone();
     }
     container.set_state(&state)?;
-    let result = ports.and_then(|ports| boot_and_run(container, &ports, stdio, timings));
+    let result = ports.and_then(|ports| boot_and_run(container, &ports, stdio, timings, None));
     state.status = Status::Exited;
     state.finished_at = Some(crate::container::now());
     match &result {
@@ -161,6 +184,7 @@ fn boot_and_run(
     ports: &[crate::container::ports::Port],
     stdio: Stdio,
     mut timings: Option<&mut Timings>,
+    after: Option<AfterProcess>,
 ) -> anyhow::Result<u8> {
     let config = &container.config;
     let start = timings.as_ref().map_or_else(Instant::now, |t| t.start);
@@ -376,14 +400,25 @@ fn boot_and_run(
             main: true,
             ..ProcessSpec::default()
         };
-        let log = Log::open(&container.log_path())?;
         let (code, ready) = match stdio {
+            Stdio::Build { sink } => {
+                let io = ProcessIo {
+                    interactive: false,
+                    tty: false,
+                    log: None,
+                    to_terminal: false,
+                    sink: Some(sink),
+                    started: Default::default(),
+                };
+                (run_process(&client, spec, &io, forwarded, None)?, None)
+            }
             Stdio::Attached { interactive } => {
                 let io = ProcessIo {
                     interactive,
                     tty: p.tty,
-                    log: Some(log),
+                    log: Some(Log::open(&container.log_path())?),
                     to_terminal: true,
+                    sink: None,
                     started: Default::default(),
                 };
                 let code = run_process(&client, spec, &io, forwarded, None)?;
@@ -396,8 +431,9 @@ fn boot_and_run(
                 let io = ProcessIo {
                     interactive: false,
                     tty: p.tty,
-                    log: Some(log),
+                    log: Some(Log::open(&container.log_path())?),
                     to_terminal: false,
+                    sink: None,
                     started: Default::default(),
                 };
                 let mut ready = Some(ready);
@@ -408,6 +444,9 @@ fn boot_and_run(
         // A process that could not start: its error goes to whoever waits for it.
         if let Some(mut ready) = ready.flatten() {
             let _ = writeln!(ready, "exit {code}");
+        }
+        if let Some(after) = after {
+            after(&client, code)?;
         }
         Ok(code)
     })();
@@ -474,6 +513,8 @@ pub struct ProcessIo {
     pub log: Option<Log>,
     /// Whether output goes to hk's stdout and stderr.
     pub to_terminal: bool,
+    /// Where output goes besides (a build step's progress).
+    pub sink: Option<OutputSink>,
     /// Set when the process has started.
     pub started: std::cell::Cell<Option<Instant>>,
 }
@@ -533,6 +574,8 @@ pub fn run_process(
     let out = |name: &'static str| Output {
         log: io.log.as_ref().map(|l| l.stream(name)),
         terminal: io.to_terminal.then_some(name == "stderr"),
+        sink: io.sink.clone(),
+        stderr: name == "stderr",
     };
     if let Some(pty) = streams.pty {
         if io.interactive {
@@ -568,6 +611,8 @@ pub fn run_process(
 struct Output {
     log: Option<StreamLog>,
     terminal: Option<bool>,
+    sink: Option<OutputSink>,
+    stderr: bool,
 }
 
 /// Copies a guest stream to its outputs until the guest closes it. When hk's output breaks
@@ -587,6 +632,9 @@ fn pump(
                 Ok(n) => {
                     if let Some(log) = &mut to.log {
                         log.write(&buf[..n]);
+                    }
+                    if let Some(sink) = &to.sink {
+                        sink(to.stderr, &buf[..n]);
                     }
                     let written = match to.terminal {
                         _ if broken => Ok(()),

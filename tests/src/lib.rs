@@ -345,7 +345,8 @@ pub struct Case {
 /// clone); each case's stdout, stderr and status are copied back.
 ///
 /// In the cases: `$T` is the private directory (mode 0755, the user's), `$hk` runs hk,
-/// inputs are in the working directory `$T/work`, hk's state lives in `$T/data` (a copy of
+/// inputs are in the working directory `$T/work` (what cases leave in `$T/work/keep/` comes
+/// back to `dir/keep/`), hk's state lives in `$T/data` (a copy of
 /// `dir/data` when the test made one), `$T/run`, `$T/cache` and `$T/home`.
 pub struct UnprivilegedSession {
     /// The test's scratch dir: inputs (`*.sh`, `*.tar`, `data/`) and, afterwards, results.
@@ -408,7 +409,7 @@ impl UnprivilegedSession {
                setpriv --reuid={uid} --regid={uid} --groups=$g --inh-caps=-all \
                  --bounding-set=-all env T=$T bash $T/work/cases.sh\n\
              else\n  {root_setup}\n  env T=$T bash $T/work/cases.sh\nfi\nstatus=$?\n\
-             cp $T/work/*.out $T/work/*.err $T/work/*.status {dir}/\nexit $status\n",
+             cp $T/work/*.out $T/work/*.err $T/work/*.status {dir}/\ncp -r $T/work/keep {dir}/ 2>/dev/null || true\nexit $status\n",
             data = data.display(),
             dir = dir.display(),
             gid = uid + 1,

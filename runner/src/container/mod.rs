@@ -265,6 +265,16 @@ impl Container {
         Ok(Container { config, dir })
     }
 
+    /// A container outside the container list, in `dir` (a build step's): no name, not in
+    /// `hk ps`; its owner removes the directory.
+    pub fn scratch(config: Config, dir: PathBuf) -> anyhow::Result<Container> {
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        if !config.read_only {
+            empty_ext4(&dir.join("upper.ext4"))?;
+        }
+        Ok(Container { config, dir })
+    }
+
     fn load(dir: PathBuf) -> anyhow::Result<Container> {
         let path = dir.join("config.json");
         let data = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
