@@ -103,6 +103,9 @@ enum Command {
 enum BuilderCommand {
     /// Remove the build cache (cached steps, cache mounts)
     Prune(build::PruneArgs),
+    /// One RUN step's VM, started by hk build
+    #[command(hide = true)]
+    Step { dir: std::path::PathBuf },
 }
 
 /// Docker and Podman exit with 125 when the failure is the runner's own rather than the
@@ -116,6 +119,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => run::exec(args),
         Command::Build(args) => build::build(*args),
         Command::Builder(BuilderCommand::Prune(args)) => build::prune(args),
+        Command::Builder(BuilderCommand::Step { dir }) => build::step_child(&dir),
         Command::Ps(args) => lifecycle::ps(args),
         Command::Start(args) => run::start(args),
         Command::Stop(args) => lifecycle::stop(args),

@@ -4,7 +4,10 @@
 //! both). For each compared Dockerfile the final root filesystems (paths, types, modes,
 //! owners, sizes, content hashes, link targets) and the configs must be equal, except for
 //! what buildah adds of its own (its version label, the empty /etc/hosts, /etc/hostname and
-//! /etc/resolv.conf and /run it leaves in the image). Then: here-document RUN, a cache mount
+//! /etc/resolv.conf and /run it leaves in the image). SHELL comes after CMD in "meta":
+//! buildah 1.28 runs a shell-form CMD with `/bin/sh -c` whatever SHELL says, where docker
+//! (and hk) use the SHELL in force; its VOLUME names a directory the base has: buildah makes
+//! a missing one in the image, BuildKit (and hk) record it in the config only. Then: here-document RUN, a cache mount
 //! that persists between builds, a rebuild that is all CACHED with the same image ID, a
 //! touched COPY source that rebuilds from that COPY on, a failing RUN, --target.
 
@@ -35,15 +38,15 @@ ENV G1=$GREETING PATHX=/x
 ENV G2="${G1} world" G3=${UNSET:-fallback} G4=${G1:+set}
 LABEL a=1 "b c"="d e" g=$G1
 EXPOSE 80 53/udp
-VOLUME /data
+VOLUME /home
 USER user
 WORKDIR /home/user/w
 WORKDIR sub
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=5s --retries=2 CMD true
-SHELL ["/bin/sh", "-ec"]
 ENTRYPOINT ["/bin/sh"]
 CMD echo $G1
+SHELL ["/bin/sh", "-ec"]
 
 FROM first
 ARG GREETING
@@ -259,8 +262,11 @@ fn make_contexts(root: &Path) {
 /// buildah's result for a context, as a docker-archive, built on the host from the same
 /// base. Its storage lives in the test's scratch directory.
 fn buildah(name: &str) -> PathBuf {
-    static BASE: OnceLock<()> = OnceLock::new();
-    let dir = scratch_dir("build-buildah");
+    // One buildah at a time over one storage, contexts made once (the tests run in threads).
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    static BASE: OnceLock<PathBuf> = OnceLock::new();
+    let _one = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = BASE.get_or_init(|| scratch_dir("build-buildah")).clone();
     let args = |extra: &[&str]| {
         let mut c = Command::new("buildah");
         c.arg("--root")
@@ -271,7 +277,7 @@ fn buildah(name: &str) -> PathBuf {
             .args(extra);
         c
     };
-    BASE.get_or_init(|| {
+    if !dir.join("ctx").exists() {
         let demo = dir.join("demo.tar");
         let out = Command::new(hk_tests::repo_root().join("scripts/demo-image"))
             .arg(&demo)
@@ -283,9 +289,9 @@ fn buildah(name: &str) -> PathBuf {
             .output()
             .expect("run buildah");
         assert!(out.status.success(), "buildah pull: {out:?}");
-    });
+        make_contexts(&dir.join("ctx"));
+    }
     let ctx = dir.join("ctx");
-    make_contexts(&ctx);
     let out = args(&[
         "bud",
         "--isolation",

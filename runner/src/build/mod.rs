@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Changes whenever what a cache key covers changes, so old records stop matching.
 const CACHE_VERSION: &str = "hk-build-cache-1";
@@ -152,19 +152,19 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             },
         };
     }
-    let mut b = Builder {
+    let b = Builder {
         store: &store,
         df: &df,
         progress: progress.clone(),
         context: args.context.clone(),
         ignore,
         build_args,
-        used_args: HashSet::new(),
+        used_args: Mutex::new(HashSet::new()),
         no_cache: args.no_cache,
         pull: args.pull,
         memory_mib,
         cpus: args.cpus,
-        results: vec![None; df.stages.len()],
+        results: Mutex::new(vec![None; df.stages.len()]),
         labels: args
             .labels
             .iter()
@@ -181,17 +181,15 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("--target {t}: no stage of that name in the Dockerfile"))?,
         None => df.stages.len() - 1,
     };
-    let order = b.needed_stages(target, &global)?;
-    for i in order {
-        match b.build_stage(i, &global, i == target)? {
-            Ok(()) => {}
-            Err(code) => return Ok(ExitCode::from(code)),
-        }
+    let needed = b.needed_stages(target, &global)?;
+    if let Err(code) = b.build_stages(&needed, target, &global)? {
+        return Ok(ExitCode::from(code));
     }
+    let used_args = lock(&b.used_args).clone();
     let unused: Vec<&String> = b
         .build_args
         .keys()
-        .filter(|k| !b.used_args.contains(*k) && !PROXY_ARGS.contains(&k.as_str()))
+        .filter(|k| !used_args.contains(*k) && !PROXY_ARGS.contains(&k.as_str()))
         .collect();
     if !unused.is_empty() {
         progress.warn(&format!(
@@ -203,7 +201,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
                 .join(", ")
         ));
     }
-    let image = b.results[target]
+    let image = lock(&b.results)[target]
         .clone()
         .expect("the target stage was just built");
     let v = progress.vertex("exporting to image");
@@ -232,6 +230,11 @@ pub struct PruneArgs {
     /// Do not prompt for confirmation
     #[arg(short, long)]
     force: bool,
+}
+
+/// `hk builder step DIR` (hidden): one RUN step's VM, in a process of its own.
+pub fn step_child(dir: &Path) -> anyhow::Result<ExitCode> {
+    step::child(dir)
 }
 
 /// `hk builder prune`: everything, as hk keeps no cache a build still needs.
@@ -306,13 +309,13 @@ struct Builder<'a> {
     context: PathBuf,
     ignore: hk_image::build::Ignore,
     build_args: BTreeMap<String, String>,
-    used_args: HashSet<String>,
+    used_args: Mutex<HashSet<String>>,
     no_cache: bool,
     pull: bool,
     memory_mib: u64,
     cpus: u32,
-    /// Each stage's image once built.
-    results: Vec<Option<Image>>,
+    /// Each stage's image once built (stages build on threads of their own).
+    results: Mutex<Vec<Option<Image>>>,
     /// `--label`s, added to the target stage's image.
     labels: BTreeMap<String, String>,
 }
@@ -377,6 +380,11 @@ fn one_line(text: &str) -> String {
     }
 }
 
+/// A lock that a panicked holder did not spoil: the data are plain values.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn key_of(parts: &Value) -> Digest {
     Digest::of(&serde_json::to_vec(parts).expect("JSON values serialize"))
 }
@@ -402,12 +410,12 @@ impl Builder<'_> {
 
     /// The global ARGs (before the first FROM), for FROM lines and for stages that declare
     /// them again without a value.
-    fn global_vars(&mut self) -> anyhow::Result<Vars> {
+    fn global_vars(&self) -> anyhow::Result<Vars> {
         let mut vars = Vars::default();
         for a in &self.df.global_args {
             let value = match self.build_args.get(&a.name) {
                 Some(v) => {
-                    self.used_args.insert(a.name.clone());
+                    lock(&self.used_args).insert(a.name.clone());
                     Some(v.clone())
                 }
                 None => a
@@ -423,17 +431,22 @@ impl Builder<'_> {
         Ok(vars)
     }
 
-    /// The stages `target` needs, in Dockerfile order: its base if that is a stage, and
-    /// the stages its COPY --from and RUN --mount from= name, transitively.
-    fn needed_stages(&self, target: usize, global: &Vars) -> anyhow::Result<Vec<usize>> {
-        let mut needed = BTreeSet::new();
+    /// The stages `target` needs, each with the earlier stages it needs itself: its base
+    /// if that is a stage, and the stages its COPY --from and RUN --mount from= name.
+    fn needed_stages(
+        &self,
+        target: usize,
+        global: &Vars,
+    ) -> anyhow::Result<BTreeMap<usize, BTreeSet<usize>>> {
+        let mut needed = BTreeMap::new();
         let mut todo = vec![target];
         while let Some(i) = todo.pop() {
-            if !needed.insert(i) {
+            if needed.contains_key(&i) {
                 continue;
             }
             let stage = &self.df.stages[i];
-            let from = dockerfile::expand_word(&stage.from.image, global, self.df.directives.escape)?;
+            let from =
+                dockerfile::expand_word(&stage.from.image, global, self.df.directives.escape)?;
             let mut refs = vec![from];
             for ins in &stage.instructions {
                 match &ins.kind {
@@ -448,18 +461,63 @@ impl Builder<'_> {
                     _ => {}
                 }
             }
-            for r in refs {
-                if let Some(j) = self.stage_index(&r).filter(|&j| j < i) {
-                    todo.push(j);
+            let deps: BTreeSet<usize> = refs
+                .iter()
+                .filter_map(|r| self.stage_index(r).filter(|&j| j < i))
+                .collect();
+            todo.extend(deps.iter().copied());
+            needed.insert(i, deps);
+        }
+        Ok(needed)
+    }
+
+    /// Builds the needed stages, each as soon as the stages it needs are done, independent
+    /// ones at the same time (each RUN is a VM of its own anyway). After a failure nothing
+    /// new starts; what runs finishes. `Err(code)` inside: a step failed and said so.
+    fn build_stages(
+        &self,
+        needed: &BTreeMap<usize, BTreeSet<usize>>,
+        target: usize,
+        global: &Vars,
+    ) -> anyhow::Result<Result<(), u8>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            let mut done = BTreeSet::new();
+            let mut started = BTreeSet::new();
+            let mut outcome: anyhow::Result<Result<(), u8>> = Ok(Ok(()));
+            loop {
+                if matches!(outcome, Ok(Ok(()))) {
+                    for (&i, deps) in needed {
+                        if !started.contains(&i) && deps.is_subset(&done) {
+                            started.insert(i);
+                            let tx = tx.clone();
+                            scope.spawn(move || {
+                                let _ = tx.send((i, self.build_stage(i, global, i == target)));
+                            });
+                        }
+                    }
+                }
+                if done.len() + started.difference(&done).count() == done.len() {
+                    break; // nothing runs
+                }
+                let Ok((i, result)) = rx.recv() else { break };
+                done.insert(i);
+                match result {
+                    Ok(Ok(())) => {}
+                    other => {
+                        if matches!(outcome, Ok(Ok(()))) {
+                            outcome = other;
+                        }
+                    }
                 }
             }
-        }
-        Ok(needed.into_iter().collect())
+            outcome
+        })
     }
 
     /// Builds stage `i` into `results[i]`. `Err(code)` inside: a step failed and said so.
     fn build_stage(
-        &mut self,
+        &self,
         i: usize,
         global: &Vars,
         is_target: bool,
@@ -488,7 +546,7 @@ impl Builder<'_> {
         let v = state.next_vertex(&self.progress, &format!("FROM {from}"));
         if from != "scratch" {
             let base = match self.stage_index(&from).filter(|&j| j < i) {
-                Some(j) => self.results[j]
+                Some(j) => lock(&self.results)[j]
                     .clone()
                     .with_context(|| format!("stage {from} was not built"))?,
                 None => self.base_image(&from)?,
@@ -532,7 +590,7 @@ impl Builder<'_> {
                 self.finish_commit(&mut state, key, cfg, None, &format!("LABEL {text}"))?;
             }
         }
-        self.results[i] = Some(state.image);
+        lock(&self.results)[i] = Some(state.image);
         Ok(Ok(()))
     }
 
@@ -561,7 +619,7 @@ impl Builder<'_> {
     /// One instruction: from the cache, or done and then cached. `Err(code)` inside: the
     /// step failed (its error already printed).
     fn step(
-        &mut self,
+        &self,
         state: &mut State,
         ins: &Instruction,
         global: &Vars,
@@ -576,7 +634,7 @@ impl Builder<'_> {
                 for d in decls {
                     let value = match self.build_args.get(&d.name) {
                         Some(v) => {
-                            self.used_args.insert(d.name.clone());
+                            lock(&self.used_args).insert(d.name.clone());
                             Some(v.clone())
                         }
                         None => d
@@ -602,7 +660,8 @@ impl Builder<'_> {
                     if self.cached(state, &key)? {
                         return Ok(true);
                     }
-                    let layer = self.workdir_layer(&state.image, &path)?;
+                    let user = config::get_str(&state.config, "User");
+                    let layer = self.workdir_layer(&state.image, &path, &user)?;
                     let mut cfg = state.config.clone();
                     config::set_str(&mut cfg, "WorkingDir", &path);
                     self.finish_commit(state, key, cfg, layer, &ins.text)?;
@@ -670,7 +729,7 @@ impl Builder<'_> {
 
     /// RUN: in a microVM of its own.
     fn run(
-        &mut self,
+        &self,
         state: &mut State,
         ins: &Instruction,
         run: dockerfile::Run,
@@ -1060,7 +1119,7 @@ fn link_tree(
 impl Builder<'_> {
     /// COPY and ADD: on the host, from the context or another stage or image.
     fn copy(
-        &mut self,
+        &self,
         state: &mut State,
         ins: &Instruction,
         c: dockerfile::Copy,
@@ -1075,7 +1134,7 @@ impl Builder<'_> {
     }
 
     fn copy_step(
-        &mut self,
+        &self,
         state: &mut State,
         ins: &Instruction,
         c: dockerfile::Copy,
@@ -1114,7 +1173,7 @@ impl Builder<'_> {
 
     #[allow(clippy::too_many_arguments)]
     fn copy_from(
-        &mut self,
+        &self,
         state: &mut State,
         ins: &Instruction,
         c: &dockerfile::Copy,
@@ -1127,7 +1186,7 @@ impl Builder<'_> {
         let what = if add { "ADD" } else { "COPY" };
         let from_image = match &c.from {
             Some(f) => Some(match self.stage_index(f) {
-                Some(j) => self.results[j]
+                Some(j) => lock(&self.results)[j]
                     .clone()
                     .with_context(|| format!("{what} --from={f}: that stage was not built"))?,
                 None => self.base_image(f)?,
@@ -1200,8 +1259,13 @@ impl Builder<'_> {
     }
 
     /// WORKDIR creates its directory when the image lacks it, as BuildKit does: a layer
-    /// with the missing directories (0755, root's), or none.
-    fn workdir_layer(&self, image: &Image, path: &str) -> anyhow::Result<Option<LayerInfo>> {
+    /// with the missing directories (0755, owned by the stage's USER), or none.
+    fn workdir_layer(
+        &self,
+        image: &Image,
+        path: &str,
+        user: &str,
+    ) -> anyhow::Result<Option<LayerInfo>> {
         use hk_image::build::RootView;
         let view = if image.layers.is_empty() {
             RootView::empty()
@@ -1221,6 +1285,12 @@ impl Builder<'_> {
         if missing.is_empty() {
             return Ok(None);
         }
+        let (uid, gid) = if user.is_empty() {
+            (0, 0)
+        } else {
+            view.resolve_chown(user)
+                .with_context(|| format!("WORKDIR {path}: the USER {user}"))?
+        };
         let mtime = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -1231,8 +1301,8 @@ impl Builder<'_> {
                 let mut h = tar::Header::new_gnu();
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_mode(0o755);
-                h.set_uid(0);
-                h.set_gid(0);
+                h.set_uid(u64::from(uid));
+                h.set_gid(u64::from(gid));
                 h.set_size(0);
                 h.set_mtime(mtime);
                 tar.append_data(&mut h, format!("{}/", &dir[1..]), std::io::empty())?;

@@ -272,7 +272,13 @@ impl Container {
         if !config.read_only {
             empty_ext4(&dir.join("upper.ext4"))?;
         }
+        write_json(&dir.join("config.json"), &config)?;
         Ok(Container { config, dir })
+    }
+
+    /// A container made with [`Container::scratch`], by its directory.
+    pub fn open(dir: PathBuf) -> anyhow::Result<Container> {
+        Container::load(dir)
     }
 
     fn load(dir: PathBuf) -> anyhow::Result<Container> {
