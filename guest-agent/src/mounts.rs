@@ -28,6 +28,15 @@ fn mount_one(m: &Mount) -> Result<(), String> {
         return Err("the target must be an absolute path other than /".into());
     }
     let target = Path::new(&m.target);
+    if let MountSource::Secret {
+        data,
+        mode,
+        uid,
+        gid,
+    } = &m.source
+    {
+        return mount_secret(target, data, *mode, (*uid, *gid));
+    }
     match fs::metadata(target) {
         Ok(meta) if !meta.is_dir() => return Err("not a directory in the container".into()),
         Ok(_) => {}
@@ -54,6 +63,7 @@ fn mount_one(m: &Mount) -> Result<(), String> {
             )
             .map_err(|e| format!("virtiofs {tag}: {e}"))?;
         }
+        MountSource::Secret { .. } => unreachable!("mounted above"),
         MountSource::Tmpfs { options } => {
             let (more, data) = tmpfs_options(options)?;
             mount(
@@ -73,6 +83,66 @@ fn mount_one(m: &Mount) -> Result<(), String> {
             .map_err(|e| format!("seeding: {e}"))?;
     }
     Ok(())
+}
+
+/// A build secret: written to a tmpfs of its own, staged under /dev (a devtmpfs, outside
+/// the container's layer), bound read-only onto `target`, after which the staging mount
+/// is detached and its directory removed, so the file is reachable only at `target`. A
+/// missing target is made as a stub (left out of a diff).
+fn mount_secret(target: &Path, data: &str, mode: u32, owner: (u32, u32)) -> Result<(), String> {
+    use base64::Engine;
+    use nix::mount::{umount2, MntFlags};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|e| format!("the secret is not base64: {e}"))?;
+    match fs::symlink_metadata(target) {
+        Ok(meta) if meta.is_dir() => return Err("a directory in the container".into()),
+        Ok(_) => {}
+        Err(_) => crate::diff::create_stub(Path::new("/"), target, true)
+            .map_err(|e| format!("mount point: {e}"))?,
+    }
+    let stage = Path::new("/dev").join(format!(
+        ".hk-secret-{}",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    fs::create_dir(&stage).map_err(|e| format!("{}: {e}", stage.display()))?;
+    let staged = (|| {
+        mount(
+            Some("tmpfs"),
+            &stage,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=0700"),
+        )
+        .map_err(|e| format!("tmpfs: {e}"))?;
+        let file = stage.join("secret");
+        fs::write(&file, &bytes).map_err(|e| format!("write: {e}"))?;
+        fs::set_permissions(&file, fs::Permissions::from_mode(mode & 0o7777))
+            .map_err(|e| format!("chmod: {e}"))?;
+        std::os::unix::fs::chown(&file, Some(owner.0), Some(owner.1))
+            .map_err(|e| format!("chown: {e}"))?;
+        mount(
+            Some(&file),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| format!("bind: {e}"))?;
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| format!("read-only: {e}"))
+    })();
+    let _ = umount2(&stage, MntFlags::MNT_DETACH);
+    let _ = fs::remove_dir(&stage);
+    staged
 }
 
 fn is_empty(dir: &Path) -> Result<bool, String> {

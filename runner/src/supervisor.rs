@@ -491,6 +491,7 @@ fn mounts(container: &Container) -> anyhow::Result<(Vec<Share>, Vec<hk_agent_pro
                 });
                 MountSource::Virtiofs { tag }
             }
+            None if m.kind == Kind::Secret => secret(m)?,
             None => MountSource::Tmpfs {
                 options: m.options.clone(),
             },
@@ -503,6 +504,44 @@ fn mounts(container: &Container) -> anyhow::Result<(Vec<Share>, Vec<hk_agent_pro
         });
     }
     Ok((shares, mounts))
+}
+
+/// Largest build secret handed to the agent (BuildKit's limit is 500 KiB): it crosses in
+/// one control frame.
+const MAX_SECRET: u64 = 500 << 10;
+
+/// A secret mount's content, read from its host file now, and how the guest sees it.
+fn secret(m: &crate::container::mounts::Mount) -> anyhow::Result<MountSource> {
+    use base64::Engine;
+    let path = Path::new(&m.source);
+    let mut data = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_SECRET + 1).read_to_end(&mut data))
+        .with_context(|| format!("cannot read the secret {}", path.display()))?;
+    if data.len() as u64 > MAX_SECRET {
+        bail!(
+            "the secret {} is larger than {} KiB: pass a smaller file",
+            path.display(),
+            MAX_SECRET >> 10
+        );
+    }
+    let option = |key: &str, default: u32| -> anyhow::Result<u32> {
+        match m
+            .options
+            .iter()
+            .find_map(|o| o.strip_prefix(&format!("{key}=")))
+        {
+            Some(v) if key == "mode" => u32::from_str_radix(v, 8).context("secret mode"),
+            Some(v) => v.parse().context("secret owner"),
+            None => Ok(default),
+        }
+    };
+    Ok(MountSource::Secret {
+        data: base64::engine::general_purpose::STANDARD.encode(&data),
+        mode: option("mode", 0o400)?,
+        uid: option("uid", 0)?,
+        gid: option("gid", 0)?,
+    })
 }
 
 /// How a process's stdio is wired on the host.

@@ -7,8 +7,10 @@
 //! /etc/resolv.conf and /run it leaves in the image). SHELL comes after CMD in "meta":
 //! buildah 1.28 runs a shell-form CMD with `/bin/sh -c` whatever SHELL says, where docker
 //! (and hk) use the SHELL in force; its VOLUME names a directory the base has: buildah makes
-//! a missing one in the image, BuildKit (and hk) record it in the config only. Then: here-document RUN, a cache mount
-//! that persists between builds, a rebuild that is all CACHED with the same image ID, a
+//! a missing one in the image, BuildKit (and hk) record it in the config only.
+//!
+//! Then: here-document RUN, a cache mount that persists between builds, a secret that
+//! reaches its steps and no layer, a rebuild that is all CACHED with the same image ID, a
 //! touched COPY source that rebuilds from that COPY on, a failing RUN, --target.
 
 mod common;
@@ -126,6 +128,13 @@ COPY --from=build /out/artifact /single
         )],
     ),
     (
+        "secret",
+        &[(
+            "Dockerfile",
+            "FROM hk-demo\nRUN --mount=type=secret,id=tok echo \"len=$(wc -c < /run/secrets/tok) mode=$(stat -c %a:%u:%g /run/secrets/tok)\"\nRUN --mount=type=secret,id=tok,target=/etc/tokfile,mode=0440,uid=1000,gid=1000 echo \"custom=$(cat /etc/tokfile) mode=$(stat -c %a:%u:%g /etc/tokfile)\"\n",
+        )],
+    ),
+    (
         "fail",
         &[(
             "Dockerfile",
@@ -164,6 +173,13 @@ id2=$($hk build -q ctx/copy); [ "$id1" = "$id2" ] && echo same-id
 echo changed > ctx/copy/dir/sub/b.txt
 $hk build ctx/copy 2>&1 | st
 $hk run --rm $($hk build -q ctx/copy) cat /dirdst/sub/b.txt"#,
+    ),
+    (
+        "secret",
+        r#"printf s3cr3t > tok.txt
+$hk build --secret id=tok,src=tok.txt -t c-secret ctx/secret 2>&1 | grep -oE '(len|custom)=.*'
+$hk run --rm c-secret sh -c 'ls /run/secrets /etc/tokfile 2>/dev/null | wc -l; ls -d /run 2>/dev/null || echo no-run'
+$hk save c-secret | grep -c s3cr3t"#,
     ),
     (
         "fail",
@@ -230,7 +246,10 @@ fn case(name: &str) -> &'static Case {
 }
 
 fn report(c: &Case) -> String {
-    format!("status {}\n--- out\n{}\n--- err\n{}", c.status, c.out, c.err)
+    format!(
+        "status {}\n--- out\n{}\n--- err\n{}",
+        c.status, c.out, c.err
+    )
 }
 
 fn make_contexts(root: &Path) {
@@ -310,7 +329,10 @@ fn buildah(name: &str) -> PathBuf {
     let _ = std::fs::remove_file(&archive);
     let out = args(&["push", "-q"])
         .arg(format!("b-{name}"))
-        .arg(format!("docker-archive:{}:b-{name}:latest", archive.display()))
+        .arg(format!(
+            "docker-archive:{}:b-{name}:latest",
+            archive.display()
+        ))
         .output()
         .expect("run buildah push");
     assert!(out.status.success(), "buildah push {name}: {out:?}");
@@ -344,8 +366,7 @@ fn flatten(archive: &Path) -> (Value, BTreeMap<String, Node>) {
     }
     let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
     let m = &manifest[0];
-    let config: Value =
-        serde_json::from_slice(&files[m["Config"].as_str().unwrap()]).unwrap();
+    let config: Value = serde_json::from_slice(&files[m["Config"].as_str().unwrap()]).unwrap();
     let mut tree: BTreeMap<String, Node> = BTreeMap::new();
     for layer in m["Layers"].as_array().unwrap() {
         let raw = &files[layer.as_str().unwrap()];
@@ -362,7 +383,10 @@ fn flatten(archive: &Path) -> (Value, BTreeMap<String, Node>) {
         for e in lt.entries().unwrap() {
             let mut e = e.unwrap();
             let path = e.path().unwrap().to_string_lossy().into_owned();
-            let path = path.trim_start_matches("./").trim_end_matches('/').to_string();
+            let path = path
+                .trim_start_matches("./")
+                .trim_end_matches('/')
+                .to_string();
             let (parent, base) = path.rsplit_once('/').unwrap_or(("", &path));
             let under = |p: &str, dir: &str| dir.is_empty() || p.starts_with(&format!("{dir}/"));
             if base == ".wh..wh..opq" {
@@ -396,7 +420,12 @@ fn flatten(archive: &Path) -> (Value, BTreeMap<String, Node>) {
                 what: String::new(),
             };
             if kind == tar::EntryType::Link {
-                let target = e.link_name().unwrap().unwrap().to_string_lossy().into_owned();
+                let target = e
+                    .link_name()
+                    .unwrap()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
                 let target = target.trim_start_matches("./").to_string();
                 let t = tree
                     .get(&target)
@@ -405,7 +434,12 @@ fn flatten(archive: &Path) -> (Value, BTreeMap<String, Node>) {
                 node.size = t.size;
                 node.what = t.what;
             } else if kind == tar::EntryType::Symlink {
-                node.what = e.link_name().unwrap().unwrap().to_string_lossy().into_owned();
+                node.what = e
+                    .link_name()
+                    .unwrap()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
             } else if node.kind == 'f' {
                 let mut d = Vec::new();
                 e.read_to_end(&mut d).unwrap();
@@ -500,7 +534,11 @@ fn compare(name: &str) {
             diffs.push(format!("only in buildah: {p} {m:?}"));
         }
     }
-    assert!(diffs.is_empty(), "{name}: root filesystems differ:\n{}", diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{name}: root filesystems differ:\n{}",
+        diffs.join("\n")
+    );
 }
 
 #[test]
@@ -532,7 +570,12 @@ fn multi_stage_copy_from_matches_buildah_and_skips_unused_stages() {
 #[test]
 fn heredoc_run_runs_the_document() {
     let c = case("heredoc");
-    assert_eq!(c.out, "build=0\nheredoc\nin cat\n1000:1000\n", "{}", report(c));
+    assert_eq!(
+        c.out,
+        "build=0\nheredoc\nin cat\n1000:1000\n",
+        "{}",
+        report(c)
+    );
 }
 
 #[test]
@@ -540,11 +583,16 @@ fn a_cache_mount_persists_between_builds() {
     let c = case("cachemount");
     let lines: Vec<&str> = c.out.lines().collect();
     assert!(
-        lines.iter().any(|l| l.ends_with("lines=1")) && lines.iter().any(|l| l.ends_with("lines=2")),
+        lines.iter().any(|l| l.ends_with("lines=1"))
+            && lines.iter().any(|l| l.ends_with("lines=2")),
         "{}",
         report(c)
     );
-    assert!(c.out.contains("run-1") && c.out.contains("run-2"), "{}", report(c));
+    assert!(
+        c.out.contains("run-1") && c.out.contains("run-2"),
+        "{}",
+        report(c)
+    );
 }
 
 #[test]
@@ -555,11 +603,26 @@ fn a_rebuild_is_all_cached_and_a_touched_source_rebuilds_from_its_copy() {
     assert_eq!(out.get(1), Some(&"same-id"), "{}", report(c));
     let steps: Vec<&&str> = out.iter().filter(|l| l.starts_with('[')).collect();
     assert_eq!(steps.len(), 9, "{}", report(c));
-    assert!(steps[0].contains("COPY a.txt /dst/") && steps[0].ends_with("CACHED"), "{}", report(c));
+    assert!(
+        steps[0].contains("COPY a.txt /dst/") && steps[0].ends_with("CACHED"),
+        "{}",
+        report(c)
+    );
     for s in &steps[1..] {
         assert!(s.ends_with(" DONE"), "{}", report(c));
     }
     assert_eq!(out.last(), Some(&"changed"), "{}", report(c));
+}
+
+#[test]
+fn a_secret_reaches_its_step_only_and_no_layer() {
+    let c = case("secret");
+    assert_eq!(
+        c.out,
+        "len=6 mode=400:0:0\ncustom=s3cr3t mode=440:1000:1000\n0\nno-run\n0\n",
+        "{}",
+        report(c)
+    );
 }
 
 #[test]

@@ -29,8 +29,9 @@ use std::io::{self, Read, Write};
 /// `diff` request and connection, which export the root's upper layer as a tar stream. A
 /// version 2 agent would answer `diff` with `unsupported`, which a host could probe for,
 /// but `hk build` would learn it only after running the step, with the step's work lost;
-/// the bump makes an agent without it fail at [`Hello`] instead.
-pub const VERSION: u32 = 3;
+/// the bump makes an agent without it fail at [`Hello`] instead. 4: secret mounts
+/// ([`MountSource::Secret`]), which an older agent would refuse only once the step runs.
+pub const VERSION: u32 = 4;
 /// The vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 1024;
 /// The host vsock port the agent dials at boot to say [`Hello`].
@@ -168,6 +169,16 @@ pub enum MountSource {
     /// A new tmpfs; `options` are mount(8)'s: flags (`ro`, `noexec`, `nosuid`, `nodev` and
     /// their opposites) and tmpfs's own (`size=`, `mode=`, `uid=`, `gid=`, `nr_inodes=`).
     Tmpfs { options: Vec<String> },
+    /// A file with this content, bound onto `target` (a file): a build secret
+    /// (`RUN --mount=type=secret`). It lives in guest memory only, on a tmpfs of its own,
+    /// and the mount point the agent makes for it stays out of a diff.
+    Secret {
+        /// The content, base64 (standard alphabet, padded): secrets need not be UTF-8.
+        data: String,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
 }
 
 /// One NIC, found by its MAC address, configured with a static IPv4 address.

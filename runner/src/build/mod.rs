@@ -73,6 +73,10 @@ pub struct BuildArgs {
     /// Also write the image out: type=oci,dest=FILE or type=docker,dest=FILE
     #[arg(short = 'o', long = "output", value_name = "type=oci,dest=FILE")]
     output: Option<String>,
+    /// A secret for RUN --mount=type=secret: id=ID[,src=FILE] (FILE defaults to ID);
+    /// repeatable. Secrets reach only the steps that mount them, never a layer or the cache
+    #[arg(long = "secret", value_name = "id=ID,src=FILE")]
+    secrets: Vec<String>,
     /// Print only the image ID, on stdout
     #[arg(short, long)]
     quiet: bool,
@@ -152,6 +156,11 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             },
         };
     }
+    let mut secrets = BTreeMap::new();
+    for s in &args.secrets {
+        let (id, src) = parse_secret(s)?;
+        secrets.insert(id, src);
+    }
     let b = Builder {
         store: &store,
         df: &df,
@@ -160,6 +169,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         ignore,
         build_args,
         used_args: Mutex::new(HashSet::new()),
+        secrets,
         no_cache: args.no_cache,
         pull: args.pull,
         memory_mib,
@@ -285,6 +295,28 @@ fn parse_output(spec: &str) -> anyhow::Result<Output> {
     Ok(Output { format, dest })
 }
 
+/// `--secret id=ID[,src=FILE]` (also `type=file`; `source=`), as docker build takes it.
+fn parse_secret(spec: &str) -> anyhow::Result<(String, PathBuf)> {
+    let mut id = None;
+    let mut src = None;
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some(("id", v)) => id = Some(v.to_string()),
+            Some(("src" | "source", v)) => src = Some(PathBuf::from(v)),
+            Some(("type", "file")) => {}
+            _ => bail!("--secret {spec}: give id=ID,src=FILE"),
+        }
+    }
+    let id = id.with_context(|| format!("--secret {spec}: give id=ID"))?;
+    let src = src.unwrap_or_else(|| PathBuf::from(&id));
+    let src = std::path::absolute(&src)
+        .with_context(|| format!("--secret {spec}: cannot resolve {}", src.display()))?;
+    if !src.is_file() {
+        bail!("--secret {spec}: {} is not a file", src.display());
+    }
+    Ok((id, src))
+}
+
 /// `.dockerignore`: `<Dockerfile>.dockerignore` beside the Dockerfile wins over the
 /// context's, as BuildKit reads them.
 fn read_ignore(context: &Path, dockerfile: &Path) -> anyhow::Result<hk_image::build::Ignore> {
@@ -310,6 +342,8 @@ struct Builder<'a> {
     ignore: hk_image::build::Ignore,
     build_args: BTreeMap<String, String>,
     used_args: Mutex<HashSet<String>>,
+    /// `--secret`s: id to the host file.
+    secrets: BTreeMap<String, PathBuf>,
     no_cache: bool,
     pull: bool,
     memory_mib: u64,
@@ -405,7 +439,11 @@ impl Builder<'_> {
             .stages
             .iter()
             .position(|s| s.name.as_deref() == Some(lower.as_str()))
-            .or_else(|| name.parse::<usize>().ok().filter(|&i| i < self.df.stages.len()))
+            .or_else(|| {
+                name.parse::<usize>()
+                    .ok()
+                    .filter(|&i| i < self.df.stages.len())
+            })
     }
 
     /// The global ARGs (before the first FROM), for FROM lines and for stages that declare
@@ -561,10 +599,14 @@ impl Builder<'_> {
         let mut instructions: Vec<Instruction> = Vec::new();
         if !triggers.is_empty() {
             let text = format!("FROM scratch\n{}\n", triggers.join("\n"));
-            let parsed = dockerfile::parse(&text).context("in the base image's ONBUILD triggers")?;
+            let parsed =
+                dockerfile::parse(&text).context("in the base image's ONBUILD triggers")?;
             instructions.extend(parsed.stages.into_iter().flat_map(|s| s.instructions));
             config::set_list(&mut state.config, "OnBuild", None);
-            state.steps += instructions.iter().filter(|ins| has_vertex(&ins.kind)).count();
+            state.steps += instructions
+                .iter()
+                .filter(|ins| has_vertex(&ins.kind))
+                .count();
         }
         instructions.extend(stage.instructions.iter().cloned());
         for ins in &instructions {
@@ -612,8 +654,9 @@ impl Builder<'_> {
             tls_verify: None,
             convert: false,
         };
-        crate::images::pull_with_progress(self.store, &reference, &opts, true, true)
-            .with_context(|| format!("cannot pull the base image {name}: check the name, or hk login"))
+        crate::images::pull_with_progress(self.store, &reference, &opts, true, true).with_context(
+            || format!("cannot pull the base image {name}: check the name, or hk login"),
+        )
     }
 
     /// One instruction: from the cache, or done and then cached. `Err(code)` inside: the
@@ -939,7 +982,14 @@ fn healthcheck_json(h: &dockerfile::Healthcheck) -> Value {
             v.insert("Test".into(), json!(["NONE"]));
         }
         Some(Command::Exec(argv)) => {
-            v.insert("Test".into(), json!(["CMD"].into_iter().map(str::to_string).chain(argv.iter().cloned()).collect::<Vec<_>>()));
+            v.insert(
+                "Test".into(),
+                json!(["CMD"]
+                    .into_iter()
+                    .map(str::to_string)
+                    .chain(argv.iter().cloned())
+                    .collect::<Vec<_>>()),
+            );
         }
         Some(Command::Shell(s)) => {
             v.insert("Test".into(), json!(["CMD-SHELL", s]));
@@ -1027,8 +1077,50 @@ impl Builder<'_> {
                         create_source: false,
                     });
                 }
-                MountType::Secret | MountType::Ssh => bail!(
-                    "Dockerfile:{line}: RUN --mount={r}: secret and ssh mounts are not supported yet"
+                MountType::Secret => {
+                    // BuildKit: the id defaults to the target's file name, the target to
+                    // /run/secrets/<id>.
+                    let id = m
+                        .id
+                        .clone()
+                        .or_else(|| m.target.as_deref().and_then(|t| t.rsplit('/').next()).map(str::to_string))
+                        .with_context(|| format!("Dockerfile:{line}: RUN --mount={r}: give id="))?;
+                    let target = match &m.target {
+                        Some(t) => config::clean(t),
+                        None => format!("/run/secrets/{id}"),
+                    };
+                    let Some(src) = self.secrets.get(&id) else {
+                        if m.required {
+                            bail!(
+                                "Dockerfile:{line}: secret {id} is required: pass it with \
+                                 --secret id={id},src=FILE"
+                            );
+                        }
+                        continue;
+                    };
+                    if let Some(var) = &m.env {
+                        bail!(
+                            "Dockerfile:{line}: RUN --mount=type=secret,env={var} is not \
+                             supported yet: mount the secret as a file"
+                        );
+                    }
+                    // The secret's content is no part of the key, as in BuildKit.
+                    keys.push(json!(["secret", target, id]));
+                    let mut options = vec![format!("mode={:o}", m.mode.unwrap_or(0o400))];
+                    options.push(format!("uid={}", m.uid.unwrap_or(0)));
+                    options.push(format!("gid={}", m.gid.unwrap_or(0)));
+                    mounts.push(Mount {
+                        kind: Kind::Secret,
+                        source: src.to_string_lossy().into_owned(),
+                        target,
+                        read_only: true,
+                        no_copy: true,
+                        options,
+                        create_source: false,
+                    });
+                }
+                MountType::Ssh => bail!(
+                    "Dockerfile:{line}: RUN --mount={r}: ssh mounts are not supported (hk has no ssh agent forwarding)"
                 ),
             }
         }
@@ -1065,9 +1157,7 @@ impl Builder<'_> {
             return Ok((dir, digest));
         }
         // Hard links: no copy of the data, and the share is read-only.
-        let snap = step::build_root()
-            .join("snapshots")
-            .join(digest.hex());
+        let snap = step::build_root().join("snapshots").join(digest.hex());
         if !snap.is_dir() {
             let temp = snap.with_extension(format!("tmp{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&temp);
@@ -1088,7 +1178,9 @@ fn link_tree(
     ignore: &hk_image::build::Ignore,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
-    for entry in std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
+    for entry in
+        std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))?
+    {
         let entry = entry?;
         let name = entry.file_name();
         let child_rel = if rel.is_empty() {
@@ -1164,7 +1256,11 @@ impl Builder<'_> {
                 std::fs::write(heredoc_dir.join(&h.name), &h.content)?;
                 names.push(h.name.clone());
             }
-            (heredoc_dir.clone(), names, hk_image::build::Ignore::parse("")?)
+            (
+                heredoc_dir.clone(),
+                names,
+                hk_image::build::Ignore::parse("")?,
+            )
         };
         let result = self.copy_from(state, ins, &c, add, &context, sources, ignore);
         let _ = std::fs::remove_dir_all(&heredoc_dir);

@@ -161,18 +161,26 @@ fn run_child(
         })
     };
     let out = pump(
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
         false,
         sink.clone(),
     );
     let err = pump(
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
         true,
         sink,
     );
     // The layer is read as it comes (the child blocks on a full pipe), on this thread.
     let layer = store.write_layer(diff_reader);
-    let status = child.wait().context("cannot wait for the step's VM process")?;
+    let status = child
+        .wait()
+        .context("cannot wait for the step's VM process")?;
     let _ = out.join();
     let _ = err.join();
     let result_path = dir.join("result.json");
@@ -180,7 +188,9 @@ fn run_child(
         .ok()
         .and_then(|d| serde_json::from_slice::<StepResult>(&d).ok())
         .unwrap_or_else(|| {
-            StepResult::Error(format!("the step's VM process ended without a result ({status})"))
+            StepResult::Error(format!(
+                "the step's VM process ended without a result ({status})"
+            ))
         });
     let layer = match (&result, layer) {
         (StepResult::Code(0), Ok(l)) => Some(l),

@@ -15,6 +15,10 @@ pub enum Kind {
     Bind,
     Volume,
     Tmpfs,
+    /// A build secret (`hk build`'s RUN --mount=type=secret): `source` is the host file,
+    /// read when the VM starts and handed to the agent, never shared; `options` hold its
+    /// `mode=`, `uid=` and `gid=` in the guest.
+    Secret,
 }
 
 impl Kind {
@@ -23,6 +27,7 @@ impl Kind {
             Kind::Bind => "bind",
             Kind::Volume => "volume",
             Kind::Tmpfs => "tmpfs",
+            Kind::Secret => "secret",
         }
     }
 }
@@ -330,18 +335,18 @@ pub fn prepare(mounts: &mut [Mount]) -> anyhow::Result<()> {
             Kind::Volume => {
                 crate::volume::ensure(&m.source)?;
             }
-            Kind::Tmpfs => {}
+            Kind::Tmpfs | Kind::Secret => {}
         }
     }
     Ok(())
 }
 
-/// The host directory a bind or volume mount shares, or `None` for a tmpfs.
+/// The host directory a bind or volume mount shares, or `None` for a tmpfs or a secret.
 pub fn host_dir(m: &Mount) -> Option<PathBuf> {
     match m.kind {
         Kind::Bind => Some(PathBuf::from(&m.source)),
         Kind::Volume => Some(crate::volume::data_dir(&m.source)),
-        Kind::Tmpfs => None,
+        Kind::Tmpfs | Kind::Secret => None,
     }
 }
 
