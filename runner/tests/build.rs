@@ -177,7 +177,7 @@ $hk run --rm $($hk build -q ctx/copy) cat /dirdst/sub/b.txt"#,
     (
         "secret",
         r#"printf s3cr3t > tok.txt
-$hk build --secret id=tok,src=tok.txt -t c-secret ctx/secret 2>&1 | grep -oE '(len|custom)=.*'
+$hk build --secret id=tok,src=tok.txt -t c-secret ctx/secret 2>&1 | grep -E '^#[0-9]+ [0-9.]+ ' | grep -oE '(len|custom)=.*'
 $hk run --rm c-secret sh -c 'ls /run/secrets /etc/tokfile 2>/dev/null | wc -l; ls -d /run 2>/dev/null || echo no-run'
 $hk save c-secret | grep -c s3cr3t"#,
     ),
