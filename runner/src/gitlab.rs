@@ -202,6 +202,12 @@ fn config() -> anyhow::Result<ExitCode> {
 /// main process runs.
 fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
     let job = Job::from_env()?;
+    if crate::lab::needed() {
+        bail!(
+            "hk gitlab needs a host with hardware KVM: a job's microVM outlives prepare, and \
+             on this kvm-pvm host VMs run in the nested lab, which ends with each hk command"
+        );
+    }
     let image = job_var("CI_JOB_IMAGE").or(args.default_image).context(
         "the job names no image and hk has no default: set image: in .gitlab-ci.yml, \
              or give prepare_args = [\"--default-image\", \"IMAGE\"] in the runner's config",

@@ -449,6 +449,13 @@ fn has(c: &Case, line: &str) -> bool {
     c.out.lines().any(|l| l.trim() == line)
 }
 
+/// Every one of `lines` is a line of the case's output (the job log and the runner's notes).
+fn assert_has(c: &Case, lines: &[&str]) {
+    for line in lines {
+        assert!(has(c, line), "missing {line:?}: {c:?}");
+    }
+}
+
 #[test]
 fn config_prints_the_settings_the_runner_reads() {
     let c = case("first");
@@ -476,26 +483,27 @@ fn config_prints_the_settings_the_runner_reads() {
 fn a_passing_job_clones_from_the_host_builds_and_archives_its_cache() {
     let c = case("first");
     let commit = &case("commit").out;
-    for line in [
-        "first prepare=0 attempts=1",
-        "first prepare_script=0",
-        "Created fresh repository.",
-        "first get_sources=0",
-        "first restore_cache=0",
-        "hello from the project's repository",
-        &format!("head={commit}"),
-        "helper=/opt/hk-gitlab/bin/gitlab-runner",
-        "first step_script=0",
-        "after-script-ran",
-        "first after_script=0",
-        "Created cache",
-        "first archive_cache=0",
-        "first upload_artifacts_on_success=0",
-        "first cleanup_file_variables=0",
-        "first cleanup=0",
-    ] {
-        assert!(has(c, line), "missing {line:?}: {c:?}");
-    }
+    assert_has(
+        c,
+        &[
+            "first prepare=0 attempts=1",
+            "first prepare_script=0",
+            "Created fresh repository.",
+            "first get_sources=0",
+            "first restore_cache=0",
+            "hello from the project's repository",
+            &format!("head={commit}"),
+            "helper=/opt/hk-gitlab/bin/gitlab-runner",
+            "first step_script=0",
+            "after-script-ran",
+            "first after_script=0",
+            "Created cache",
+            "first archive_cache=0",
+            "first upload_artifacts_on_success=0",
+            "first cleanup_file_variables=0",
+            "first cleanup=0",
+        ],
+    );
     assert!(
         c.out.contains("Running on gitlab-t0k3n-p1-c0-j101"),
         "{c:?}"
@@ -512,39 +520,41 @@ fn a_passing_job_clones_from_the_host_builds_and_archives_its_cache() {
 #[test]
 fn the_next_job_of_the_project_sees_the_cache_but_nothing_else_of_the_last() {
     let c = case("second");
-    for line in [
-        "second prepare=0 attempts=1",
-        "second get_sources=0",
-        "Successfully extracted cache",
-        "restored: dep made by job 101",
-        "leftovers=0",
-        "helper=read-only",
-        "second step_script=0",
-        "second cleanup=0",
-    ] {
-        assert!(has(c, line), "missing {line:?}: {c:?}");
-    }
+    assert_has(
+        c,
+        &[
+            "second prepare=0 attempts=1",
+            "second get_sources=0",
+            "Successfully extracted cache",
+            "restored: dep made by job 101",
+            "leftovers=0",
+            "helper=read-only",
+            "second step_script=0",
+            "second cleanup=0",
+        ],
+    );
     assert!(c.err.contains("Read-only file system"), "{c:?}");
 }
 
 #[test]
 fn a_failing_script_is_a_build_failure_and_the_failure_branch_runs() {
     let c = case("fail");
-    for line in [
-        "fail prepare=0 attempts=1",
-        "before-fail",
-        &format!("fail step_script={BUILD_FAILURE}"),
-        "after-script-ran",
-        "fail after_script=0",
-        "archive-on-failure-ran",
-        "fail archive_cache_on_failure=0",
-        "fail upload_artifacts_on_failure=0",
-        "fail cleanup_file_variables=0",
-        "fail cleanup=0",
-        "code-file=3",
-    ] {
-        assert!(has(c, line), "missing {line:?}: {c:?}");
-    }
+    assert_has(
+        c,
+        &[
+            "fail prepare=0 attempts=1",
+            "before-fail",
+            &format!("fail step_script={BUILD_FAILURE}"),
+            "after-script-ran",
+            "fail after_script=0",
+            "archive-on-failure-ran",
+            "fail archive_cache_on_failure=0",
+            "fail upload_artifacts_on_failure=0",
+            "fail cleanup_file_variables=0",
+            "fail cleanup=0",
+            "code-file=3",
+        ],
+    );
     assert!(!c.out.contains("not-reached"), "{c:?}");
 }
 
@@ -576,37 +586,39 @@ fn cleanup_removes_the_vm_of_a_killed_prepare_and_can_run_twice() {
 #[test]
 fn sigterm_stops_the_script_and_the_vm() {
     let c = case("term");
-    for line in [
-        "prepare=0",
-        &format!("run={BUILD_FAILURE}"),
-        "started",
-        "running=0",
-        "\"Status\":\"exited\"",
-        "\"Running\":false",
-        &format!("after-stop={SYSTEM_FAILURE}"),
-        "cleanup=0",
-    ] {
-        assert!(has(c, line), "missing {line:?}: {c:?}");
-    }
+    assert_has(
+        c,
+        &[
+            "prepare=0",
+            &format!("run={BUILD_FAILURE}"),
+            "started",
+            "running=0",
+            "\"Status\":\"exited\"",
+            "\"Running\":false",
+            &format!("after-stop={SYSTEM_FAILURE}"),
+            "cleanup=0",
+        ],
+    );
     assert!(!c.out.contains("not-reached"), "{c:?}");
 }
 
 #[test]
 fn two_concurrent_jobs_see_neither_files_nor_processes_of_the_other() {
     let c = case("concurrent");
-    for line in [
-        "both-running=2",
-        "107 builds: mine-107",
-        "107 sleeps: sleep 9999107",
-        "108 builds: mine-108",
-        "108 sleeps: sleep 9999108",
-        "conc-a step_script=0",
-        "conc-b step_script=0",
-        "conc-a cleanup=0",
-        "conc-b cleanup=0",
-    ] {
-        assert!(has(c, line), "missing {line:?}: {c:?}");
-    }
+    assert_has(
+        c,
+        &[
+            "both-running=2",
+            "107 builds: mine-107",
+            "107 sleeps: sleep 9999107",
+            "108 builds: mine-108",
+            "108 sleeps: sleep 9999108",
+            "conc-a step_script=0",
+            "conc-b step_script=0",
+            "conc-a cleanup=0",
+            "conc-b cleanup=0",
+        ],
+    );
 }
 
 #[test]
