@@ -86,7 +86,7 @@ const CASES: &[(&str, &str)] = &[
     (
         "killed-prepare",
         r#"vars 105 5
-$hk gitlab prepare & pid=$!
+$hk gitlab prepare >/dev/null & pid=$!
 n=0; until [ -L $HK_DATA_DIR/containers/names/gitlab-t0k3n-p5-c0-j105 ] || [ $n -ge 600 ]; do sleep 0.1; n=$((n + 1)); done
 sleep 1; kill -9 $pid; wait $pid; echo prepare-killed=$?
 $hk gitlab cleanup; echo cleanup=$?
@@ -99,6 +99,7 @@ $hk ps -a --format json | grep -c j105"#,
 $hk gitlab prepare >/dev/null; echo prepare=$?
 $hk gitlab run jobs/term/step_script step_script >term.log 2>&1 & pid=$!
 n=0; until grep -q started term.log || [ $n -ge 600 ]; do sleep 0.1; n=$((n + 1)); done
+echo before=$(running p6-c0-j106)
 kill -TERM $pid; wait $pid; echo run=$?
 cat term.log
 echo running=$(running p6-c0-j106)
@@ -110,8 +111,6 @@ $hk gitlab cleanup; echo cleanup=$?"#,
         "concurrent",
         r#"job conc-a 107 2 0 $IMG >conc-a.log 2>&1 &
 job conc-b 108 2 1 $IMG >conc-b.log 2>&1 &
-n=0; until [ "$(running p2-c)" = 2 ] || [ $n -ge 1200 ]; do sleep 0.1; n=$((n + 1)); done
-echo both-running=$(running p2-c)
 wait
 cat conc-a.log conc-b.log"#,
     ),
@@ -228,12 +227,16 @@ if echo x >/opt/hk-gitlab/bin/gitlab-runner; then echo helper=writable; else ech
 ];
 
 /// Each of two jobs of one project at once: its own file under /builds and a process of
-/// its own, then what it can see of both.
+/// its own; then it waits until the other job is there too (the project's cache volume is
+/// the one thing they share, by design), and says what it can see of both.
 const CONCURRENT: &str = r#"mkdir -p /builds && echo mine >/builds/mine-$CI_JOB_ID
 sleep 9999$CI_JOB_ID >/dev/null 2>&1 &
-sleep 8
+touch /cache/here-$CI_JOB_ID
+n=0
+until [ "$(ls /cache | grep -c '^here-')" = 2 ] || [ $n -ge 600 ]; do sleep 0.5; n=$((n + 1)); done
+echo "$CI_JOB_ID met: $(ls /cache | grep '^here-' | tr '\n' ' ')"
 echo "$CI_JOB_ID builds: $(ls /builds | tr '\n' ' ')"
-echo "$CI_JOB_ID sleeps: $(ps | grep -o 'sleep 9999[0-9]*' | sort -u | tr '\n' ' ')""#;
+echo "$CI_JOB_ID sleeps: $(ps | grep -o 'sleep 9999[0-9][0-9]*' | sort -u | tr '\n' ' ')""#;
 
 /// ANSI-C quoting, as the runner quotes the stage's commands for `eval $'...'`.
 fn ansi_c(s: &str) -> String {
@@ -592,6 +595,7 @@ fn sigterm_stops_the_script_and_the_vm() {
             "prepare=0",
             &format!("run={BUILD_FAILURE}"),
             "started",
+            "before=1",
             "running=0",
             "\"Status\":\"exited\"",
             "\"Running\":false",
@@ -608,7 +612,8 @@ fn two_concurrent_jobs_see_neither_files_nor_processes_of_the_other() {
     assert_has(
         c,
         &[
-            "both-running=2",
+            "107 met: here-107 here-108",
+            "108 met: here-107 here-108",
             "107 builds: mine-107",
             "107 sleeps: sleep 9999107",
             "108 builds: mine-108",
