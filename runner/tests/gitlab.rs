@@ -612,6 +612,8 @@ fn two_concurrent_jobs_see_neither_files_nor_processes_of_the_other() {
     assert_has(
         c,
         &[
+            "conc-a prepare=0 attempts=1",
+            "conc-b prepare=0 attempts=1",
             "107 met: here-107 here-108",
             "108 met: here-107 here-108",
             "107 builds: mine-107",
