@@ -151,7 +151,7 @@ pub fn restart(args: StopArgs) -> anyhow::Result<ExitCode> {
 
 /// docker stop: the image's StopSignal (SIGTERM by default), then SIGKILL after the
 /// timeout; if even that does not end it, the supervisor and its VM are killed.
-fn stop_one(c: &Container, timeout: Duration) -> anyhow::Result<()> {
+pub(crate) fn stop_one(c: &Container, timeout: Duration) -> anyhow::Result<()> {
     if !c.is_running() {
         return Ok(());
     }
@@ -231,25 +231,31 @@ pub fn kill(args: KillArgs) -> anyhow::Result<ExitCode> {
 
 pub fn rm(args: RmArgs) -> anyhow::Result<ExitCode> {
     each(&args.containers, |c| {
-        if c.is_running() {
-            if !args.force {
-                bail!(
-                    "cannot remove container {}: it is running: stop it first (hk stop {}) \
-                     or force the removal (hk rm -f {})",
-                    c.config.name,
-                    c.config.name,
-                    c.config.name
-                );
-            }
-            if let Ok(client) = supervisor::connect(c) {
-                let _ = client.process(MAIN).signal(Signal::SIGKILL as i32);
-            }
-            if !wait_stopped(c, Duration::from_secs(10)) {
-                kill_supervisor(c)?;
-            }
+        if c.is_running() && !args.force {
+            bail!(
+                "cannot remove container {}: it is running: stop it first (hk stop {}) \
+                 or force the removal (hk rm -f {})",
+                c.config.name,
+                c.config.name,
+                c.config.name
+            );
         }
-        c.remove()
+        remove_forced(c)
     })
+}
+
+/// `rm -f`: kills a running container's main process (which ends its VM), its supervisor
+/// too if that does not, then deletes what the container owns.
+pub(crate) fn remove_forced(c: &Container) -> anyhow::Result<()> {
+    if c.is_running() {
+        if let Ok(client) = supervisor::connect(c) {
+            let _ = client.process(MAIN).signal(Signal::SIGKILL as i32);
+        }
+        if !wait_stopped(c, Duration::from_secs(10)) {
+            kill_supervisor(c)?;
+        }
+    }
+    c.remove()
 }
 
 pub fn wait(args: NamesArgs) -> anyhow::Result<ExitCode> {

@@ -3,6 +3,7 @@
 
 mod build;
 mod container;
+mod gitlab;
 mod host;
 mod images;
 mod info;
@@ -42,6 +43,9 @@ enum Command {
     /// Manage the build cache
     #[command(subcommand)]
     Builder(BuilderCommand),
+    /// GitLab Runner's custom executor driver: one microVM per CI job (docs/gitlab.md)
+    #[command(subcommand)]
+    Gitlab(gitlab::GitlabCommand),
     /// List containers
     Ps(lifecycle::PsArgs),
     /// Start one or more stopped containers
@@ -120,6 +124,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build::build(*args),
         Command::Builder(BuilderCommand::Prune(args)) => build::prune(args),
         Command::Builder(BuilderCommand::Step { dir }) => build::step_child(&dir),
+        Command::Gitlab(cmd) => gitlab::run(cmd),
         Command::Ps(args) => lifecycle::ps(args),
         Command::Start(args) => run::start(args),
         Command::Stop(args) => lifecycle::stop(args),

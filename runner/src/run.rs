@@ -114,6 +114,20 @@ pub struct RunArgs {
     args: Vec<String>,
 }
 
+impl RunArgs {
+    /// `hk run` as if typed with `argv` after `run`: for drivers that start a container
+    /// exactly as a person would (`hk gitlab prepare`), with the same checks and messages.
+    pub fn from_argv(argv: &[String]) -> anyhow::Result<RunArgs> {
+        #[derive(clap::Parser)]
+        struct Run {
+            #[command(flatten)]
+            args: RunArgs,
+        }
+        let line = std::iter::once("run").chain(argv.iter().map(String::as_str));
+        Ok(<Run as clap::Parser>::try_parse_from(line)?.args)
+    }
+}
+
 #[derive(clap::Args)]
 pub struct ExecArgs {
     #[command(flatten)]

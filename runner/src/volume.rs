@@ -109,8 +109,9 @@ fn create_volume(name: &str, labels: BTreeMap<String, String>) -> anyhow::Result
         created: crate::container::now(),
         labels,
     };
+    // `_data` may be there already: a loser of the race above makes it (create_dir_all).
     std::fs::write(dir.join("volume.json"), serde_json::to_vec_pretty(&info)?)
-        .and_then(|()| std::fs::create_dir(dir.join("_data")))
+        .and_then(|()| std::fs::create_dir_all(dir.join("_data")))
         .with_context(|| format!("cannot create the volume {name}"))?;
     Ok(true)
 }
