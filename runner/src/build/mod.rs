@@ -83,11 +83,11 @@ pub struct BuildArgs {
     /// Write the image ID to this file
     #[arg(long, value_name = "FILE")]
     iidfile: Option<PathBuf>,
-    /// Guest memory of each RUN step's VM
-    #[arg(long, default_value = "1g")]
+    /// Guest memory of each RUN step's VM (hk run's default; more for heavy builds)
+    #[arg(long, default_value = "512m")]
     memory: String,
-    /// vCPUs of each RUN step's VM
-    #[arg(long, default_value_t = 2)]
+    /// vCPUs of each RUN step's VM (hk run's default; more for parallel compiles)
+    #[arg(long, default_value_t = 1)]
     cpus: u32,
     /// The build context: a directory
     context: PathBuf,
