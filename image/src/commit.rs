@@ -41,8 +41,17 @@ impl Store {
             reason: format!("the config is not a valid image config: {e}"),
         })?;
         let diff_ids: Vec<&Digest> = layers.iter().map(|l| &l.diff_id).collect();
-        let in_config: Vec<&str> = parsed.rootfs().diff_ids().iter().map(String::as_str).collect();
-        if diff_ids.iter().map(|d| d.as_str()).ne(in_config.iter().copied()) {
+        let in_config: Vec<&str> = parsed
+            .rootfs()
+            .diff_ids()
+            .iter()
+            .map(String::as_str)
+            .collect();
+        if diff_ids
+            .iter()
+            .map(|d| d.as_str())
+            .ne(in_config.iter().copied())
+        {
             return Err(Error::Image {
                 image: "(being built)".into(),
                 reason: "the config's diff_ids do not match the layers".into(),
@@ -125,7 +134,12 @@ impl Store {
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::Io { path: dir, cause: e }),
+            Err(e) => {
+                return Err(Error::Io {
+                    path: dir,
+                    cause: e,
+                })
+            }
         };
         let mut out = Vec::new();
         for entry in entries {

@@ -227,7 +227,10 @@ fn case(name: &str) -> &'static Case {
 }
 
 fn report(c: &Case) -> String {
-    format!("status {}\n--- out\n{}\n--- err\n{}", c.status, c.out, c.err)
+    format!(
+        "status {}\n--- out\n{}\n--- err\n{}",
+        c.status, c.out, c.err
+    )
 }
 
 fn make_contexts(root: &Path) {
@@ -304,7 +307,10 @@ fn buildah(name: &str) -> PathBuf {
     let _ = std::fs::remove_file(&archive);
     let out = args(&["push", "-q"])
         .arg(format!("b-{name}"))
-        .arg(format!("docker-archive:{}:b-{name}:latest", archive.display()))
+        .arg(format!(
+            "docker-archive:{}:b-{name}:latest",
+            archive.display()
+        ))
         .output()
         .expect("run buildah push");
     assert!(out.status.success(), "buildah push {name}: {out:?}");
@@ -338,8 +344,7 @@ fn flatten(archive: &Path) -> (Value, BTreeMap<String, Node>) {
     }
     let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
     let m = &manifest[0];
-    let config: Value =
-        serde_json::from_slice(&files[m["Config"].as_str().unwrap()]).unwrap();
+    let config: Value = serde_json::from_slice(&files[m["Config"].as_str().unwrap()]).unwrap();
     let mut tree: BTreeMap<String, Node> = BTreeMap::new();
     for layer in m["Layers"].as_array().unwrap() {
         let raw = &files[layer.as_str().unwrap()];
@@ -356,7 +361,10 @@ fn flatten(archive: &Path) -> (Value, BTreeMap<String, Node>) {
         for e in lt.entries().unwrap() {
             let mut e = e.unwrap();
             let path = e.path().unwrap().to_string_lossy().into_owned();
-            let path = path.trim_start_matches("./").trim_end_matches('/').to_string();
+            let path = path
+                .trim_start_matches("./")
+                .trim_end_matches('/')
+                .to_string();
             let (parent, base) = path.rsplit_once('/').unwrap_or(("", &path));
             let under = |p: &str, dir: &str| dir.is_empty() || p.starts_with(&format!("{dir}/"));
             if base == ".wh..wh..opq" {
@@ -390,7 +398,12 @@ fn flatten(archive: &Path) -> (Value, BTreeMap<String, Node>) {
                 what: String::new(),
             };
             if kind == tar::EntryType::Link {
-                let target = e.link_name().unwrap().unwrap().to_string_lossy().into_owned();
+                let target = e
+                    .link_name()
+                    .unwrap()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
                 let target = target.trim_start_matches("./").to_string();
                 let t = tree
                     .get(&target)
@@ -399,7 +412,12 @@ fn flatten(archive: &Path) -> (Value, BTreeMap<String, Node>) {
                 node.size = t.size;
                 node.what = t.what;
             } else if kind == tar::EntryType::Symlink {
-                node.what = e.link_name().unwrap().unwrap().to_string_lossy().into_owned();
+                node.what = e
+                    .link_name()
+                    .unwrap()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
             } else if node.kind == 'f' {
                 let mut d = Vec::new();
                 e.read_to_end(&mut d).unwrap();
@@ -494,7 +512,11 @@ fn compare(name: &str) {
             diffs.push(format!("only in buildah: {p} {m:?}"));
         }
     }
-    assert!(diffs.is_empty(), "{name}: root filesystems differ:\n{}", diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{name}: root filesystems differ:\n{}",
+        diffs.join("\n")
+    );
 }
 
 #[test]
@@ -526,7 +548,12 @@ fn multi_stage_copy_from_matches_buildah_and_skips_unused_stages() {
 #[test]
 fn heredoc_run_runs_the_document() {
     let c = case("heredoc");
-    assert_eq!(c.out, "build=0\nheredoc\nin cat\n1000:1000\n", "{}", report(c));
+    assert_eq!(
+        c.out,
+        "build=0\nheredoc\nin cat\n1000:1000\n",
+        "{}",
+        report(c)
+    );
 }
 
 #[test]
@@ -534,11 +561,16 @@ fn a_cache_mount_persists_between_builds() {
     let c = case("cachemount");
     let lines: Vec<&str> = c.out.lines().collect();
     assert!(
-        lines.iter().any(|l| l.ends_with("lines=1")) && lines.iter().any(|l| l.ends_with("lines=2")),
+        lines.iter().any(|l| l.ends_with("lines=1"))
+            && lines.iter().any(|l| l.ends_with("lines=2")),
         "{}",
         report(c)
     );
-    assert!(c.out.contains("run-1") && c.out.contains("run-2"), "{}", report(c));
+    assert!(
+        c.out.contains("run-1") && c.out.contains("run-2"),
+        "{}",
+        report(c)
+    );
 }
 
 #[test]
@@ -549,7 +581,11 @@ fn a_rebuild_is_all_cached_and_a_touched_source_rebuilds_from_its_copy() {
     assert_eq!(out.get(1), Some(&"same-id"), "{}", report(c));
     let steps: Vec<&&str> = out.iter().filter(|l| l.starts_with('[')).collect();
     assert_eq!(steps.len(), 9, "{}", report(c));
-    assert!(steps[0].contains("COPY a.txt /dst/") && steps[0].ends_with("CACHED"), "{}", report(c));
+    assert!(
+        steps[0].contains("COPY a.txt /dst/") && steps[0].ends_with("CACHED"),
+        "{}",
+        report(c)
+    );
     for s in &steps[1..] {
         assert!(s.ends_with(" DONE"), "{}", report(c));
     }

@@ -397,7 +397,11 @@ impl Builder<'_> {
             .stages
             .iter()
             .position(|s| s.name.as_deref() == Some(lower.as_str()))
-            .or_else(|| name.parse::<usize>().ok().filter(|&i| i < self.df.stages.len()))
+            .or_else(|| {
+                name.parse::<usize>()
+                    .ok()
+                    .filter(|&i| i < self.df.stages.len())
+            })
     }
 
     /// The global ARGs (before the first FROM), for FROM lines and for stages that declare
@@ -433,7 +437,8 @@ impl Builder<'_> {
                 continue;
             }
             let stage = &self.df.stages[i];
-            let from = dockerfile::expand_word(&stage.from.image, global, self.df.directives.escape)?;
+            let from =
+                dockerfile::expand_word(&stage.from.image, global, self.df.directives.escape)?;
             let mut refs = vec![from];
             for ins in &stage.instructions {
                 match &ins.kind {
@@ -503,10 +508,14 @@ impl Builder<'_> {
         let mut instructions: Vec<Instruction> = Vec::new();
         if !triggers.is_empty() {
             let text = format!("FROM scratch\n{}\n", triggers.join("\n"));
-            let parsed = dockerfile::parse(&text).context("in the base image's ONBUILD triggers")?;
+            let parsed =
+                dockerfile::parse(&text).context("in the base image's ONBUILD triggers")?;
             instructions.extend(parsed.stages.into_iter().flat_map(|s| s.instructions));
             config::set_list(&mut state.config, "OnBuild", None);
-            state.steps += instructions.iter().filter(|ins| has_vertex(&ins.kind)).count();
+            state.steps += instructions
+                .iter()
+                .filter(|ins| has_vertex(&ins.kind))
+                .count();
         }
         instructions.extend(stage.instructions.iter().cloned());
         for ins in &instructions {
@@ -554,8 +563,9 @@ impl Builder<'_> {
             tls_verify: None,
             convert: false,
         };
-        crate::images::pull_with_progress(self.store, &reference, &opts, true, true)
-            .with_context(|| format!("cannot pull the base image {name}: check the name, or hk login"))
+        crate::images::pull_with_progress(self.store, &reference, &opts, true, true).with_context(
+            || format!("cannot pull the base image {name}: check the name, or hk login"),
+        )
     }
 
     /// One instruction: from the cache, or done and then cached. `Err(code)` inside: the
@@ -880,7 +890,14 @@ fn healthcheck_json(h: &dockerfile::Healthcheck) -> Value {
             v.insert("Test".into(), json!(["NONE"]));
         }
         Some(Command::Exec(argv)) => {
-            v.insert("Test".into(), json!(["CMD"].into_iter().map(str::to_string).chain(argv.iter().cloned()).collect::<Vec<_>>()));
+            v.insert(
+                "Test".into(),
+                json!(["CMD"]
+                    .into_iter()
+                    .map(str::to_string)
+                    .chain(argv.iter().cloned())
+                    .collect::<Vec<_>>()),
+            );
         }
         Some(Command::Shell(s)) => {
             v.insert("Test".into(), json!(["CMD-SHELL", s]));
@@ -1006,9 +1023,7 @@ impl Builder<'_> {
             return Ok((dir, digest));
         }
         // Hard links: no copy of the data, and the share is read-only.
-        let snap = step::build_root()
-            .join("snapshots")
-            .join(digest.hex());
+        let snap = step::build_root().join("snapshots").join(digest.hex());
         if !snap.is_dir() {
             let temp = snap.with_extension(format!("tmp{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&temp);
@@ -1029,7 +1044,9 @@ fn link_tree(
     ignore: &hk_image::build::Ignore,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
-    for entry in std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
+    for entry in
+        std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))?
+    {
         let entry = entry?;
         let name = entry.file_name();
         let child_rel = if rel.is_empty() {
@@ -1105,7 +1122,11 @@ impl Builder<'_> {
                 std::fs::write(heredoc_dir.join(&h.name), &h.content)?;
                 names.push(h.name.clone());
             }
-            (heredoc_dir.clone(), names, hk_image::build::Ignore::parse("")?)
+            (
+                heredoc_dir.clone(),
+                names,
+                hk_image::build::Ignore::parse("")?,
+            )
         };
         let result = self.copy_from(state, ins, &c, add, &context, sources, ignore);
         let _ = std::fs::remove_dir_all(&heredoc_dir);

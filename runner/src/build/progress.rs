@@ -77,7 +77,9 @@ impl Vertex {
         move |stderr: bool, data: &[u8]| {
             let mut lines = out.lock().unwrap_or_else(|e| e.into_inner());
             let emit = |lines: &mut Lines, bytes: &[u8]| {
-                let text = String::from_utf8_lossy(bytes).trim_end_matches('\r').to_string();
+                let text = String::from_utf8_lossy(bytes)
+                    .trim_end_matches('\r')
+                    .to_string();
                 progress.print(&format!(
                     "#{n} {:.3} {text}",
                     started.elapsed().as_secs_f64()
@@ -114,7 +116,9 @@ impl Vertex {
                     self.started.elapsed().as_secs_f64(),
                     String::from_utf8_lossy(&line)
                 ));
-                lines.tail.push_back(String::from_utf8_lossy(&line).into_owned());
+                lines
+                    .tail
+                    .push_back(String::from_utf8_lossy(&line).into_owned());
             }
         }
     }

@@ -76,6 +76,9 @@ pub fn run(store: &Store, spec: RunSpec, sink: OutputSink) -> anyhow::Result<Out
         dns: Vec::new(),
         networks: Vec::new(),
         mounts: spec.mounts,
+        restart: None,
+        healthcheck: None,
+        stop_timeout: None,
     };
     let container = Container::scratch(config, dir.clone())?;
     let mut layer = None;
