@@ -1173,6 +1173,17 @@ impl Fleet {
     /// Ctrl-C (SIGINT or SIGTERM) stops the fleet.
     fn attach(&self, color: bool) -> anyhow::Result<ExitCode> {
         let signals = crate::supervisor::forwarded_signals();
+        // A shell starts background jobs with SIGINT ignored, and an ignored signal is never
+        // pending: take the default back first, then block it for sigwait.
+        for s in [
+            nix::sys::signal::Signal::SIGINT,
+            nix::sys::signal::Signal::SIGTERM,
+        ] {
+            // SAFETY: SIG_DFL installs no handler; the signal is blocked right after.
+            unsafe {
+                let _ = nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigDfl);
+            }
+        }
         signals
             .thread_block()
             .context("cannot block signals to catch Ctrl-C")?;
@@ -1279,6 +1290,9 @@ fn start(c: &Container) -> anyhow::Result<()> {
 /// Waits until a container runs (and with `healthy` reports healthy); fails when it exits
 /// or turns unhealthy first.
 fn wait_ready(c: &Container, healthy: bool, deadline: Instant) -> anyhow::Result<()> {
+    if healthy && c.config.healthcheck.is_none() {
+        bail!("it has no healthcheck, so it can never be healthy");
+    }
     loop {
         let s = c.state();
         if s.status == Status::Exited {
@@ -1291,9 +1305,7 @@ fn wait_ready(c: &Container, healthy: bool, deadline: Instant) -> anyhow::Result
         if health == Some(UNHEALTHY) {
             bail!("it is unhealthy");
         }
-        if healthy && health.is_none() && s.status == Status::Running {
-            bail!("it has no healthcheck, so it can never be healthy");
-        }
+
         if Instant::now() > deadline {
             bail!("timed out waiting for it");
         }
