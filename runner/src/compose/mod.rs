@@ -335,22 +335,8 @@ pub fn run(args: ComposeArgs) -> anyhow::Result<ExitCode> {
             let selected = plan::select(&fleet.project, &services)?;
             for s in &selected {
                 let svc = &fleet.project.services[s];
-                if let (Some(image), None) = (&svc.image, &svc.build) {
-                    let store = crate::images::store()?;
-                    let reference = hk_image::ImageRef::parse(image)?;
-                    eprintln!("Pulling {s} ({image})");
-                    crate::images::pull_with_progress(
-                        &store,
-                        &reference,
-                        &hk_image::PullOptions {
-                            platform: None,
-                            tls_verify: None,
-                            convert: true,
-                        },
-                        false,
-                        true,
-                    )
-                    .with_context(|| format!("service {s}: cannot pull {image}"))?;
+                if let (Some(_), None) = (&svc.image, &svc.build) {
+                    fleet.pull(s)?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -550,6 +536,22 @@ impl Fleet {
         Ok(())
     }
 
+    /// `hk pull` of a service's image.
+    fn pull(&self, service: &str) -> anyhow::Result<()> {
+        let name = self.project.image_of(service);
+        let store = crate::images::store()?;
+        let reference = hk_image::ImageRef::parse(&name)?;
+        eprintln!(" Service {service}  Pulling {name}");
+        let opts = hk_image::PullOptions {
+            platform: None,
+            tls_verify: None,
+            convert: true,
+        };
+        crate::images::pull_with_progress(&store, &reference, &opts, false, true)
+            .with_context(|| format!("service {service}: cannot pull {name}"))?;
+        Ok(())
+    }
+
     /// The image ID a service's containers would run, building or pulling it first when
     /// it is not here (or with `--build`).
     fn image(&self, service: &str, build: bool) -> anyhow::Result<String> {
@@ -560,20 +562,7 @@ impl Fleet {
         if svc.build.is_some() && (build || local.is_err()) {
             self.build(service)?;
         } else if local.is_err() {
-            let reference = hk_image::ImageRef::parse(&name)?;
-            eprintln!(" {service} Pulling");
-            crate::images::pull_with_progress(
-                &store,
-                &reference,
-                &hk_image::PullOptions {
-                    platform: None,
-                    tls_verify: None,
-                    convert: true,
-                },
-                false,
-                true,
-            )
-            .with_context(|| format!("service {service}: cannot pull {name}"))?;
+            self.pull(service)?;
         }
         let image = store
             .resolve(&name)
