@@ -178,8 +178,13 @@ pub fn supervise(
                 ready: std::fs::File::options().write(true).open("/dev/null")?,
             },
         };
-        let result =
-            ports.and_then(|ports| boot_and_run(container, &ports, io, timings.take(), None));
+        let result = ports.and_then(|ports| {
+            if policy == Restart::No {
+                boot_and_run(container, &ports, io, timings.take(), None)
+            } else {
+                boot_in_child(container, &ports, io)
+            }
+        });
         // The health thread's last word is kept, as docker keeps it in inspect.
         state.health = container.state().health;
         state.status = Status::Exited;
@@ -209,6 +214,53 @@ pub fn supervise(
             let _ = container.remove();
         }
         return result;
+    }
+}
+
+/// [`boot_and_run`] in a child process, for a container that may restart: a VM confines
+/// its whole process with seccomp (no exec, so no passt for a second boot), so each boot
+/// gets a process of its own while this one, unconfined, keeps the lock and the policy.
+fn boot_in_child(
+    container: &Container,
+    ports: &[crate::container::ports::Port],
+    io: Stdio,
+) -> anyhow::Result<u8> {
+    let (mut errors, mut writer) = std::io::pipe().context("cannot make a pipe")?;
+    // SAFETY: the supervisor of a detached container has no other thread here (the VM's,
+    // the health monitor's and the pumps all live in the child), so the child may run
+    // ordinary Rust code; it leaves with _exit, running nothing of the parent's.
+    match unsafe { nix::unistd::fork() }.context("cannot fork the supervisor")? {
+        nix::unistd::ForkResult::Child => {
+            // The VM dies with its supervisor, as it does when it lives in it: `hk stop`'s
+            // last resort kills the supervisor's PID.
+            // SAFETY: prctl with an integer argument.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+            drop(errors);
+            let code = match boot_and_run(container, ports, io, None, None) {
+                Ok(code) => i32::from(code),
+                Err(e) => {
+                    let _ = write!(writer, "{e:#}");
+                    1
+                }
+            };
+            drop(writer);
+            // SAFETY: ends the child without unwinding into the parent's frames.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(writer);
+            drop(io);
+            let mut error = String::new();
+            let _ = errors.read_to_string(&mut error);
+            let status = nix::sys::wait::waitpid(child, None).context("cannot wait for the VM")?;
+            if !error.is_empty() {
+                bail!("{error}");
+            }
+            match status {
+                nix::sys::wait::WaitStatus::Exited(_, code) => Ok((code & 0xff) as u8),
+                other => bail!("the VM's process ended with {other:?}"),
+            }
+        }
     }
 }
 

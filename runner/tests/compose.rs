@@ -95,7 +95,7 @@ $hk compose --profile crash config --services | grep -c crasher"#,
         r#"$hk compose up -d --wait; echo up=$?
 $hk compose ps --services
 $hk compose ps | grep -c ' Up '
-$hk inspect shop-db-1 | grep -A1 '"Health"' | grep -o '"Status": "[a-z]*"'
+$hk inspect shop-db-1 | grep -o '"Status": "\(healthy\|starting\|unhealthy\)"'
 $hk ps | grep shop-db-1 | grep -o '(healthy)'
 $hk inspect shop-web-1 | grep -o '"com.docker.compose.service": "web"'
 echo data=$(busybox wget -qO- http://127.0.0.1:18080/cgi-bin/get)"#,
@@ -199,8 +199,18 @@ fn lab() -> &'static HashMap<String, Case> {
         tar.append_dir_all(".", &project).unwrap();
         tar.finish().unwrap();
         let mut session = UnprivilegedSession::new(dir.clone(), UID);
-        session.root_setup = "ip link set lo up".into();
-        session.prelude = "tar xf project.tar\n".into();
+        // Volumes live where user xattrs are kept (hk keeps the guest's owners in them; the
+        // lab's tmpfs, Linux 6.1, has none): the scratch dir, bind-mounted into the private
+        // dir as runner/tests/volumes.rs does.
+        let x = dir.join("xattrs");
+        std::fs::create_dir_all(&x).unwrap();
+        session.root_setup = format!(
+            "ip link set lo up\nmkdir -p $T/xattrs && chown {UID}:{UID} {x} && mount --bind {x} $T/xattrs",
+            x = x.display()
+        );
+        session.prelude = "tar xf project.tar\n\
+            if mountpoint -q $T/xattrs; then mkdir -p $T/xattrs/volumes && ln -s $T/xattrs/volumes $HK_DATA_DIR/volumes; fi\n"
+            .into();
         session.run(
             Path::new(env!("CARGO_BIN_EXE_hk")),
             CASES,

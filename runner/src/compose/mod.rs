@@ -746,6 +746,9 @@ impl Fleet {
     }
 
     fn up(&self, opts: &UpOptions) -> anyhow::Result<ExitCode> {
+        if !opts.detach {
+            catch_ctrl_c()?;
+        }
         let selected = plan::select(&self.project, &opts.services)?;
         let levels = plan::levels(&self.project, &selected)?;
         if crate::lab::needed() {
@@ -1162,20 +1165,6 @@ impl Fleet {
     /// Ctrl-C (SIGINT or SIGTERM) stops the fleet.
     fn attach(&self, color: bool) -> anyhow::Result<ExitCode> {
         let signals = crate::supervisor::forwarded_signals();
-        // A shell starts background jobs with SIGINT ignored, and an ignored signal is never
-        // pending: take the default back first, then block it for sigwait.
-        for s in [
-            nix::sys::signal::Signal::SIGINT,
-            nix::sys::signal::Signal::SIGTERM,
-        ] {
-            // SAFETY: SIG_DFL installs no handler; the signal is blocked right after.
-            unsafe {
-                let _ = nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigDfl);
-            }
-        }
-        signals
-            .thread_block()
-            .context("cannot block signals to catch Ctrl-C")?;
         let cs = self.containers(&[], false)?;
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         {
@@ -1261,6 +1250,25 @@ impl Fleet {
         args.set_oneoff(name, o.rm, o.detach, entrypoint, o.env, o.command);
         crate::run::run(args)
     }
+}
+
+/// Blocks SIGINT and SIGTERM in this thread, before any other starts (threads inherit the
+/// mask: one that did not block them would die of them), so that `attach` takes them with
+/// sigwait. A shell starts background jobs with SIGINT ignored, and an ignored signal is
+/// never pending: the default disposition comes back first.
+fn catch_ctrl_c() -> anyhow::Result<()> {
+    for s in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
+        // SAFETY: SIG_DFL installs no handler; the signal is blocked right after.
+        unsafe {
+            let _ = nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigDfl);
+        }
+    }
+    crate::supervisor::forwarded_signals()
+        .thread_block()
+        .context("cannot block signals to catch Ctrl-C")
 }
 
 /// Starts a container's detached supervisor; its failure is an error here.
