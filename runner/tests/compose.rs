@@ -15,7 +15,9 @@
 //! published port; the replicas all resolve by service name and answer; a second `up` with
 //! one service changed recreates only it; the volume outlives `down` and `down -v` removes
 //! it; the restart policy; Ctrl-C in a foreground `up` stops the fleet. A test without a VM
-//! checks `config`'s output for a tricky pair of files.
+//! checks `config`'s output for a tricky pair of files. `up --wait` returns once the
+//! processes have started, as docker's does, which may be before a server in them listens:
+//! the published port is fetched until it answers (`fetch`).
 
 use hk_tests::{scratch_dir, Case, UnprivilegedSession};
 use std::collections::HashMap;
@@ -98,7 +100,7 @@ $hk compose ps | grep -c ' Up '
 $hk inspect shop-db-1 | grep -o '"Status": "\(healthy\|starting\|unhealthy\)"'
 $hk ps | grep shop-db-1 | grep -o '(healthy)'
 $hk inspect shop-web-1 | grep -o '"com.docker.compose.service": "web"'
-echo data=$(busybox wget -qO- http://127.0.0.1:18080/cgi-bin/get)"#,
+echo data=$(fetch http://127.0.0.1:18080/cgi-bin/get)"#,
     ),
     (
         "replicas",
@@ -123,7 +125,7 @@ $hk compose down 2>/dev/null; echo down=$?
 echo containers=$($hk ps -aq | wc -l) volume=$($hk volume ls -q | grep -c shop_dbdata) network=$($hk network ls | grep -c shop_default)
 $hk compose up -d --wait web 2>/dev/null; echo up=$?
 $hk compose ps --services | tr '\n' ' '; echo
-echo data=$(busybox wget -qO- http://127.0.0.1:18080/cgi-bin/get)
+echo data=$(fetch http://127.0.0.1:18080/cgi-bin/get)
 $hk compose down -v 2>/dev/null; echo down=$?
 echo containers=$($hk ps -aq | wc -l) volume=$($hk volume ls -q | grep -c shop_dbdata) network=$($hk network ls | grep -c shop_default)"#,
     ),
@@ -209,7 +211,8 @@ fn lab() -> &'static HashMap<String, Case> {
             x = x.display()
         );
         session.prelude = "tar xf project.tar\n\
-            if mountpoint -q $T/xattrs; then mkdir -p $T/xattrs/volumes && ln -s $T/xattrs/volumes $HK_DATA_DIR/volumes; fi\n"
+            if mountpoint -q $T/xattrs; then mkdir -p $T/xattrs/volumes && ln -s $T/xattrs/volumes $HK_DATA_DIR/volumes; fi\n\
+            fetch() { i=0; until out=$(busybox wget -qO- \"$1\" 2>/dev/null) && [ -n \"$out\" ] || [ $i -ge 60 ]; do sleep 1; i=$((i + 1)); done; echo \"$out\"; }\n"
             .into();
         session.run(
             Path::new(env!("CARGO_BIN_EXE_hk")),
