@@ -31,10 +31,11 @@ pub struct PsArgs {
 #[derive(clap::Args)]
 pub struct StopArgs {
     /// Seconds to wait for the stop signal to end the container before killing it
-    #[arg(short = 't', long = "time", default_value_t = 10)]
-    time: u64,
+    /// (default: its --stop-timeout, else 10)
+    #[arg(short = 't', long = "time")]
+    pub time: Option<u64>,
     #[arg(required = true, value_name = "CONTAINER")]
-    containers: Vec<String>,
+    pub containers: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -135,13 +136,18 @@ fn each(
 
 pub fn stop(args: StopArgs) -> anyhow::Result<ExitCode> {
     each(&args.containers, |c| {
-        stop_one(c, Duration::from_secs(args.time))
+        stop_one(c, stop_timeout(c, args.time))
     })
+}
+
+/// `-t` when given, else the container's `--stop-timeout`, else docker's 10 s.
+pub fn stop_timeout(c: &Container, given: Option<u64>) -> Duration {
+    Duration::from_secs(given.or(c.config.stop_timeout).unwrap_or(10))
 }
 
 pub fn restart(args: StopArgs) -> anyhow::Result<ExitCode> {
     each(&args.containers, |c| {
-        stop_one(c, Duration::from_secs(args.time))?;
+        stop_one(c, stop_timeout(c, args.time))?;
         match crate::run::start_detached(c)? {
             crate::run::Started::Ok => Ok(()),
             crate::run::Started::Failed(code) => bail!("the container exited with {code}"),
@@ -150,11 +156,13 @@ pub fn restart(args: StopArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// docker stop: the image's StopSignal (SIGTERM by default), then SIGKILL after the
-/// timeout; if even that does not end it, the supervisor and its VM are killed.
+/// timeout; if even that does not end it, the supervisor and its VM are killed. The
+/// container's restart policy does not bring it back.
 pub(crate) fn stop_one(c: &Container, timeout: Duration) -> anyhow::Result<()> {
     if !c.is_running() {
         return Ok(());
     }
+    mark_stopped(c);
     let signal = if c.config.stop_signal.is_empty() {
         Signal::SIGTERM
     } else {
@@ -170,6 +178,11 @@ pub(crate) fn stop_one(c: &Container, timeout: Duration) -> anyhow::Result<()> {
         }
     }
     kill_supervisor(c)
+}
+
+/// Tells the supervisor that a person stopped the container: no restart.
+fn mark_stopped(c: &Container) {
+    let _ = std::fs::write(c.stop_mark(), b"");
 }
 
 /// The last resort: the VM lives in its supervisor, so killing that ends the VM.
@@ -219,6 +232,7 @@ pub fn kill(args: KillArgs) -> anyhow::Result<ExitCode> {
         if !c.is_running() {
             bail!("cannot kill container {}: it is not running", c.config.name);
         }
+        mark_stopped(c);
         let sent = supervisor::connect(c)?.process(MAIN).signal(signal as i32);
         // A fatal signal can end the VM before the agent's answer leaves it: the connection
         // then closes unanswered, and the container stopping is the answer.
@@ -248,6 +262,8 @@ pub fn rm(args: RmArgs) -> anyhow::Result<ExitCode> {
 /// too if that does not, then deletes what the container owns.
 pub(crate) fn remove_forced(c: &Container) -> anyhow::Result<()> {
     if c.is_running() {
+        // Not brought back by its restart policy while it is being removed.
+        mark_stopped(c);
         if let Ok(client) = supervisor::connect(c) {
             let _ = client.process(MAIN).signal(Signal::SIGKILL as i32);
         }
@@ -289,7 +305,7 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
 /// docker's STATUS column: "Up 5 minutes", "Exited (0) 2 seconds ago", "Created".
 /// `docker ps`'s PORTS: the published ports of a running container, then exposed ports
 /// that are not published.
-fn ports_text(c: &Container) -> String {
+pub(crate) fn ports_text(c: &Container) -> String {
     let s = c.state();
     let published: &[crate::container::ports::Port] = if s.status == Status::Running {
         &s.ports
@@ -347,11 +363,18 @@ pub fn port(args: PortArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn status_text(c: &Container) -> String {
+pub(crate) fn status_text(c: &Container) -> String {
     let s = c.state();
     match s.status {
         Status::Created => "Created".into(),
-        Status::Running => format!("Up {}", since(s.started_at.as_deref(), false)),
+        Status::Running => {
+            let health = match s.health.as_ref().map(|h| h.status.as_str()) {
+                Some(crate::container::health::STARTING) => " (health: starting)".to_string(),
+                Some(status) => format!(" ({status})"),
+                None => String::new(),
+            };
+            format!("Up {}{health}", since(s.started_at.as_deref(), false))
+        }
         Status::Exited => format!(
             "Exited ({}) {}",
             s.exit_code,
@@ -360,7 +383,7 @@ fn status_text(c: &Container) -> String {
     }
 }
 
-fn since(t: Option<&str>, ago: bool) -> String {
+pub(crate) fn since(t: Option<&str>, ago: bool) -> String {
     let Some(t) = t.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()) else {
         return String::new();
     };
@@ -381,7 +404,7 @@ fn since(t: Option<&str>, ago: bool) -> String {
     }
 }
 
-fn command_text(c: &Container, no_trunc: bool) -> String {
+pub(crate) fn command_text(c: &Container, no_trunc: bool) -> String {
     let text = c.config.process.argv.join(" ");
     if no_trunc || text.chars().count() <= 20 {
         format!("\"{text}\"")
@@ -515,7 +538,15 @@ fn inspect_json(c: &Container) -> serde_json::Value {
             "Error": s.error,
             "StartedAt": s.started_at.as_deref().unwrap_or(zero),
             "FinishedAt": s.finished_at.as_deref().unwrap_or(zero),
+            "Health": s.health.as_ref().map(|h| json!({
+                "Status": h.status,
+                "FailingStreak": h.failing_streak,
+                "Log": h.log.iter().map(|p| json!({
+                    "Start": p.start, "End": p.end, "ExitCode": p.exit_code, "Output": p.output,
+                })).collect::<Vec<_>>(),
+            })),
         },
+        "RestartCount": s.restart_count,
         "Image": cfg.image_id,
         "LogPath": c.log_path(),
         "Name": format!("/{}", cfg.name),
@@ -523,6 +554,7 @@ fn inspect_json(c: &Container) -> serde_json::Value {
         "Mounts": cfg.mounts.iter().map(crate::container::mounts::inspect_json).collect::<Vec<_>>(),
         "HostConfig": {
             "AutoRemove": cfg.auto_remove,
+            "RestartPolicy": restart_policy_json(cfg.restart.as_deref()),
             "ReadonlyRootfs": cfg.read_only,
             "Memory": cfg.memory_mib << 20,
             "NanoCpus": u64::from(cfg.cpus) * 1_000_000_000,
@@ -561,9 +593,25 @@ fn inspect_json(c: &Container) -> serde_json::Value {
             "WorkingDir": cfg.process.cwd,
             "Labels": cfg.labels,
             "StopSignal": if cfg.stop_signal.is_empty() { "SIGTERM" } else { cfg.stop_signal.as_str() },
+            "StopTimeout": cfg.stop_timeout,
+            "Healthcheck": cfg.healthcheck.as_ref().map(|h| json!({
+                "Test": h.test,
+                "Interval": h.interval_ms * 1_000_000,
+                "Timeout": h.timeout_ms * 1_000_000,
+                "StartPeriod": h.start_period_ms * 1_000_000,
+                "StartInterval": h.start_interval_ms * 1_000_000,
+                "Retries": h.retries,
+            })),
             "ExposedPorts": ports,
         },
     })
+}
+
+/// docker's `HostConfig.RestartPolicy`: `{"Name": "on-failure", "MaximumRetryCount": 3}`.
+fn restart_policy_json(policy: Option<&str>) -> serde_json::Value {
+    let text = policy.unwrap_or("no");
+    let (name, max) = text.split_once(':').unwrap_or((text, "0"));
+    json!({ "Name": name, "MaximumRetryCount": max.parse::<u32>().unwrap_or(0) })
 }
 
 /// docker's prune question, asked only at a terminal and unless `-f`: whether to go on.

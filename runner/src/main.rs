@@ -2,6 +2,7 @@
 //! (anyhow at this edge, thiserror in the libraries below) and where exit codes are chosen.
 
 mod build;
+mod compose;
 mod container;
 mod gitlab;
 mod host;
@@ -38,6 +39,8 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Run a command in a running container
     Exec(run::ExecArgs),
+    /// Run a fleet of containers from a Compose file
+    Compose(Box<compose::ComposeArgs>),
     /// Build an image from a Dockerfile, each RUN step in a microVM of its own
     Build(Box<build::BuildArgs>),
     /// Manage the build cache
@@ -121,6 +124,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Exec(args) => run::exec(args),
+        Command::Compose(args) => compose::run(*args),
         Command::Build(args) => build::build(*args),
         Command::Builder(BuilderCommand::Prune(args)) => build::prune(args),
         Command::Builder(BuilderCommand::Step { dir }) => build::step_child(&dir),

@@ -3,6 +3,7 @@
 //! it in the foreground or starts a detached supervisor (`-d`); see `supervisor` for what
 //! runs the VM and `container` for what is kept on disk.
 
+use crate::container::health::{self, HealthConfig};
 use crate::container::mounts;
 use crate::container::ports;
 use crate::container::spec::{self, ImageDefaults, Overrides};
@@ -100,6 +101,43 @@ pub struct RunArgs {
     /// Print where the time went (image lookup, VM setup, boot, process, shutdown)
     #[arg(long)]
     timings: bool,
+    /// Restart policy of a detached container: no, always, unless-stopped or
+    /// on-failure[:MAX-RETRIES]
+    #[arg(long, default_value = "no")]
+    pub(crate) restart: String,
+    /// Command to run to check health (through /bin/sh -c)
+    #[arg(long = "health-cmd", value_name = "COMMAND")]
+    health_cmd: Option<String>,
+    /// Time between running the check (default 30s)
+    #[arg(long = "health-interval", value_name = "DURATION")]
+    pub(crate) health_interval: Option<String>,
+    /// Maximum time to allow one check to run (default 30s)
+    #[arg(long = "health-timeout", value_name = "DURATION")]
+    pub(crate) health_timeout: Option<String>,
+    /// Consecutive failures needed to report unhealthy (default 3)
+    #[arg(long = "health-retries", value_name = "N")]
+    pub(crate) health_retries: Option<u32>,
+    /// Start period during which failures do not count (default 0s)
+    #[arg(long = "health-start-period", value_name = "DURATION")]
+    pub(crate) health_start_period: Option<String>,
+    /// Time between checks during the start period (default 5s)
+    #[arg(long = "health-start-interval", value_name = "DURATION")]
+    pub(crate) health_start_interval: Option<String>,
+    /// Disable any healthcheck
+    #[arg(long)]
+    no_healthcheck: bool,
+    /// Signal to stop the container (default: the image's, else SIGTERM)
+    #[arg(long = "stop-signal", value_name = "SIGNAL")]
+    pub(crate) stop_signal: Option<String>,
+    /// Seconds to wait for the stop signal before killing the container (default 10)
+    #[arg(long = "stop-timeout", value_name = "SECONDS")]
+    pub(crate) stop_timeout: Option<u64>,
+    /// A whole ENTRYPOINT (compose's `entrypoint:` list); not a flag
+    #[arg(skip)]
+    pub(crate) entrypoint_argv: Option<Vec<String>>,
+    /// A healthcheck test in docker's list form (`CMD ...`, `CMD-SHELL ...`); not a flag
+    #[arg(skip)]
+    pub(crate) health_test: Option<Vec<String>>,
     #[command(flatten)]
     seccomp: crate::vm::SeccompArg,
     #[command(flatten)]
@@ -125,6 +163,35 @@ impl RunArgs {
         }
         let line = std::iter::once("run").chain(argv.iter().map(String::as_str));
         Ok(<Run as clap::Parser>::try_parse_from(line)?.args)
+    }
+
+    pub(crate) fn set_name(&mut self, name: String) {
+        self.name = Some(name);
+    }
+
+    /// `hk compose run`: a one-off container of a service, which never restarts; the
+    /// command (when given) replaces the service's, `env` adds to its environment.
+    pub(crate) fn set_oneoff(
+        &mut self,
+        name: String,
+        rm: bool,
+        detach: bool,
+        entrypoint: Option<Vec<String>>,
+        env: Vec<String>,
+        command: Vec<String>,
+    ) {
+        self.name = Some(name);
+        self.rm = rm;
+        self.detach = detach;
+        self.restart = "no".into();
+        if entrypoint.is_some() {
+            self.entrypoint_argv = entrypoint;
+        }
+        self.process.env.extend(env);
+        if !command.is_empty() {
+            self.args.truncate(1);
+            self.args.extend(command);
+        }
     }
 }
 
@@ -179,6 +246,81 @@ pub struct ProcessFlags {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let (c, mut timings) = create(&args)?;
+    let id = c.config.id.clone();
+    if let Some(f) = &args.cidfile {
+        std::fs::write(f, &id).with_context(|| format!("cannot write {}", f.display()))?;
+    }
+    if args.detach {
+        return match start_detached(&c)? {
+            Started::Ok => {
+                println!("{id}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Started::Failed(code) => Ok(ExitCode::from(code)),
+        };
+    }
+    if crate::lab::needed() {
+        return start_in_lab(&c, args.timings);
+    }
+    let code = supervisor::supervise(
+        &c,
+        Stdio::Attached {
+            interactive: args.process.interactive,
+        },
+        args.timings.then_some(&mut timings),
+    )?;
+    if args.timings {
+        timings.print();
+    }
+    Ok(ExitCode::from(code))
+}
+
+/// The healthcheck the flags describe: `--health-cmd` (or compose's test list), with
+/// docker's defaults for what is not given; `None` with `--no-healthcheck` or no test.
+fn healthcheck(args: &RunArgs) -> anyhow::Result<Option<HealthConfig>> {
+    let test = match (&args.health_test, &args.health_cmd) {
+        _ if args.no_healthcheck => return Ok(None),
+        (Some(t), _) => t.clone(),
+        (None, Some(cmd)) => vec!["CMD-SHELL".into(), cmd.clone()],
+        (None, None) => return Ok(None),
+    };
+    if test.first().is_some_and(|t| t == "NONE") {
+        return Ok(None);
+    }
+    let ms = |flag: &str, v: &Option<String>, default: u64| -> anyhow::Result<u64> {
+        match v {
+            Some(t) => Ok(health::parse_duration(t)
+                .with_context(|| format!("--{flag}"))?
+                .as_millis() as u64),
+            None => Ok(default),
+        }
+    };
+    Ok(Some(HealthConfig {
+        test,
+        interval_ms: ms(
+            "health-interval",
+            &args.health_interval,
+            HealthConfig::DEFAULT_INTERVAL_MS,
+        )?,
+        timeout_ms: ms(
+            "health-timeout",
+            &args.health_timeout,
+            HealthConfig::DEFAULT_TIMEOUT_MS,
+        )?,
+        start_period_ms: ms("health-start-period", &args.health_start_period, 0)?,
+        start_interval_ms: ms(
+            "health-start-interval",
+            &args.health_start_interval,
+            HealthConfig::DEFAULT_START_INTERVAL_MS,
+        )?,
+        retries: args.health_retries.unwrap_or(HealthConfig::DEFAULT_RETRIES),
+    }))
+}
+
+/// Makes the container `hk run` describes (pulling its image as `--pull` says), without
+/// starting it; `hk compose` makes its containers here too.
+pub(crate) fn create(args: &RunArgs) -> anyhow::Result<(Container, Timings)> {
     let start = Instant::now();
     let mut timings = Timings::new(start);
     let memory_mib = parse_memory(&args.memory)?;
@@ -215,6 +357,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    if args.rm && args.restart != "no" {
+        bail!(
+            "--restart {} and --rm conflict: a removed container cannot restart",
+            args.restart
+        );
+    }
+    health::Restart::parse(&args.restart)?;
+    let healthcheck = healthcheck(args)?;
     let (network, networks) = networks(&args.network, &args.network_aliases)?;
     let mut published = Vec::new();
     for p in &args.publish {
@@ -271,7 +421,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => {
             let (image, rest) = args.args.split_first().expect("clap requires one");
             let store = crate::images::store()?;
-            let found = find_image(&store, image, &args)?;
+            let found = find_image(&store, image, args)?;
             let config = store.config(&found)?;
             // Converted now, on this host: the nested lab sees the store read-only.
             store.rootfs(&found)?;
@@ -296,8 +446,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         env.extend(spec::env_file(f)?);
     }
     env.extend(args.process.env.iter().filter_map(|e| spec::env_flag(e)));
+    let flag_entrypoint = args.entrypoint.as_ref().map(|e| {
+        if e.is_empty() {
+            Vec::new()
+        } else {
+            vec![e.clone()]
+        }
+    });
     let overrides = Overrides {
-        entrypoint: args.entrypoint.as_deref(),
+        entrypoint: args
+            .entrypoint_argv
+            .as_deref()
+            .or(flag_entrypoint.as_deref()),
         cmd,
         env,
         workdir: args.process.workdir.as_deref(),
@@ -346,7 +506,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         cmd,
         hostname,
         labels: all_labels,
-        stop_signal: defaults.stop_signal.clone(),
+        stop_signal: args
+            .stop_signal
+            .clone()
+            .unwrap_or_else(|| defaults.stop_signal.clone()),
         exposed_ports: defaults.exposed_ports.clone(),
         cpus: args.cpus,
         memory_mib,
@@ -359,33 +522,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         dns: args.dns.iter().map(|ip| ip.to_string()).collect(),
         networks,
         mounts,
+        restart: (args.restart != "no").then(|| args.restart.clone()),
+        healthcheck,
+        stop_timeout: args.stop_timeout,
     })?;
-    if let Some(f) = &args.cidfile {
-        std::fs::write(f, &id).with_context(|| format!("cannot write {}", f.display()))?;
-    }
-    if args.detach {
-        return match start_detached(&c)? {
-            Started::Ok => {
-                println!("{id}");
-                Ok(ExitCode::SUCCESS)
-            }
-            Started::Failed(code) => Ok(ExitCode::from(code)),
-        };
-    }
-    if in_lab {
-        return start_in_lab(&c, args.timings);
-    }
-    let code = supervisor::supervise(
-        &c,
-        Stdio::Attached {
-            interactive: args.process.interactive,
-        },
-        args.timings.then_some(&mut timings),
-    )?;
-    if args.timings {
-        timings.print();
-    }
-    Ok(ExitCode::from(code))
+    timings.mark("create");
+    Ok((c, timings))
 }
 
 /// `--network` values: the mode of the container's own interface (passt or none) and the

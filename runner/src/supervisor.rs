@@ -145,38 +145,123 @@ pub fn supervise(
     stdio: Stdio,
     timings: Option<&mut Timings>,
 ) -> anyhow::Result<u8> {
+    use crate::container::health::Restart;
     let _lock = container.take()?;
-    let started_at = crate::container::now();
-    let mut state = State {
-        status: Status::Running,
-        pid: std::process::id(),
-        started_at: Some(started_at),
-        ..State::default()
+    // A start by hand: what an earlier `hk stop` said is done with.
+    let _ = std::fs::remove_file(container.stop_mark());
+    let policy = match (&stdio, &container.config.restart) {
+        (Stdio::Detached { .. }, Some(r)) => Restart::parse(r)?,
+        _ => Restart::No,
     };
-    // Host ports are chosen (and checked free) at each start, as docker does; `hk port`
-    // reads them from the state.
-    let ports = crate::container::ports::allocate(&container.config.ports);
-    if let Ok(p) = &ports {
-        state.ports = p.clone();
+    let mut stdio = Some(stdio);
+    let mut timings = timings;
+    let mut restarts = 0;
+    loop {
+        let mut state = State {
+            status: Status::Running,
+            pid: std::process::id(),
+            started_at: Some(crate::container::now()),
+            restart_count: restarts,
+            ..State::default()
+        };
+        // Host ports are chosen (and checked free) at each start, as docker does; `hk port`
+        // reads them from the state.
+        let ports = crate::container::ports::allocate(&container.config.ports);
+        if let Ok(p) = &ports {
+            state.ports = p.clone();
+        }
+        container.set_state(&state)?;
+        // After the first start, nobody waits on the ready pipe: restarts report to nothing.
+        let io = match stdio.take() {
+            Some(s) => s,
+            None => Stdio::Detached {
+                ready: std::fs::File::options().write(true).open("/dev/null")?,
+            },
+        };
+        let result = ports.and_then(|ports| {
+            if policy == Restart::No {
+                boot_and_run(container, &ports, io, timings.take(), None)
+            } else {
+                boot_in_child(container, &ports, io)
+            }
+        });
+        // The health thread's last word is kept, as docker keeps it in inspect.
+        state.health = container.state().health;
+        state.status = Status::Exited;
+        state.finished_at = Some(crate::container::now());
+        match &result {
+            Ok(code) => state.exit_code = i32::from(*code),
+            Err(e) => {
+                state.exit_code = i32::from(crate::EXIT_RUNNER_ERROR);
+                state.error = format!("{e:#}");
+            }
+        }
+        let _ = container.set_state(&state);
+        let _ = std::fs::remove_dir_all(container.runtime_dir());
+        let again = match &result {
+            Ok(code) => policy.restarts(*code, restarts),
+            Err(_) => policy.restarts(crate::EXIT_RUNNER_ERROR, restarts),
+        };
+        if again && !container.stop_mark().exists() {
+            std::thread::sleep(Restart::delay(restarts));
+            if !container.stop_mark().exists() {
+                restarts += 1;
+                continue;
+            }
+        }
+        if container.config.auto_remove {
+            drop(_lock);
+            let _ = container.remove();
+        }
+        return result;
     }
-    container.set_state(&state)?;
-    let result = ports.and_then(|ports| boot_and_run(container, &ports, stdio, timings, None));
-    state.status = Status::Exited;
-    state.finished_at = Some(crate::container::now());
-    match &result {
-        Ok(code) => state.exit_code = i32::from(*code),
-        Err(e) => {
-            state.exit_code = i32::from(crate::EXIT_RUNNER_ERROR);
-            state.error = format!("{e:#}");
+}
+
+/// [`boot_and_run`] in a child process, for a container that may restart: a VM confines
+/// its whole process with seccomp (no exec, so no passt for a second boot), so each boot
+/// gets a process of its own while this one, unconfined, keeps the lock and the policy.
+fn boot_in_child(
+    container: &Container,
+    ports: &[crate::container::ports::Port],
+    io: Stdio,
+) -> anyhow::Result<u8> {
+    let (mut errors, mut writer) = std::io::pipe().context("cannot make a pipe")?;
+    // SAFETY: the supervisor of a detached container has no other thread here (the VM's,
+    // the health monitor's and the pumps all live in the child), so the child may run
+    // ordinary Rust code; it leaves with _exit, running nothing of the parent's.
+    match unsafe { nix::unistd::fork() }.context("cannot fork the supervisor")? {
+        nix::unistd::ForkResult::Child => {
+            // The VM dies with its supervisor, as it does when it lives in it: `hk stop`'s
+            // last resort kills the supervisor's PID.
+            // SAFETY: prctl with an integer argument.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+            drop(errors);
+            let code = match boot_and_run(container, ports, io, None, None) {
+                Ok(code) => i32::from(code),
+                Err(e) => {
+                    let _ = write!(writer, "{e:#}");
+                    1
+                }
+            };
+            drop(writer);
+            // SAFETY: ends the child without unwinding into the parent's frames.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(writer);
+            drop(io);
+            let mut error = String::new();
+            let _ = errors.read_to_string(&mut error);
+            let status = nix::sys::wait::waitpid(child, None).context("cannot wait for the VM")?;
+            if !error.is_empty() {
+                bail!("{error}");
+            }
+            match status {
+                nix::sys::wait::WaitStatus::Exited(_, code) => Ok((code & 0xff) as u8),
+                other => bail!("the VM's process ended with {other:?}"),
+            }
         }
     }
-    let _ = container.set_state(&state);
-    let _ = std::fs::remove_dir_all(container.runtime_dir());
-    if container.config.auto_remove {
-        drop(_lock);
-        let _ = container.remove();
-    }
-    result
 }
 
 fn boot_and_run(
@@ -399,6 +484,11 @@ fn boot_and_run(
             stdin: matches!(stdio, Stdio::Attached { interactive: true }),
             main: true,
             ..ProcessSpec::default()
+        };
+        // Probes run while the main process does; dropping the monitor ends them.
+        let _health = match stdio {
+            Stdio::Build { .. } => None,
+            _ => crate::container::health::Monitor::start(container, &client),
         };
         let (code, ready) = match stdio {
             Stdio::Build { sink } => {

@@ -7,7 +7,7 @@
 
 use crate::container::mounts::Kind;
 use crate::container::Container;
-use anyhow::Context;
+use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -90,7 +90,7 @@ fn exists(name: &str) -> bool {
 }
 
 /// Creates the volume unless it exists; returns whether it was made now.
-fn create_volume(name: &str, labels: BTreeMap<String, String>) -> anyhow::Result<bool> {
+pub(crate) fn create_volume(name: &str, labels: BTreeMap<String, String>) -> anyhow::Result<bool> {
     crate::container::mounts::check_volume_name(name)?;
     let root = root();
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
@@ -251,6 +251,17 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
 fn remove(name: &str) -> anyhow::Result<()> {
     let dir = root().join(name);
     std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))
+}
+
+/// Removes volume `name` unless a container mounts it; `Ok(false)` when there is none.
+pub(crate) fn remove_volume(name: &str) -> anyhow::Result<bool> {
+    if !exists(name) {
+        return Ok(false);
+    }
+    if let Some(ids) = users()?.get(name) {
+        bail!("remove {name}: volume is in use - [{}]", ids.join(", "));
+    }
+    remove(name).map(|()| true)
 }
 
 fn rm(args: RmArgs) -> anyhow::Result<ExitCode> {

@@ -101,6 +101,9 @@ pub fn run(store: &Store, spec: RunSpec, sink: OutputSink) -> anyhow::Result<Out
         dns: Vec::new(),
         networks: Vec::new(),
         mounts: spec.mounts,
+        restart: None,
+        healthcheck: None,
+        stop_timeout: None,
     };
     Container::scratch(config, dir.clone())?;
     let result = run_child(store, &dir, sink);

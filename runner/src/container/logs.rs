@@ -15,11 +15,12 @@ pub const MAX_BYTES: u64 = 32 << 20;
 /// A line longer than this is cut into several records, as docker cuts at 16 KiB.
 const MAX_LINE: usize = 16 << 10;
 
+/// One record of the log.
 #[derive(Serialize, Deserialize)]
-struct Record {
-    log: String,
-    stream: String,
-    time: String,
+pub struct Record {
+    pub log: String,
+    pub stream: String,
+    pub time: String,
 }
 
 /// Appends records to a container's log; shared by the stdout and stderr pumps.
@@ -123,6 +124,15 @@ pub struct ReadOptions {
 /// Prints the log's records to stdout and stderr by stream. Returns where the current file
 /// was read up to, for following.
 pub fn print(path: &Path, opts: &ReadOptions) -> anyhow::Result<u64> {
+    let (records, end) = read(path, opts.tail);
+    for r in &records {
+        emit(r, opts.timestamps);
+    }
+    Ok(end)
+}
+
+/// The log's records (the last `tail` of them), and where the current file was read up to.
+pub fn read(path: &Path, tail: Option<usize>) -> (VecDeque<Record>, u64) {
     let mut records: VecDeque<Record> = VecDeque::new();
     let mut end = 0;
     for (p, current) in [(rotated(path), false), (path.to_path_buf(), true)] {
@@ -140,24 +150,31 @@ pub fn print(path: &Path, opts: &ReadOptions) -> anyhow::Result<u64> {
             }
             if let Ok(r) = serde_json::from_str::<Record>(&line) {
                 records.push_back(r);
-                if opts.tail.is_some_and(|t| records.len() > t) {
+                if tail.is_some_and(|t| records.len() > t) {
                     records.pop_front();
                 }
             }
         }
     }
-    for r in &records {
-        emit(r, opts.timestamps);
-    }
-    Ok(end)
+    (records, end)
 }
 
 /// Prints records appended after `from` until `running` says the container stopped.
 pub fn follow(
     path: &Path,
-    mut from: u64,
+    from: u64,
     timestamps: bool,
     running: impl Fn() -> bool,
+) -> anyhow::Result<()> {
+    follow_with(path, from, running, &mut |r| emit(r, timestamps))
+}
+
+/// [`follow`], handing each record to `out`.
+pub fn follow_with(
+    path: &Path,
+    mut from: u64,
+    running: impl Fn() -> bool,
+    out: &mut dyn FnMut(&Record),
 ) -> anyhow::Result<()> {
     let mut line = String::new();
     loop {
@@ -177,7 +194,7 @@ pub fn follow(
                 }
                 from += n as u64;
                 if let Ok(r) = serde_json::from_str::<Record>(&line) {
-                    emit(&r, timestamps);
+                    out(&r);
                 }
             }
         }

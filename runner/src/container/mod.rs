@@ -18,6 +18,7 @@
 //!   other hk processes reach its agent (`exec`, `stop`, `kill`). Short, because a Unix
 //!   socket path has 108 bytes.
 
+pub mod health;
 pub mod logs;
 pub mod mounts;
 pub mod ports;
@@ -78,6 +79,15 @@ pub struct Config {
     /// `-v`, `--mount`, `--tmpfs`, checked and in the order they are mounted.
     #[serde(default)]
     pub mounts: Vec<mounts::Mount>,
+    /// `--restart` as given (`health::Restart` reads it); the detached supervisor restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<String>,
+    /// `--health-cmd` and friends; the supervisor probes (see `health`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<health::HealthConfig>,
+    /// `--stop-timeout`: seconds `hk stop` waits before SIGKILL when not told `-t`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_timeout: Option<u64>,
 }
 
 /// A container's place on a user-defined network.
@@ -135,6 +145,12 @@ pub struct State {
     /// The published ports with the host ports chosen at start.
     #[serde(default)]
     pub ports: Vec<ports::Port>,
+    /// Restarts made by the restart policy since the container was last started by hand.
+    #[serde(default)]
+    pub restart_count: u32,
+    /// The healthcheck's findings while the container runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<health::Health>,
 }
 
 impl Default for State {
@@ -147,6 +163,8 @@ impl Default for State {
             started_at: None,
             finished_at: None,
             ports: Vec::new(),
+            restart_count: 0,
+            health: None,
         }
     }
 }
@@ -352,6 +370,12 @@ impl Container {
 
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("container.log")
+    }
+
+    /// Left by `hk stop`, `kill` and `rm -f` so the supervisor does not restart the
+    /// container; removed when it is started again.
+    pub fn stop_mark(&self) -> PathBuf {
+        self.dir.join("stop-requested")
     }
 
     pub fn console_path(&self) -> PathBuf {

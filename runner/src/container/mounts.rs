@@ -282,7 +282,7 @@ fn clean_target(target: &str, kind: Kind) -> anyhow::Result<String> {
 }
 
 /// docker's sizes: a number of bytes, or with b, k, m, g (binary units, any case).
-fn parse_bytes(text: &str) -> anyhow::Result<u64> {
+pub fn parse_bytes(text: &str) -> anyhow::Result<u64> {
     let t = text.trim().to_ascii_lowercase();
     let t = t.strip_suffix('b').filter(|s| !s.is_empty()).unwrap_or(&t);
     let (digits, shift) = match t.char_indices().last() {

@@ -53,8 +53,9 @@ pub struct Process {
 /// What `hk run` was told about the process.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides<'a> {
-    /// `--entrypoint`: `Some("")` clears the image's.
-    pub entrypoint: Option<&'a str>,
+    /// `--entrypoint` (one word) or compose's `entrypoint:` (a list): `Some(&[])` clears
+    /// the image's.
+    pub entrypoint: Option<&'a [String]>,
     /// The arguments after the image.
     pub cmd: &'a [String],
     /// `--env-file` entries, then `-e` entries, in order (later wins).
@@ -70,8 +71,7 @@ pub struct Overrides<'a> {
 /// drops the image's CMD and arguments on the command line replace it.
 pub fn command(image: &ImageDefaults, o: &Overrides) -> (Vec<String>, Vec<String>) {
     let entrypoint = match o.entrypoint {
-        Some("") => Vec::new(),
-        Some(e) => vec![e.to_string()],
+        Some(e) => e.to_vec(),
         None => image.entrypoint.clone(),
     };
     let cmd = if !o.cmd.is_empty() {
@@ -182,8 +182,15 @@ mod tests {
             ..ImageDefaults::default()
         };
         let args = v(args);
+        let flag: Option<Vec<String>> = flag.map(|f| {
+            if f.is_empty() {
+                Vec::new()
+            } else {
+                vec![f.to_string()]
+            }
+        });
         let o = Overrides {
-            entrypoint: flag,
+            entrypoint: flag.as_deref(),
             cmd: &args,
             ..Overrides::default()
         };

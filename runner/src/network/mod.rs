@@ -627,6 +627,13 @@ pub fn run(cmd: NetworkCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
+    let net = create_network(args)?;
+    println!("{}", net.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hk network create`, for `hk compose` too (which makes its networks with labels).
+pub(crate) fn create_network(args: CreateArgs) -> anyhow::Result<Network> {
     let name = args.name;
     if container::check_name(&name).is_err() {
         bail!("invalid network name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed");
@@ -698,8 +705,16 @@ fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
         internal: args.internal,
     };
     write_json(&path, &net)?;
-    println!("{}", net.id);
-    Ok(ExitCode::SUCCESS)
+    Ok(net)
+}
+
+/// Removes network `name` unless a container uses it; `Ok(false)` when there is none.
+pub(crate) fn remove_network(name: &str) -> anyhow::Result<bool> {
+    let _lock = lock_file(&store_dir().join("lock"))?;
+    match Network::load(name) {
+        Ok(net) => remove(&net).map(|()| true),
+        Err(_) => Ok(false),
+    }
 }
 
 fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
