@@ -230,6 +230,7 @@ fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
     remove_vm(&job.vm)?;
 
     let mut argv: Vec<String> = vec![
+        "run".into(),
         "-d".into(),
         "--name".into(),
         job.vm.clone(),
@@ -265,7 +266,7 @@ fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
         "-c".into(),
         IDLE.into(),
     ]);
-    let run_args = crate::run::RunArgs::from_argv(&argv)?;
+    let run_args: crate::run::RunArgs = crate::run::parse_args(&argv)?;
     println!("Starting microVM {} with image {image} (hk)", job.vm);
     let auth = RegistryAuth::for_job(&image)?;
     let started = crate::run::run(run_args);

@@ -153,18 +153,6 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// `hk run` as if typed with `argv` after `run`: for drivers that start a container
-    /// exactly as a person would (`hk gitlab prepare`), with the same checks and messages.
-    pub fn from_argv(argv: &[String]) -> anyhow::Result<RunArgs> {
-        #[derive(clap::Parser)]
-        struct Run {
-            #[command(flatten)]
-            args: RunArgs,
-        }
-        let line = std::iter::once("run").chain(argv.iter().map(String::as_str));
-        Ok(<Run as clap::Parser>::try_parse_from(line)?.args)
-    }
-
     pub(crate) fn set_name(&mut self, name: String) {
         self.name = Some(name);
     }
@@ -839,4 +827,20 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let code = supervisor::run_process(&client, spec, &io, forwarded, None)?;
     let _ = std::io::stdout().flush();
     Ok(ExitCode::from(code))
+}
+
+/// Parses docker-style argv (`argv[0]` the command's name) into one of hk's own commands'
+/// flags: drivers (`hk compose`, `hk gitlab`) start containers, execs and builds exactly as a
+/// person would type them, with the same checks and messages, not a second copy of them.
+pub(crate) fn parse_args<T: clap::Args>(argv: &[String]) -> anyhow::Result<T> {
+    #[derive(clap::Parser)]
+    #[command(no_binary_name = false)]
+    struct Wrap<T: clap::Args> {
+        #[command(flatten)]
+        inner: T,
+    }
+    use clap::Parser;
+    Wrap::<T>::try_parse_from(argv)
+        .map(|w| w.inner)
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))
 }

@@ -299,7 +299,7 @@ pub fn run(args: ComposeArgs) -> anyhow::Result<ExitCode> {
             }
             argv.push(c.config.id.clone());
             argv.extend(command);
-            crate::run::exec(parse_args(&argv)?)
+            crate::run::exec(crate::run::parse_args(&argv)?)
         }
         ComposeCommand::Run {
             rm,
@@ -360,21 +360,6 @@ pub fn run(args: ComposeArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// Parses docker-style argv into one of hk's own commands' flags: compose reuses `hk run`,
-/// `hk exec` and `hk build` whole, validation included, instead of a second copy of them.
-fn parse_args<T: clap::Args>(argv: &[String]) -> anyhow::Result<T> {
-    #[derive(clap::Parser)]
-    #[command(no_binary_name = false)]
-    struct Wrap<T: clap::Args> {
-        #[command(flatten)]
-        inner: T,
-    }
-    use clap::Parser;
-    Wrap::<T>::try_parse_from(argv)
-        .map(|w| w.inner)
-        .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))
 }
 
 struct UpOptions {
@@ -475,7 +460,7 @@ impl Fleet {
             if def.internal {
                 argv.push("--internal".into());
             }
-            crate::network::create_network(parse_args(&argv)?)
+            crate::network::create_network(crate::run::parse_args(&argv)?)
                 .with_context(|| format!("cannot create network {}", def.name))?;
             eprintln!(" Network {}  Created", def.name);
         }
@@ -529,7 +514,7 @@ impl Fleet {
         }
         argv.push(b.context.clone());
         eprintln!(" Building {service}");
-        let code = crate::build::build(parse_args(&argv)?)?;
+        let code = crate::build::build(crate::run::parse_args(&argv)?)?;
         if code != ExitCode::SUCCESS {
             bail!("service {service}: the build failed");
         }
@@ -697,7 +682,7 @@ impl Fleet {
             a.extend(cmd.iter().cloned());
         }
         let mut args: crate::run::RunArgs =
-            parse_args(&a).with_context(|| format!("service {service}"))?;
+            crate::run::parse_args(&a).with_context(|| format!("service {service}"))?;
         args.entrypoint_argv = svc.entrypoint.clone();
         args.health_test = svc.healthcheck.as_ref().map(|h| {
             if h.disable {
