@@ -32,6 +32,8 @@ pub use load::{load, Loaded};
 pub use platform::Platform;
 pub use push::{push, PushOptions, Pushed};
 pub use reference::ImageRef;
+#[cfg(feature = "fuzzing")]
+pub use registry::fuzz_manifests;
 pub use registry::{login, pull, PullOptions};
 pub use rootfs::Rootfs;
 pub use save::{save, save_to_file, ArchiveFormat};

@@ -377,21 +377,9 @@ pub async fn pull(
         return Err(p.image_err(format!("registry served {resolved} for digest {want}")));
     }
     progress.event(Event::Resolved { digest: &resolved });
-    let head: serde_json::Value = serde_json::from_slice(&top)
-        .map_err(|e| p.image_err(format!("manifest is not JSON: {e}")))?;
-    if head["schemaVersion"] == 1 {
-        return Err(p.image_err(
-            "Docker schema 1 manifests are not supported: push the image again with a current tool",
-        ));
-    }
-    let is_index = head.get("manifests").is_some()
-        || matches!(
-            head["mediaType"].as_str(),
-            Some(media::OCI_INDEX | media::DOCKER_LIST)
-        );
-    let (manifest_bytes, manifest_digest) = if is_index {
-        let index = ImageIndex::from_reader(&top[..])
-            .map_err(|e| p.image_err(format!("malformed image index: {e}")))?;
+    let top_index = parse_top(&top).map_err(|r| p.image_err(r))?;
+    let is_index = top_index.is_some();
+    let (manifest_bytes, manifest_digest) = if let Some(index) = top_index {
         let want = opts.platform.clone().unwrap_or_else(Platform::host);
         let digest = platform::select(&index, &want).map_err(|r| p.image_err(r))?;
         let (bytes, got) = p
@@ -407,53 +395,26 @@ pub async fn pull(
     } else {
         (top.clone(), resolved.clone())
     };
-    let manifest = ImageManifest::from_reader(&manifest_bytes[..])
-        .map_err(|e| p.image_err(format!("malformed image manifest {manifest_digest}: {e}")))?;
-
-    let config_desc = manifest.config();
-    let config_type = config_desc.media_type().to_string();
-    if !media::is_config(&config_type) {
-        return Err(p.image_err(format!(
-            "not a container image: config media type {config_type:?}"
-        )));
-    }
-    let config_digest = Digest::parse(config_desc.digest().as_ref()).map_err(|r| p.image_err(r))?;
-    if config_desc.size() > MAX_CONFIG {
-        return Err(p.image_err(format!(
-            "config of {} bytes is too large",
-            config_desc.size()
-        )));
-    }
-    let total = manifest.layers().len();
-    let layer_name = |i: usize, d: &Digest| format!("layer {} ({}/{total})", d.short(), i + 1);
-    let mut layers = Vec::with_capacity(total);
-    for (i, l) in manifest.layers().iter().enumerate() {
-        let digest = Digest::parse(l.digest().as_ref()).map_err(|r| p.image_err(r))?;
-        let media_type = l.media_type().to_string();
-        let fail = |reason: String| Error::Blob {
+    let Checked {
+        config_digest,
+        config_type,
+        config_size,
+        layers,
+    } = check_manifest(&manifest_bytes, &manifest_digest).map_err(|e| match e {
+        ManifestError::Image(reason) => p.image_err(reason),
+        ManifestError::Layer { part, reason } => Error::Blob {
             image: p.image.clone(),
-            part: layer_name(i, &digest),
+            part,
             reason,
-        };
-        if media::layer_compression(&media_type).is_none() {
-            return Err(fail(format!("unsupported layer media type {media_type:?}")));
-        }
-        if l.size() > MAX_LAYER {
-            return Err(fail(format!(
-                "declared size of {} bytes is absurd",
-                l.size()
-            )));
-        }
-        layers.push((digest, media_type, l.size()));
-    }
-    if layers.is_empty() {
-        return Err(p.image_err("the image has no layers"));
-    }
+        },
+    })?;
+    let total = layers.len();
+    let layer_name = |i: usize, d: &Digest| format!("layer {} ({}/{total})", d.short(), i + 1);
 
     p.blob(
         &format!("config {}", config_digest.short()),
         &config_digest,
-        config_desc.size(),
+        config_size,
         &config_type,
     )
     .await?;
@@ -462,8 +423,7 @@ pub async fn pull(
         part: format!("config {}", config_digest.short()),
         reason: e.to_string(),
     })?;
-    let config = ImageConfiguration::from_reader(&config_bytes[..])
-        .map_err(|e| p.image_err(format!("malformed config {config_digest}: {e}")))?;
+    let config = parse_config(&config_bytes, &config_digest).map_err(|r| p.image_err(r))?;
     if let Some(want) = opts.platform.as_ref().filter(|_| !is_index) {
         let variant = config.variant().as_deref();
         let (os, arch) = (config.os().to_string(), config.architecture().to_string());
@@ -480,19 +440,7 @@ pub async fn pull(
             });
         }
     }
-    let diff_ids = config
-        .rootfs()
-        .diff_ids()
-        .iter()
-        .map(|d| Digest::parse(d).map_err(|r| p.image_err(format!("config: {r}"))))
-        .collect::<Result<Vec<_>>>()?;
-    if diff_ids.len() != layers.len() {
-        return Err(p.image_err(format!(
-            "config lists {} diff_ids for {} layers",
-            diff_ids.len(),
-            layers.len()
-        )));
-    }
+    let diff_ids = diff_ids_of(&config, layers.len()).map_err(|r| p.image_err(r))?;
 
     for (digest, _, size) in &layers {
         if store.has_blob_sized(digest, *size) {
@@ -551,6 +499,189 @@ pub async fn pull(
     }
     store.record(&image, reference, &resolved)?;
     Ok(image)
+}
+
+/// A registry's answer to the image's reference: `Some` index for a multi-platform image,
+/// `None` for a single manifest (read by [`check_manifest`]). Refuses what is not JSON and
+/// Docker schema 1.
+fn parse_top(top: &[u8]) -> std::result::Result<Option<ImageIndex>, String> {
+    let head: serde_json::Value =
+        serde_json::from_slice(top).map_err(|e| format!("manifest is not JSON: {e}"))?;
+    if head["schemaVersion"] == 1 {
+        return Err(
+            "Docker schema 1 manifests are not supported: push the image again with a current tool"
+                .into(),
+        );
+    }
+    let is_index = head.get("manifests").is_some()
+        || matches!(
+            head["mediaType"].as_str(),
+            Some(media::OCI_INDEX | media::DOCKER_LIST)
+        );
+    if !is_index {
+        return Ok(None);
+    }
+    ImageIndex::from_reader(top)
+        .map(Some)
+        .map_err(|e| format!("malformed image index: {e}"))
+}
+
+/// What a single-platform manifest asks to download, checked.
+struct Checked {
+    config_digest: Digest,
+    config_type: String,
+    config_size: u64,
+    /// Digest, media type and size of each layer, bottom first.
+    layers: Vec<(Digest, String, u64)>,
+}
+
+enum ManifestError {
+    /// Wrong as a whole.
+    Image(String),
+    /// One layer's descriptor is refused; `part` names it.
+    Layer { part: String, reason: String },
+}
+
+/// Reads the image manifest `bytes` (whose digest is `digest`) and refuses what hk cannot
+/// use before anything is downloaded: a config that is not an image's or too large, layer
+/// media types it cannot unpack, absurd sizes, no layers.
+fn check_manifest(bytes: &[u8], digest: &Digest) -> std::result::Result<Checked, ManifestError> {
+    let image = ManifestError::Image;
+    let manifest = ImageManifest::from_reader(bytes)
+        .map_err(|e| image(format!("malformed image manifest {digest}: {e}")))?;
+    let config_desc = manifest.config();
+    let config_type = config_desc.media_type().to_string();
+    if !media::is_config(&config_type) {
+        return Err(image(format!(
+            "not a container image: config media type {config_type:?}"
+        )));
+    }
+    let config_digest = Digest::parse(config_desc.digest().as_ref()).map_err(image)?;
+    if config_desc.size() > MAX_CONFIG {
+        return Err(image(format!(
+            "config of {} bytes is too large",
+            config_desc.size()
+        )));
+    }
+    let total = manifest.layers().len();
+    let mut layers = Vec::with_capacity(total);
+    for (i, l) in manifest.layers().iter().enumerate() {
+        let digest = Digest::parse(l.digest().as_ref()).map_err(image)?;
+        let media_type = l.media_type().to_string();
+        let fail = |reason: String| ManifestError::Layer {
+            part: format!("layer {} ({}/{total})", digest.short(), i + 1),
+            reason,
+        };
+        if media::layer_compression(&media_type).is_none() {
+            return Err(fail(format!("unsupported layer media type {media_type:?}")));
+        }
+        if l.size() > MAX_LAYER {
+            return Err(fail(format!(
+                "declared size of {} bytes is absurd",
+                l.size()
+            )));
+        }
+        layers.push((digest, media_type, l.size()));
+    }
+    if layers.is_empty() {
+        return Err(image("the image has no layers".into()));
+    }
+    Ok(Checked {
+        config_digest,
+        config_type,
+        config_size: config_desc.size(),
+        layers,
+    })
+}
+
+/// Reads the image configuration `bytes`, whose digest is `digest`.
+fn parse_config(bytes: &[u8], digest: &Digest) -> std::result::Result<ImageConfiguration, String> {
+    ImageConfiguration::from_reader(bytes).map_err(|e| format!("malformed config {digest}: {e}"))
+}
+
+/// The config's diff_ids, one for each of the manifest's `layers`.
+fn diff_ids_of(
+    config: &ImageConfiguration,
+    layers: usize,
+) -> std::result::Result<Vec<Digest>, String> {
+    let diff_ids = config
+        .rootfs()
+        .diff_ids()
+        .iter()
+        .map(|d| Digest::parse(d).map_err(|r| format!("config: {r}")))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    if diff_ids.len() != layers {
+        return Err(format!(
+            "config lists {} diff_ids for {} layers",
+            diff_ids.len(),
+            layers
+        ));
+    }
+    Ok(diff_ids)
+}
+
+/// Runs a registry's answers through what [`pull`] does with them, short of the network,
+/// for the fuzz target `registry_manifest` (`fuzz/`): `top` as the reference's manifest or
+/// index (with the platform chosen from an index for each of a few `--platform`s),
+/// `manifest` as an image manifest and `config` as its configuration, made into the store's
+/// record. Errors are what a pull reports. Only built with the `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_manifests(top: &[u8], manifest: &[u8], config: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    match parse_top(top) {
+        Ok(Some(index)) => {
+            for want in [
+                "linux/amd64",
+                "linux/arm64/v8",
+                "linux/arm/v6",
+                "windows/amd64",
+            ] {
+                let want: Platform = want.parse().expect("valid platform");
+                match platform::select(&index, &want) {
+                    Ok(d) => out.push(d.to_string()),
+                    Err(e) => out.push(e),
+                }
+            }
+        }
+        Ok(None) => {}
+        Err(e) => out.push(e),
+    }
+    let digest = Digest::of(manifest);
+    let checked = match check_manifest(manifest, &digest) {
+        Ok(c) => c,
+        Err(ManifestError::Image(r) | ManifestError::Layer { reason: r, .. }) => {
+            out.push(r);
+            return out;
+        }
+    };
+    let config_digest = Digest::of(config);
+    let parsed = parse_config(config, &config_digest).and_then(|c| {
+        let diff_ids = diff_ids_of(&c, checked.layers.len())?;
+        Ok((c, diff_ids))
+    });
+    match parsed {
+        Ok((c, diff_ids)) => {
+            let image = Image::new(
+                digest,
+                config_digest,
+                checked
+                    .layers
+                    .into_iter()
+                    .zip(diff_ids)
+                    .map(|((digest, media_type, size), diff_id)| LayerInfo {
+                        digest,
+                        media_type,
+                        size,
+                        diff_id,
+                    })
+                    .collect(),
+                &c,
+            );
+            out.push(format!("{:?}", image.chain_id()));
+        }
+        Err(e) => out.push(e),
+    }
+    out
 }
 
 /// Checks credentials against a registry the way `docker login` does: `/v2/` with basic

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 pub use mount::{parse_mount, MountType, RunMount, Sharing};
 pub use parse::parse;
-pub use words::{expand_word, expand_words, Vars};
+pub use words::{expand_word, expand_words, Vars, MAX_EXPANDED};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {

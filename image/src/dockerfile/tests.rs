@@ -926,3 +926,44 @@ fn agrees_with_buildah_on_a_metadata_only_dockerfile() {
     assert_eq!(seen[6], Kind::User("1000:0".into()));
     assert_eq!(seen[7], Kind::Stopsignal("SIGTERM".into()));
 }
+
+/// Found by the `dockerfile` fuzz target: each `ENV A=$A$A$A$A` quadrupled A, so a
+/// Dockerfile of a few hundred bytes made the executor allocate gigabytes. One word now
+/// expands to at most MAX_EXPANDED bytes.
+#[test]
+fn a_word_that_expands_past_the_limit_is_an_error_not_an_allocation() {
+    let mut text = String::from("FROM a\nENV A=xxxxxxxx\n");
+    for _ in 0..12 {
+        text.push_str("ENV A=$A$A$A$A\n");
+    }
+    let file = p(&text);
+    let mut v = Vars::new();
+    let mut error = None;
+    for instruction in &file.stages[0].instructions {
+        match instruction.expand(&v, '\\') {
+            Ok(Kind::Env(pairs)) => pairs.into_iter().for_each(|(k, x)| v.set(k, x)),
+            Ok(_) => {}
+            Err(e) => {
+                error = Some((instruction.line, e.to_string()));
+                break;
+            }
+        }
+    }
+    let (line, message) = error.expect("an error, not a 134 MB variable");
+    assert_eq!(line, 11, "{message}");
+    assert!(
+        message.contains("expands to more than 1048576 bytes"),
+        "{message}"
+    );
+    assert!(v.get("A").unwrap().len() <= MAX_EXPANDED);
+    // Quoted, and through a default, the same.
+    let big = vars(&[("B", &"b".repeat(MAX_EXPANDED / 2 + 1))]);
+    for word in ["\"$B$B\"", "${X:-$B$B}", "$B$B"] {
+        let e = expand_word(word, &big, '\\').unwrap_err().to_string();
+        assert!(e.contains("expands to more than"), "{word}: {e}");
+    }
+    assert_eq!(
+        expand_word("$B", &big, '\\').unwrap().len(),
+        MAX_EXPANDED / 2 + 1
+    );
+}

@@ -11,6 +11,20 @@ use super::Error;
 /// Dockerfile from exhausting the stack.
 const MAX_NESTING: usize = 64;
 
+/// The most bytes one word may expand to. Without a bound, `ENV A=$A$A$A$A` a few lines
+/// over makes a Dockerfile of a few hundred bytes allocate gigabytes; nothing real comes
+/// near this (Linux refuses an environment string over 128 KiB at exec).
+pub const MAX_EXPANDED: usize = 1 << 20;
+
+/// Appends a variable's `value` to `out`, refusing to pass [`MAX_EXPANDED`].
+fn append(out: &mut String, value: &str) -> Result<(), String> {
+    if out.len() + value.len() > MAX_EXPANDED {
+        return Err(format!("expands to more than {MAX_EXPANDED} bytes"));
+    }
+    out.push_str(value);
+    Ok(())
+}
+
 /// Build arguments and environment in the order they were set, as the executor tracks them
 /// through ARG and ENV. A variable set to "" is set: `${V-x}` keeps it, `${V:-x}` does not.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -204,7 +218,7 @@ impl<'a> Lexer<'a> {
             match ch {
                 '$' => {
                     let value = self.dollar()?;
-                    result.push_str(&value);
+                    append(&mut result, &value)?;
                     words.add_str(&value);
                 }
                 '\'' | '"' if self.mode == Mode::Word => {
@@ -276,7 +290,7 @@ impl<'a> Lexer<'a> {
                     self.pos += 1;
                     return Ok(out);
                 }
-                Some('$') => out.push_str(&self.dollar()?),
+                Some('$') => append(&mut out, &self.dollar()?)?,
                 Some(c) => {
                     self.pos += 1;
                     if c == self.escape {

@@ -231,6 +231,34 @@ fn serve(work: Activated, stop: &EventFd) -> std::io::Result<()> {
     }
 }
 
+/// Runs `worker` on the calling thread as the device thread's loop would, for fuzz targets
+/// (`fuzz/`), which need a device's request paths without a thread or a transport: `init`,
+/// then `rounds` passes, each a call to `between` (the target plays the host side there),
+/// to `process` and to `event` for every source that is ready (never waiting for one).
+/// Only built with the `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+pub fn drive_for_fuzzing(
+    worker: &mut dyn DeviceWorker,
+    queues: &mut [Queue],
+    mem: &GuestMemory,
+    rounds: usize,
+    between: &mut dyn FnMut(usize),
+) -> std::io::Result<Served> {
+    let events = Events::new()?;
+    worker.init(&events)?;
+    let mut ready = vec![EpollEvent::default(); 64];
+    let mut all = Served::default();
+    for round in 0..rounds {
+        between(round);
+        all |= worker.process(queues, mem, &events);
+        let n = events.epoll.wait(0, &mut ready)?;
+        for event in &ready[..n] {
+            all |= worker.event(event.data(), queues, mem, &events);
+        }
+    }
+    Ok(all)
+}
+
 /// An epoll set for calling workers directly in unit tests.
 #[cfg(test)]
 pub(crate) fn test_events() -> Events {
