@@ -163,3 +163,14 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap checks a command line's definition (clashing flags, say) only in debug builds
+    /// and only when that command is parsed; this checks every command at once.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

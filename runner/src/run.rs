@@ -19,8 +19,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+/// `-h` is docker's `--hostname`, so help is `--help` only (clap would give it `-h` too,
+/// which its debug builds refuse as a clash).
 #[derive(clap::Args)]
+#[command(disable_help_flag = true)]
 pub struct RunArgs {
+    /// Print help
+    #[arg(id = "help", long = "help", action = clap::ArgAction::Help)]
+    _help: Option<bool>,
     /// Boot this root filesystem instead of an image's: a directory (converted to ext4 by
     /// hk) or an ext4 image file; then every argument is the command
     #[arg(long, value_name = "DIR|FILE.ext4")]
@@ -264,45 +270,82 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
-/// The healthcheck the flags describe: `--health-cmd` (or compose's test list), with
-/// docker's defaults for what is not given; `None` with `--no-healthcheck` or no test.
-fn healthcheck(args: &RunArgs) -> anyhow::Result<Option<HealthConfig>> {
+/// The healthcheck the container gets: the image's HEALTHCHECK (docker's config field,
+/// which `hk build` writes), each part of it overridden by its flag (`--health-cmd` or
+/// compose's test list, `--health-interval`...), docker's defaults for what neither gives;
+/// `None` with `--no-healthcheck`, a `NONE` test, or no test at all.
+fn healthcheck(
+    args: &RunArgs,
+    image: Option<&serde_json::Value>,
+) -> anyhow::Result<Option<HealthConfig>> {
+    let from_image = |key: &str| image.and_then(|h| h.get(key));
+    // Image durations are nanoseconds; 0 means "the default".
+    let image_ms = |key: &str| {
+        from_image(key)
+            .and_then(serde_json::Value::as_u64)
+            .filter(|ns| *ns > 0)
+            .map(|ns| ns / 1_000_000)
+    };
+    let image_test = from_image("Test").and_then(|t| {
+        t.as_array()?
+            .iter()
+            .map(|x| x.as_str().map(str::to_string))
+            .collect::<Option<Vec<String>>>()
+    });
     let test = match (&args.health_test, &args.health_cmd) {
         _ if args.no_healthcheck => return Ok(None),
         (Some(t), _) => t.clone(),
         (None, Some(cmd)) => vec!["CMD-SHELL".into(), cmd.clone()],
-        (None, None) => return Ok(None),
+        (None, None) => match image_test {
+            Some(t) if !t.is_empty() => t,
+            _ => return Ok(None),
+        },
     };
     if test.first().is_some_and(|t| t == "NONE") {
         return Ok(None);
     }
-    let ms = |flag: &str, v: &Option<String>, default: u64| -> anyhow::Result<u64> {
+    let ms = |flag: &str, v: &Option<String>, key: &str, default: u64| -> anyhow::Result<u64> {
         match v {
             Some(t) => Ok(health::parse_duration(t)
                 .with_context(|| format!("--{flag}"))?
                 .as_millis() as u64),
-            None => Ok(default),
+            None => Ok(image_ms(key).unwrap_or(default)),
         }
     };
+    let image_retries = from_image("Retries")
+        .and_then(serde_json::Value::as_u64)
+        .filter(|r| *r > 0)
+        .map(|r| r.min(u64::from(u32::MAX)) as u32);
     Ok(Some(HealthConfig {
         test,
         interval_ms: ms(
             "health-interval",
             &args.health_interval,
+            "Interval",
             HealthConfig::DEFAULT_INTERVAL_MS,
         )?,
         timeout_ms: ms(
             "health-timeout",
             &args.health_timeout,
+            "Timeout",
             HealthConfig::DEFAULT_TIMEOUT_MS,
         )?,
-        start_period_ms: ms("health-start-period", &args.health_start_period, 0)?,
+        start_period_ms: ms(
+            "health-start-period",
+            &args.health_start_period,
+            "StartPeriod",
+            0,
+        )?,
         start_interval_ms: ms(
             "health-start-interval",
             &args.health_start_interval,
+            "StartInterval",
             HealthConfig::DEFAULT_START_INTERVAL_MS,
         )?,
-        retries: args.health_retries.unwrap_or(HealthConfig::DEFAULT_RETRIES),
+        retries: args
+            .health_retries
+            .or(image_retries)
+            .unwrap_or(HealthConfig::DEFAULT_RETRIES),
     }))
 }
 
@@ -352,7 +395,8 @@ pub(crate) fn create(args: &RunArgs) -> anyhow::Result<(Container, Timings)> {
         );
     }
     health::Restart::parse(&args.restart)?;
-    let healthcheck = healthcheck(args)?;
+    // Checked now, for the flags' mistakes; taken again with the image's part below.
+    healthcheck(args, None)?;
     let (network, networks) = networks(&args.network, &args.network_aliases)?;
     let mut published = Vec::new();
     for p in &args.publish {
@@ -394,6 +438,7 @@ pub(crate) fn create(args: &RunArgs) -> anyhow::Result<(Container, Timings)> {
     }
 
     // The image and what it says, or the --rootfs and nothing.
+    let mut image_health = None;
     let (image_name, image_id, rootfs, defaults, cmd) = match &args.rootfs {
         Some(path) => {
             let lower = crate::initramfs::rootfs_image(path)?;
@@ -411,6 +456,11 @@ pub(crate) fn create(args: &RunArgs) -> anyhow::Result<(Container, Timings)> {
             let store = crate::images::store()?;
             let found = find_image(&store, image, args)?;
             let config = store.config(&found)?;
+            // docker's Healthcheck is not in OCI's config type: read it from the JSON.
+            image_health =
+                serde_json::from_slice::<serde_json::Value>(&store.config_bytes(&found)?)
+                    .ok()
+                    .and_then(|v| v.get("config")?.get("Healthcheck").cloned());
             // Converted now, on this host: the nested lab sees the store read-only.
             store.rootfs(&found)?;
             let defaults = ImageDefaults::from_oci(&config);
@@ -424,6 +474,7 @@ pub(crate) fn create(args: &RunArgs) -> anyhow::Result<(Container, Timings)> {
         }
     };
     timings.mark("image lookup");
+    let healthcheck = healthcheck(args, image_health.as_ref())?;
     let id = container::new_id();
     let hostname = args
         .hostname
@@ -843,4 +894,51 @@ pub(crate) fn parse_args<T: clap::Args>(argv: &[String]) -> anyhow::Result<T> {
     Wrap::<T>::try_parse_from(argv)
         .map(|w| w.inner)
         .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(flags: &[&str]) -> RunArgs {
+        let argv: Vec<String> = ["run"]
+            .iter()
+            .chain(flags)
+            .chain(&["img"])
+            .map(|s| s.to_string())
+            .collect();
+        parse_args(&argv).unwrap()
+    }
+
+    fn image() -> serde_json::Value {
+        serde_json::json!({"Test": ["CMD-SHELL", "true"], "Interval": 5_000_000_000u64, "Retries": 2})
+    }
+
+    #[test]
+    fn the_images_healthcheck_applies_with_docker_defaults_for_what_it_leaves_out() {
+        let h = healthcheck(&args(&[]), Some(&image())).unwrap().unwrap();
+        assert_eq!(h.test, vec!["CMD-SHELL", "true"]);
+        assert_eq!(h.interval_ms, 5000);
+        assert_eq!(h.retries, 2);
+        assert_eq!(h.timeout_ms, HealthConfig::DEFAULT_TIMEOUT_MS);
+    }
+
+    #[test]
+    fn flags_override_the_images_healthcheck_part_by_part() {
+        let a = args(&["--health-interval", "1s", "--health-cmd", "exit 0"]);
+        let h = healthcheck(&a, Some(&image())).unwrap().unwrap();
+        assert_eq!(h.test, vec!["CMD-SHELL", "exit 0"]);
+        assert_eq!(h.interval_ms, 1000);
+        assert_eq!(h.retries, 2);
+    }
+
+    #[test]
+    fn no_healthcheck_and_none_switch_it_off() {
+        assert!(healthcheck(&args(&["--no-healthcheck"]), Some(&image()))
+            .unwrap()
+            .is_none());
+        let none = serde_json::json!({"Test": ["NONE"]});
+        assert!(healthcheck(&args(&[]), Some(&none)).unwrap().is_none());
+        assert!(healthcheck(&args(&[]), None).unwrap().is_none());
+    }
 }

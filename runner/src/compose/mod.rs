@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 pub struct ComposeArgs {
     /// Compose file(s), merged in order (default: compose.yaml, docker-compose.yml, and
     /// its override file)
-    #[arg(short = 'f', long = "file", value_name = "FILE", global = true)]
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
     files: Vec<PathBuf>,
     /// Project name (default: the file's name:, else the project directory's name)
     #[arg(short = 'p', long = "project-name", value_name = "NAME", global = true)]
