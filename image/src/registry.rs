@@ -472,16 +472,7 @@ pub async fn pull(
     let mut image = Image::new(
         manifest_digest,
         config_digest,
-        layers
-            .into_iter()
-            .zip(diff_ids)
-            .map(|((digest, media_type, size), diff_id)| LayerInfo {
-                digest,
-                media_type,
-                size,
-                diff_id,
-            })
-            .collect(),
+        layer_infos(layers, diff_ids),
         &config,
     );
     image.names = vec![reference.canonical()];
@@ -664,17 +655,7 @@ pub fn fuzz_manifests(top: &[u8], manifest: &[u8], config: &[u8]) -> Vec<String>
             let image = Image::new(
                 digest,
                 config_digest,
-                checked
-                    .layers
-                    .into_iter()
-                    .zip(diff_ids)
-                    .map(|((digest, media_type, size), diff_id)| LayerInfo {
-                        digest,
-                        media_type,
-                        size,
-                        diff_id,
-                    })
-                    .collect(),
+                layer_infos(checked.layers, diff_ids),
                 &c,
             );
             out.push(format!("{:?}", image.chain_id()));
@@ -750,6 +731,21 @@ pub async fn login(registry: &str, creds: &Credentials, tls_verify: Option<bool>
     } else {
         Err(fail("unauthorized: incorrect username or password".into()))
     }
+}
+
+/// The store's layer records: a manifest's (digest, media type, size) with the config's
+/// diff_id of each, in order.
+fn layer_infos(layers: Vec<(Digest, String, u64)>, diff_ids: Vec<Digest>) -> Vec<LayerInfo> {
+    layers
+        .into_iter()
+        .zip(diff_ids)
+        .map(|((digest, media_type, size), diff_id)| LayerInfo {
+            digest,
+            media_type,
+            size,
+            diff_id,
+        })
+        .collect()
 }
 
 #[cfg(test)]

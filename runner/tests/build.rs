@@ -209,11 +209,7 @@ fn lab() -> &'static Results {
     LAB.get_or_init(|| {
         let dir = scratch_dir("build");
         let demo = dir.join("demo.tar");
-        let out = Command::new(hk_tests::repo_root().join("scripts/demo-image"))
-            .arg(&demo)
-            .output()
-            .expect("run scripts/demo-image");
-        assert!(out.status.success(), "demo-image: {out:?}");
+        hk_tests::demo_image(&demo);
         // The base goes into the store on the host: loading needs no VM.
         let out = Command::new(env!("CARGO_BIN_EXE_hk"))
             .args(["load", "-q", "-i"])
@@ -298,11 +294,7 @@ fn buildah(name: &str) -> PathBuf {
     };
     if !dir.join("ctx").exists() {
         let demo = dir.join("demo.tar");
-        let out = Command::new(hk_tests::repo_root().join("scripts/demo-image"))
-            .arg(&demo)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+        hk_tests::demo_image(&demo);
         let out = args(&["pull", "-q"])
             .arg(format!("docker-archive:{}", demo.display()))
             .output()

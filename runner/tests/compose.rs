@@ -170,11 +170,7 @@ fn lab() -> &'static HashMap<String, Case> {
     LAB.get_or_init(|| {
         let dir = scratch_dir("compose");
         let demo = dir.join("demo.tar");
-        let out = Command::new(hk_tests::repo_root().join("scripts/demo-image"))
-            .arg(&demo)
-            .output()
-            .expect("run scripts/demo-image");
-        assert!(out.status.success(), "demo-image: {out:?}");
+        hk_tests::demo_image(&demo);
         // Loaded and converted on the host: no VM needed for that.
         for args in [
             &["load", "-q", "-i", demo.to_str().unwrap()][..],

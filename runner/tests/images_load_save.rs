@@ -703,30 +703,17 @@ fn hostile_tarballs_are_refused_and_leave_nothing() {
 /// Builds the demo image into `dir`.
 fn demo_image(dir: &Path) -> PathBuf {
     let out = dir.join("hk-demo.tar");
-    run_demo_image(&out);
+    hk_tests::demo_image(&out);
     out
-}
-
-fn run_demo_image(out: &Path) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/demo-image");
-    let res = Command::new(script)
-        .arg(out)
-        .output()
-        .expect("run scripts/demo-image");
-    assert!(
-        res.status.success(),
-        "scripts/demo-image: {}",
-        String::from_utf8_lossy(&res.stderr)
-    );
 }
 
 #[test]
 fn demo_image_is_deterministic_and_loads() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a.tar"), dir.path().join("b.tar"));
-    run_demo_image(&a);
+    hk_tests::demo_image(&a);
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    run_demo_image(&b);
+    hk_tests::demo_image(&b);
     assert_eq!(
         std::fs::read(&a).unwrap(),
         std::fs::read(&b).unwrap(),

@@ -52,6 +52,21 @@ pub fn busybox() -> PathBuf {
     path
 }
 
+/// Writes hk's offline demo image (`scripts/demo-image`: Debian's busybox-static, a
+/// docker-archive tarball) to `out`.
+pub fn demo_image(out: &Path) {
+    let script = repo_root().join("scripts/demo-image");
+    let res = Command::new(&script)
+        .arg(out)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        res.status.success(),
+        "scripts/demo-image: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+}
+
 /// Where a test's VMs run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kvm {

@@ -384,12 +384,7 @@ impl State {
     }
 
     fn shell(&self) -> Vec<String> {
-        let s = config::get_list(&self.config, "Shell");
-        if s.is_empty() {
-            DEFAULT_SHELL.iter().map(|s| s.to_string()).collect()
-        } else {
-            s
-        }
+        shell_of(&self.config)
     }
 
     fn next_vertex(&mut self, progress: &Arc<Progress>, text: &str) -> Vertex {
