@@ -455,12 +455,14 @@ pub(crate) fn create(args: &RunArgs) -> anyhow::Result<(Container, Timings)> {
             let (image, rest) = args.args.split_first().expect("clap requires one");
             let store = crate::images::store()?;
             let found = find_image(&store, image, args)?;
-            let config = store.config(&found)?;
-            // docker's Healthcheck is not in OCI's config type: read it from the JSON.
-            image_health =
-                serde_json::from_slice::<serde_json::Value>(&store.config_bytes(&found)?)
-                    .ok()
-                    .and_then(|v| v.get("config")?.get("Healthcheck").cloned());
+            // One read of the config blob: OCI's type for the usual fields, the JSON for
+            // docker's Healthcheck, which OCI's type drops.
+            let bytes = store.config_bytes(&found)?;
+            let config = oci_spec::image::ImageConfiguration::from_reader(&bytes[..])
+                .with_context(|| format!("the config of image {image} is damaged"))?;
+            image_health = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("config")?.get("Healthcheck").cloned());
             // Converted now, on this host: the nested lab sees the store read-only.
             store.rootfs(&found)?;
             let defaults = ImageDefaults::from_oci(&config);
