@@ -29,6 +29,7 @@ use fuse_backend_rs::api::filesystem::{
 use fuse_backend_rs::passthrough::{CachePolicy, PassthroughFs};
 use std::ffi::CStr;
 use std::io;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Where the guest's view of owner and mode is kept on the host.
@@ -112,6 +113,10 @@ pub(super) struct ShareFs {
     inner: PassthroughFs,
     read_only: bool,
     cache: Cache,
+    /// Host filesystems (by `st_dev`) that answered EOPNOTSUPP for the override xattr: they
+    /// can hold no override, so their attribute replies skip the `getxattr`, a path lookup
+    /// through /proc/self/fd that would fail the same way on every reply of a walk.
+    no_xattrs: Mutex<Vec<u64>>,
 }
 
 fn erofs() -> io::Error {
@@ -149,6 +154,7 @@ impl ShareFs {
             inner,
             read_only,
             cache,
+            no_xattrs: Mutex::new(Vec::new()),
         }
     }
 
@@ -187,8 +193,18 @@ impl ShareFs {
         if is_symlink(st.st_mode) {
             return;
         }
-        if let Some(owner) = self.stored(inode) {
-            owner.apply(st);
+        let no_xattrs = || self.no_xattrs.lock().unwrap_or_else(|e| e.into_inner());
+        if no_xattrs().contains(&st.st_dev) {
+            return;
+        }
+        match self.inner.getxattr(&self.root(), inode, OVERRIDE_XATTR, 64) {
+            Ok(GetxattrReply::Value(v)) => {
+                if let Some(owner) = Owner::parse(&v) {
+                    owner.apply(st);
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => no_xattrs().push(st.st_dev),
+            _ => {}
         }
     }
 
