@@ -1,5 +1,6 @@
-//! The container's world inside the VM: its root filesystem (the image's ext4 read-only,
-//! under an overlay whose upper layer is a writable ext4 disk), the usual virtual
+//! The container's world inside the VM: its root filesystem (the image's ext4, or a host
+//! directory shared over virtio-fs, read-only, under an overlay whose upper layer is a
+//! writable ext4 disk), the usual virtual
 //! filesystems in it, docker's /etc/hostname, /etc/hosts and /etc/resolv.conf, and then the
 //! switch into it.
 //!
@@ -7,7 +8,7 @@
 //! to pivot away from rootfs), so the switch is switch_root's: move the new root over `/`
 //! and chroot into it. The agent keeps running from memory; its open sockets stay.
 
-use hk_agent_protocol::{Mount, Root, Setup};
+use hk_agent_protocol::{Lower, Mount, Root, Setup};
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 use std::fs;
@@ -114,13 +115,16 @@ pub fn setup(setup: &Setup) -> Result<(), String> {
 /// gets the mount points of `mounts` that the image lacks, as docker creates them.
 fn mount_root(root: &Root, stage: &Path, mounts: &[Mount]) -> Result<PathBuf, String> {
     let lower = stage.join("lower");
-    mnt(
-        &disk(&root.lower)?.to_string_lossy(),
-        &lower,
-        Some("ext4"),
-        MsFlags::MS_RDONLY,
-        None,
-    )?;
+    match &root.lower {
+        Lower::Disk { serial } => mnt(
+            &disk(serial)?.to_string_lossy(),
+            &lower,
+            Some("ext4"),
+            MsFlags::MS_RDONLY,
+            None,
+        )?,
+        Lower::Virtiofs { tag } => mnt(tag, &lower, Some("virtiofs"), MsFlags::MS_RDONLY, None)?,
+    }
     let merged = stage.join("root");
     match &root.upper {
         Some(upper) => {

@@ -17,7 +17,7 @@
 //! (`-C target-feature=+crt-static`) because the initramfs holds no libc.
 
 use hk_agent::server::{Agent, Host, Socket};
-use hk_agent_protocol::{write_frame, Hello, Root, Setup, AGENT_PORT, HOST_PORT, VERSION};
+use hk_agent_protocol::{write_frame, Hello, Lower, Root, Setup, AGENT_PORT, HOST_PORT, VERSION};
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 use nix::sys::reboot::{reboot, RebootMode};
@@ -337,7 +337,9 @@ fn parse_setup(cmdline: &str) -> Option<Setup> {
     };
     Some(Setup {
         root: Some(Root {
-            lower: lower.to_string(),
+            lower: Lower::Disk {
+                serial: lower.to_string(),
+            },
             upper,
         }),
         hostname: param("hk.hostname=").map(str::to_string),
@@ -368,7 +370,7 @@ impl ControlPage {
 #[cfg(test)]
 mod tests {
     use super::{parse_ctl, parse_setup};
-    use hk_agent_protocol::{Root, Setup};
+    use hk_agent_protocol::{Lower, Root, Setup};
 
     #[test]
     fn a_root_on_the_command_line_is_set_up_before_the_command() {
@@ -377,7 +379,9 @@ mod tests {
             setup,
             Some(Setup {
                 root: Some(Root {
-                    lower: "hk-lower".into(),
+                    lower: Lower::Disk {
+                        serial: "hk-lower".into()
+                    },
                     upper: Some("hk-upper".into()),
                 }),
                 hostname: Some("b".into()),

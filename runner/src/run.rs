@@ -15,7 +15,7 @@ use hk_agent_protocol::ProcessSpec;
 use hk_image::{ImageRef, Platform, PullOptions};
 use std::ffi::OsString;
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -27,10 +27,19 @@ pub struct RunArgs {
     /// Print help
     #[arg(id = "help", long = "help", action = clap::ArgAction::Help)]
     _help: Option<bool>,
-    /// Boot this root filesystem instead of an image's: a directory (converted to ext4 by
-    /// hk) or an ext4 image file; then every argument is the command
+    /// Boot this root filesystem instead of an image's: a directory or an ext4 image file;
+    /// then every argument is the command
     #[arg(long, value_name = "DIR|FILE.ext4")]
     rootfs: Option<PathBuf>,
+    /// How a --rootfs directory reaches the VM: converted to an ext4 disk (cached while the
+    /// directory is unchanged) or shared read-only over virtio-fs as it is
+    #[arg(
+        long,
+        value_name = "ext4|virtiofs",
+        default_value = "ext4",
+        requires = "rootfs"
+    )]
+    rootfs_mode: RootfsMode,
     /// Assign a name to the container
     #[arg(long)]
     name: Option<String>,
@@ -441,7 +450,10 @@ pub(crate) fn create(args: &RunArgs) -> anyhow::Result<(Container, Timings)> {
     let mut image_health = None;
     let (image_name, image_id, rootfs, defaults, cmd) = match &args.rootfs {
         Some(path) => {
-            let lower = crate::initramfs::rootfs_image(path)?;
+            let lower = match args.rootfs_mode {
+                RootfsMode::Ext4 => crate::initramfs::rootfs_image(path)?,
+                RootfsMode::Virtiofs => rootfs_dir(path)?,
+            };
             let name = path.display().to_string();
             (
                 name,
@@ -573,6 +585,26 @@ pub(crate) fn create(args: &RunArgs) -> anyhow::Result<(Container, Timings)> {
 
 /// `--network` values: the mode of the container's own interface (passt or none) and the
 /// user-defined networks it joins, which must exist.
+/// `--rootfs-mode`: how a `--rootfs` directory becomes the container's lower layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RootfsMode {
+    Ext4,
+    Virtiofs,
+}
+
+/// A `--rootfs` directory shared as it is. Absolute, since the supervisor that boots the
+/// VM need not share this process's working directory.
+fn rootfs_dir(path: &Path) -> anyhow::Result<PathBuf> {
+    if !path.is_dir() {
+        bail!(
+            "--rootfs-mode virtiofs shares a directory, and {} is none: give a directory, \
+             or drop --rootfs-mode to boot an ext4 file",
+            path.display()
+        );
+    }
+    Ok(std::path::absolute(path)?)
+}
+
 fn networks(
     given: &[String],
     aliases: &[String],

@@ -14,8 +14,8 @@ use crate::host::{self, Kvm};
 use crate::term::{self, RawTerminal};
 use anyhow::{bail, Context};
 use hk_agent_protocol::{
-    Client, Connector, ErrorKind, ExitStatus, Interface, MountSource, ProcessSpec, Root, Setup,
-    WindowSize, HOST_PORT,
+    Client, Connector, ErrorKind, ExitStatus, Interface, Lower, MountSource, ProcessSpec, Root,
+    Setup, WindowSize, HOST_PORT,
 };
 use hk_vmm::console::{tail, RotatingLog};
 use hk_vmm::{
@@ -312,11 +312,25 @@ fn boot_and_run(
     let console = std::fs::File::create(&console_log)
         .and_then(|_| RotatingLog::open(&console_log, crate::vm::CONSOLE_LOG_MAX))
         .with_context(|| format!("cannot create {}", console_log.display()))?;
-    let mut disks = vec![Disk {
-        path: lower,
-        read_only: true,
-        serial: "hk-lower".into(),
-    }];
+    // A --rootfs directory (`--rootfs-mode virtiofs`) is shared read-only as it is; an
+    // image's root or a --rootfs ext4 is a read-only disk.
+    let (root_lower, mut disks, mut shares) = if lower.is_dir() {
+        let tag = "hk-root".to_string();
+        let share = Share {
+            host_dir: lower,
+            tag: tag.clone(),
+            read_only: true,
+        };
+        (Lower::Virtiofs { tag }, Vec::new(), vec![share])
+    } else {
+        let disk = Disk {
+            path: lower,
+            read_only: true,
+            serial: "hk-lower".into(),
+        };
+        let serial = disk.serial.clone();
+        (Lower::Disk { serial }, vec![disk], Vec::new())
+    };
     if let Some(upper) = container.upper() {
         disks.push(Disk {
             path: upper,
@@ -385,7 +399,8 @@ fn boot_and_run(
         interfaces.push(joined.interface);
         network_dns.push(joined.dns.to_string());
     }
-    let (shares, mounts) = mounts(container)?;
+    let (mount_shares, mounts) = mounts(container)?;
+    shares.extend(mount_shares);
     if !shares.is_empty() {
         host::raise_open_files_limit();
     }
@@ -463,7 +478,7 @@ fn boot_and_run(
     let ended = (|| -> anyhow::Result<u8> {
         client.setup(Setup {
             root: Some(Root {
-                lower: "hk-lower".into(),
+                lower: root_lower,
                 upper: container.upper().map(|_| "hk-upper".into()),
             }),
             hostname: Some(config.hostname.clone()),

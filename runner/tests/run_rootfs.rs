@@ -84,6 +84,23 @@ const CASES: &[(&str, &str)] = &[
          echo written >/tmp/file; cat /tmp/file; ls /dev/vda /dev/vdb'",
     ),
     (
+        "virtiofs-root",
+        "$run --rootfs-mode virtiofs -- sh -c 'grep \" / \" /proc/mounts | cut -d\" \" -f3; \
+         grep -l 0x001a /sys/bus/virtio/devices/*/device | wc -l; \
+         cat /etc/not-a-program; echo changed >/etc/not-a-program; cat /etc/not-a-program; \
+         ls /dev/vda; ls /dev/vdb 2>/dev/null || echo no-second-disk'; \
+         echo host: $(cat $rootdir/etc/not-a-program)",
+    ),
+    (
+        "virtiofs-root-ro",
+        "$run --rootfs-mode virtiofs --read-only -- sh -c 'cat /etc/passwd | head -1; \
+         touch /new-file'",
+    ),
+    (
+        "virtiofs-not-a-dir",
+        "$hk run --rootfs $rootdir/etc/passwd --rootfs-mode virtiofs -- true",
+    ),
+    (
         "tty",
         "python3 $tools/pty-drive.py 24 80 expect:ready resize:50:132 send:go\\\\n \
          expect:'50 132' sleep:0.5 send:\\\\x03 -- sh -c 'stty -g; $run -t -i -- sh -c \
@@ -131,7 +148,7 @@ fn lab() -> &'static Lab {
         let mut script = format!(
             "pin=\nif [ \"$(nproc)\" -gt 1 ] && command -v taskset >/dev/null; then pin='taskset -c 1'; fi\n\
              export HK_KERNEL={kernel} HK_CACHE_DIR=/tmp/hk-test-cache HK_RUNTIME_DIR=/tmp/hk-test-run HK_DATA_DIR=/tmp/hk-test-data\n\
-             hk=\"$pin {hk}\"\nrun=\"$hk run --rootfs {root}\"\ntools={tools}\nexport hk run tools\ncd {dir}\n",
+             hk=\"$pin {hk}\"\nrootdir={root}\nrun=\"$hk run --rootfs $rootdir\"\ntools={tools}\nexport hk run tools rootdir\ncd {dir}\n",
             kernel = guest_kernel().display(),
             hk = env!("CARGO_BIN_EXE_hk"),
             root = root.display(),
@@ -261,6 +278,39 @@ fn the_process_runs_in_the_container_root_under_an_overlay() {
     assert_eq!(lines[0], "init", "PID 1 is the agent ({c:?})");
     assert_eq!(lines[1], "overlay", "{c:?}");
     assert_eq!(lines[2], "written");
+}
+
+#[test]
+fn a_rootfs_directory_over_virtio_fs_is_the_read_only_lower_layer() {
+    let c = case("virtiofs-root");
+    assert_eq!(c.status, 0, "{c:?}");
+    let lines: Vec<&str> = c.out.lines().collect();
+    // An overlay with one virtio-fs device (ID 26) and one disk, the upper: the lower is
+    // the share. The container's writes land in the upper, not in the host directory.
+    assert_eq!(
+        lines,
+        [
+            "overlay",
+            "1",
+            "data",
+            "changed",
+            "/dev/vda",
+            "no-second-disk",
+            "host: data"
+        ],
+        "{c:?}"
+    );
+    let ro = case("virtiofs-root-ro");
+    assert_eq!(ro.status, 1, "{ro:?}");
+    assert_eq!(ro.out.trim(), "root:x:0:0:root:/root:/bin/sh", "{ro:?}");
+    assert!(ro.err.contains("Read-only file system"), "{ro:?}");
+    let file = case("virtiofs-not-a-dir");
+    assert_eq!(file.status, 125, "{file:?}");
+    assert!(
+        file.err
+            .contains("--rootfs-mode virtiofs shares a directory"),
+        "{file:?}"
+    );
 }
 
 #[test]

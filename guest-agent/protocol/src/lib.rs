@@ -31,7 +31,9 @@ use std::io::{self, Read, Write};
 /// but `hk build` would learn it only after running the step, with the step's work lost;
 /// the bump makes an agent without it fail at [`Hello`] instead. 4: secret mounts
 /// ([`MountSource::Secret`]), which an older agent would refuse only once the step runs.
-pub const VERSION: u32 = 4;
+/// 5: a root whose lower layer is a virtio-fs share ([`Lower`]; `hk run --rootfs DIR
+/// --rootfs-mode virtiofs`), which an older agent cannot parse.
+pub const VERSION: u32 = 5;
 /// The vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 1024;
 /// The host vsock port the agent dials at boot to say [`Hello`].
@@ -193,13 +195,24 @@ pub struct Interface {
     pub mtu: Option<u32>,
 }
 
-/// The container's root filesystem: an ext4 disk, read-only, under an overlay whose upper
-/// layer is a second, writable ext4 disk. Disks are named by their virtio serial.
+/// The container's root filesystem: a read-only lower layer under an overlay whose upper
+/// layer is a writable ext4 disk. Disks are named by their virtio serial.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Root {
-    pub lower: String,
+    pub lower: Lower,
     /// `None`: the root is read-only.
     pub upper: Option<String>,
+}
+
+/// Where a root's read-only lower layer is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Lower {
+    /// An ext4 disk with this virtio serial (an image's root, converted by hk).
+    Disk { serial: String },
+    /// The virtio-fs share with this tag (a host directory served as it is; the host
+    /// makes the share read-only).
+    Virtiofs { tag: String },
 }
 
 /// A process to run.
