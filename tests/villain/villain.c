@@ -33,6 +33,7 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -131,6 +132,10 @@ static void wr(volatile uint8_t *w, unsigned off, uint32_t v) { *(volatile uint3
 static void ctl_exit(uint32_t status)
 {
 	say("ending the VM through the control page with status %u", status);
+	/* The console is a UART the kernel feeds from its buffer, a byte per interrupt: what
+	 * is still buffered when the VM ends is lost (as on a machine that powers off), and
+	 * under load that was the summary. Wait until it has gone out. */
+	(void)tcdrain(1);
 	if (mmio)
 		*(volatile uint32_t *)(mmio + 4) = status;
 	sleep(5);
