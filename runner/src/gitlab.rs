@@ -554,10 +554,11 @@ fn cleanup() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Removes the job's VM if it exists (stopping it first).
+/// Removes the job's VM if it exists, killing it if it runs: whatever the job left in it
+/// is deleted with it, and its cache is on the host already (see `lifecycle::remove_killed`).
 fn remove_vm(name: &str) -> anyhow::Result<()> {
     match Container::find(name) {
-        Ok(c) => crate::lifecycle::remove_forced(&c)
+        Ok(c) => crate::lifecycle::remove_killed(&c)
             .with_context(|| format!("cannot remove the job's microVM {name}")),
         Err(_) => Ok(()),
     }

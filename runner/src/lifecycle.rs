@@ -185,30 +185,44 @@ fn mark_stopped(c: &Container) {
     let _ = std::fs::write(c.stop_mark(), b"");
 }
 
-/// The last resort: the VM lives in its supervisor, so killing that ends the VM.
+/// The VM lives in its supervisor, so killing that ends the VM at once (and passt, whose
+/// socket closes with it). The last resort of stop and `rm -f`; the whole of
+/// [`remove_killed`].
 fn kill_supervisor(c: &Container) -> anyhow::Result<()> {
-    let state = c.state();
-    if state.status == Status::Running && state.pid > 1 && c.is_running() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(state.pid as i32),
-            Signal::SIGKILL,
-        );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = c.state();
+        if state.status == Status::Running && state.pid > 1 && c.is_running() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(state.pid as i32),
+                Signal::SIGKILL,
+            );
+        }
+        // A supervisor that has just taken the lock has not written its PID yet: look again.
+        if wait_stopped(c, Duration::from_millis(100)) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("container {} does not stop", c.config.name);
+        }
     }
-    if !wait_stopped(c, Duration::from_secs(10)) {
-        bail!("container {} does not stop", c.config.name);
-    }
-    Ok(())
 }
 
+/// Whether the container stopped within `timeout`. A thread waits on the supervisor's lock,
+/// so the answer comes the moment the supervisor lets go of it, not at the next tick of a
+/// polling loop; past the timeout that thread is left waiting, and ends with hk.
 fn wait_stopped(c: &Container, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while c.is_running() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if !c.is_running() {
+        return true;
     }
-    true
+    let (stopped, wait) = std::sync::mpsc::channel();
+    let c = c.clone();
+    std::thread::spawn(move || {
+        // An error (the container's directory gone) means no supervisor holds the lock.
+        let _ = c.wait_stopped();
+        let _ = stopped.send(());
+    });
+    wait.recv_timeout(timeout).is_ok()
 }
 
 /// A signal by name (`TERM`, `SIGTERM`, `sigterm`) or number, as docker's flags take it.
@@ -260,7 +274,7 @@ pub fn rm(args: RmArgs) -> anyhow::Result<ExitCode> {
 
 /// `rm -f`: kills a running container's main process (which ends its VM), its supervisor
 /// too if that does not, then deletes what the container owns.
-pub(crate) fn remove_forced(c: &Container) -> anyhow::Result<()> {
+fn remove_forced(c: &Container) -> anyhow::Result<()> {
     if c.is_running() {
         // Not brought back by its restart policy while it is being removed.
         mark_stopped(c);
@@ -270,6 +284,22 @@ pub(crate) fn remove_forced(c: &Container) -> anyhow::Result<()> {
         if !wait_stopped(c, Duration::from_secs(10)) {
             kill_supervisor(c)?;
         }
+    }
+    c.remove()
+}
+
+/// Removes a running container without ending it cleanly: its supervisor, which holds the
+/// VM, is killed, where `rm -f` has the agent kill the main process, sync the guest's disks
+/// and power the VM off, and the supervisor record how it ended. For a container whose
+/// every file is deleted next, that clean end keeps nothing: its writable layer and logs go
+/// with it, and what the guest wrote to volumes and host directories is on the host
+/// already (virtio-fs has no writeback cache: each write reaches the host as it is made;
+/// only pages dirtied through a shared mapping and never synced wait in the guest).
+/// `hk gitlab cleanup` removes a finished job's VM this way.
+pub(crate) fn remove_killed(c: &Container) -> anyhow::Result<()> {
+    if c.is_running() {
+        mark_stopped(c);
+        kill_supervisor(c)?;
     }
     c.remove()
 }

@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-/// `-h` is docker's `--hostname`, so help is `--help` only (clap would give it `-h` too,
-/// which its debug builds refuse as a clash).
+// `-h` is docker's `--hostname`, so help is `--help` only (clap would give it `-h` too,
+// which its debug builds refuse as a clash). Not a doc comment: clap would make it the
+// command's help text in place of `hk run`'s own (main.rs defers each command's flags).
 #[derive(clap::Args)]
 #[command(disable_help_flag = true)]
 pub struct RunArgs {
@@ -228,7 +229,8 @@ pub struct StartArgs {
     containers: Vec<String>,
 }
 
-/// What `run` and `exec` say about the process, as docker's flags.
+// What `run` and `exec` say about the process, as docker's flags. Not a doc comment, which
+// clap would make `hk exec`'s help text (main.rs defers each command's flags).
 #[derive(clap::Args)]
 pub struct ProcessFlags {
     /// Keep stdin open and pass it to the command

@@ -129,7 +129,9 @@ fn parse_mac(text: &str) -> Result<[u8; 6], String> {
         .map_err(|_| format!("{text:?}: expected six bytes"))
 }
 
-/// `--seccomp on|off`: the VMM's seccomp filters (docs/security.md).
+// `--seccomp on|off`: the VMM's seccomp filters (docs/security.md). Not a doc comment,
+// which clap would make the help text of the commands that take it (main.rs defers each
+// command's flags).
 #[derive(clap::Args, Clone, Copy)]
 pub struct SeccompArg {
     /// Confine the VMM's threads with seccomp filters; `off` only to debug a VMM
