@@ -3,6 +3,7 @@
 
 pub mod cpuid;
 pub mod layout;
+pub(crate) mod machine;
 pub mod mptable;
 pub mod msrs;
 pub mod regs;
