@@ -150,6 +150,7 @@ pub enum Error {
     Cmdline(String),
     #[error(transparent)]
     Disk(#[from] hk_devices::virtio::block::Error),
+    #[cfg(target_os = "linux")]
     #[error(transparent)]
     Share(#[from] hk_devices::virtio::fs::Error),
     #[error(transparent)]

@@ -136,7 +136,7 @@ impl Bus {
             .map(|(base, _, dev)| (dev, addr - base))
     }
 
-    fn read(&self, addr: u64, data: &mut [u8]) {
+    pub(crate) fn read(&self, addr: u64, data: &mut [u8]) {
         match self.find(addr) {
             Some((dev, offset)) => lock(dev).read(offset, data),
             // Nothing there: an open bus reads all ones.
@@ -537,7 +537,7 @@ fn confinement(enabled: bool) -> Result<Confinement, Error> {
 }
 
 impl<A: Arch> Machine<A> {
-    fn run(self) -> Result<Outcome, Error> {
+    pub(crate) fn run(self) -> Result<Outcome, Error> {
         let Machine {
             vm,
             mem,
