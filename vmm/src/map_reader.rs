@@ -125,7 +125,7 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     fn file_with(bytes: &[u8]) -> std::fs::File {
-        let mut f = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
+        let mut f = tempfile::tempfile().unwrap();
         f.write_all(bytes).unwrap();
         std::io::Seek::rewind(&mut f).unwrap();
         f
