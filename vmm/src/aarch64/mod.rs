@@ -12,7 +12,7 @@ pub mod layout;
 #[cfg(any(target_os = "macos", test))]
 pub(crate) mod machine;
 
-use crate::map_reader::MapReader;
+use crate::map_reader::{load_initrd, MapReader};
 use crate::Error;
 pub use hk_hypervisor::aarch64::psci::mpidr as psci_mpidr;
 use layout::*;
@@ -93,22 +93,7 @@ pub fn lay_out(mem: &GuestMemoryMmap, guest: &Guest<'_>) -> Result<Layout, Error
 
     let initrd = match guest.initrd {
         Some(path) => {
-            let err = |e: String| Error::Initrd(path.into(), e);
-            let file = File::open(path).map_err(|e| err(e.to_string()))?;
-            // SAFETY: the initrd is read into `mem`, private anonymous guest RAM.
-            let mut file = unsafe { MapReader::new(file) }.map_err(|e| err(e.to_string()))?;
-            let size = file.len();
-            let start = fdt_addr
-                .checked_sub(size)
-                .map(|a| a & !0xfff)
-                .filter(|&a| a >= kernel_end)
-                .ok_or_else(|| {
-                    err(format!(
-                        "{size} bytes do not fit in guest memory above the kernel; give the VM more memory"
-                    ))
-                })?;
-            mem.read_exact_volatile_from(GuestAddress(start), &mut file, size as usize)
-                .map_err(|e| err(e.to_string()))?;
+            let (start, size) = load_initrd(mem, path, fdt_addr, kernel_end)?;
             Some((start, start + size))
         }
         None => None,
