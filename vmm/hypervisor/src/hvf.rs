@@ -334,7 +334,8 @@ impl HvfVcpu {
         Ok(())
     }
 
-    /// Answers a PSCI call; `Some` when it ends the VM.
+    /// Answers a PSCI call: x0 gets the result, or the call powers this CPU off or ends the
+    /// VM.
     fn psci(&mut self) -> Result<Step> {
         let x = [
             self.reg(Reg::X0)?,
