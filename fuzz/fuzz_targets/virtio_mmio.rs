@@ -8,6 +8,7 @@
 //! width (1, 2, 4 or 8), `[2..4]` register offset (`% 0x200`), `[4..8]` value.
 #![no_main]
 
+use hk_devices::event::Event;
 use hk_devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use hk_devices::virtio::rng::Rng;
 use hk_devices::virtio::VirtioInterrupt;
@@ -15,7 +16,6 @@ use hk_devices::{BusDevice, Interrupt};
 use hk_fuzz::guest_memory;
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 struct Line;
 
@@ -34,11 +34,11 @@ fuzz_target!(|data: &[u8]| {
         Box::new(Rng::new()),
         mem,
         VirtioInterrupt::new(Arc::new(Line)),
-        EventFd::new(EFD_NONBLOCK).expect("eventfd"),
+        Event::new().expect("event"),
         Arc::new(|why| panic!("the device stopped the VM: {why}")),
         None,
     );
-    transport.defer_activation(EventFd::new(EFD_NONBLOCK).expect("eventfd"));
+    transport.defer_activation(Event::new().expect("event"));
     for op in ops.chunks_exact(8) {
         let width = 1 << (op[1] % 4);
         let offset = u64::from(u16::from_le_bytes([op[2], op[3]]) % 0x200);

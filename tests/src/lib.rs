@@ -23,19 +23,25 @@ pub fn repo_root() -> PathBuf {
 
 /// The guest kernel, built (or found in the cache) by `kernel/build.sh guest`.
 pub fn guest_kernel() -> PathBuf {
-    build_kernel("guest")
+    build_kernel(&["guest"])
 }
 
-fn build_kernel(flavor: &str) -> PathBuf {
+/// The arm64 guest kernel (an `Image`), built by `kernel/build.sh guest --arch arm64`.
+pub fn arm64_guest_kernel() -> PathBuf {
+    build_kernel(&["guest", "--arch", "arm64"])
+}
+
+fn build_kernel(args: &[&str]) -> PathBuf {
     let script = repo_root().join("kernel/build.sh");
     let out = Command::new(&script)
-        .arg(flavor)
+        .args(args)
         .stderr(Stdio::inherit())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
     assert!(
         out.status.success(),
-        "kernel/build.sh {flavor} failed ({}); see its output above",
+        "kernel/build.sh {} failed ({}); see its output above",
+        args.join(" "),
         out.status
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
@@ -47,6 +53,18 @@ pub fn busybox() -> PathBuf {
     assert!(
         path.exists(),
         "{} is missing: apt-get install busybox-static",
+        path.display()
+    );
+    path
+}
+
+/// Debian's busybox-static for arm64, which scripts/setup unpacks beside the host's (the
+/// two packages cannot both be installed).
+pub fn arm64_busybox() -> PathBuf {
+    let path = PathBuf::from("/usr/local/lib/hk/arm64/bin/busybox");
+    assert!(
+        path.exists(),
+        "{} is missing: scripts/setup unpacks Debian's busybox-static:arm64 there",
         path.display()
     );
     path
@@ -260,6 +278,13 @@ impl Initramfs {
             }
         }
         self
+    }
+
+    /// Adds a busybox built for another architecture at /bin/busybox, without applet links
+    /// (the host cannot run it to list them): scripts call `/bin/busybox APPLET`.
+    pub fn foreign_busybox(self, path: &Path) -> Self {
+        let body = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        self.file("bin/busybox", body, 0o755)
     }
 
     /// Adds a regular file; missing parent directories are created.

@@ -6,26 +6,33 @@
 //! the guest's sockets and [`Vm::stop_handle`] stops it from another thread.
 //!
 //! Layering (each a crate, dependencies pointing one way):
-//! - `hk-hypervisor`: the hypervisor boundary (traits `Vm`, `Vcpu`, `IrqLine`; see its
-//!   docs for how a Hypervisor.framework backend maps onto it) and the KVM backend.
+//! - `hk-hypervisor`: the hypervisor boundary (traits `Vm`, `Vcpu`, `IrqLine`) and its
+//!   backends: KVM (Linux) and Hypervisor.framework (macOS, the `hvf` feature).
 //! - `hk-devices`: device models; they see guest memory and an interrupt trigger only.
-//! - this crate: the x86_64 machine (memory layout, PVH boot, MP table, CPUID, MSRs,
-//!   registers), wiring devices to the hypervisor, and the run loop.
+//! - this crate: the machines (x86_64: memory layout, PVH boot, MP table, CPUID, MSRs,
+//!   registers; aarch64: QEMU virt's memory map, arm64 Image boot, device tree), wiring
+//!   devices to the hypervisor, and the run loop every machine shares.
 //!
 //! Threads: one per vCPU (port and MMIO exits: serial, control page, virtio registers), one
 //! per active virtio device (its queues and I/O, so a slow disk never stalls a vCPU or
 //! another device), and the caller's thread, which waits for the VM to end and feeds
 //! console input.
 
+pub mod aarch64;
 pub mod console;
 mod machine;
 mod map_reader;
+#[cfg(target_os = "linux")]
 pub mod seccomp;
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod x86_64;
 
 pub use hk_devices::virtio::net::{StreamBackend, MAX_MTU};
 pub use hk_devices::virtio::vsock::{Listener, VsockConfig, VsockHost, HOST_CID};
+#[cfg(any(
+    all(target_os = "linux", target_arch = "x86_64"),
+    all(target_os = "macos", target_arch = "aarch64")
+))]
 pub use machine::{run, StopHandle, Vm};
 use std::io::Write;
 use std::path::PathBuf;
@@ -33,7 +40,7 @@ use std::time::{Duration, Instant};
 
 /// What to boot.
 pub struct VmConfig {
-    /// ELF vmlinux with a PVH entry note.
+    /// x86_64: an ELF vmlinux with a PVH entry note; aarch64: an arm64 `Image`.
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
     /// The caller's kernel command line. The VMM adds its own devices, its control page
@@ -143,6 +150,7 @@ pub enum Error {
     Cmdline(String),
     #[error(transparent)]
     Disk(#[from] hk_devices::virtio::block::Error),
+    #[cfg(target_os = "linux")]
     #[error(transparent)]
     Share(#[from] hk_devices::virtio::fs::Error),
     #[error(transparent)]
@@ -151,6 +159,7 @@ pub enum Error {
     Net(#[source] std::io::Error),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[cfg(target_os = "linux")]
     #[error(transparent)]
     Seccomp(#[from] seccomp::Error),
     #[error("{0}: {1}")]

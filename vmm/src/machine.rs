@@ -1,75 +1,100 @@
-//! Building the VM from a [`VmConfig`] and running it until the guest ends.
+//! Running a VM until the guest ends, whatever its architecture: the devices every machine
+//! has, the vCPU threads and their exits, the VMM's own loop. Where things sit in guest
+//! memory, how the kernel is loaded and how each vCPU starts is the architecture's
+//! ([`Arch`]): `crate::x86_64::machine` and `crate::aarch64::machine` build a [`Machine`].
 
-use crate::x86_64::{self, cpuid, layout, mptable, msrs, regs};
 use crate::{Error, GuestExit, Outcome, VmConfig};
 use hk_devices::control::{ControlEvent, ControlPage};
-use hk_devices::serial::Serial;
+use hk_devices::event::{Event, Interest, Poller};
 use hk_devices::virtio::block::Block;
+#[cfg(target_os = "linux")]
 use hk_devices::virtio::fs::{Cache, Fs, VIRTIO_ID_FS};
-use hk_devices::virtio::mmio::{MmioTransport, MMIO_SIZE, REG_QUEUE_NOTIFY};
+use hk_devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use hk_devices::virtio::net::{ErrorSink, Net, NetBackend, StreamBackend};
 use hk_devices::virtio::rng::Rng;
 use hk_devices::virtio::vsock::{Vsock, VsockHost};
 use hk_devices::virtio::worker::{panic_text, Confine, Fatal};
 use hk_devices::virtio::{VirtioDevice, VirtioInterrupt};
-use hk_devices::{BusDevice, Interrupt};
-use hk_hypervisor::kvm::KvmVm;
-use hk_hypervisor::x86_64::{CpuidEntry, X86Vcpu, X86Vm};
+use hk_devices::{BusDevice, Interrupt, Uart};
 use hk_hypervisor::{IrqLine, Vcpu, VcpuExit, VcpuKick};
 use std::fs::File;
-use std::io::{ErrorKind, Read, Write};
-use std::os::fd::AsRawFd;
+use std::io::{ErrorKind, Read};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vm_memory::GuestMemoryMmap;
 
-/// Boots `config` on KVM and runs it until the guest ends.
-pub fn run(config: VmConfig) -> Result<Outcome, Error> {
-    Vm::new(config)?.run()
+/// The public VM, on the machine this host has: x86_64 on KVM (Linux), aarch64 on
+/// Hypervisor.framework (macOS). Other hosts build the library without it.
+#[cfg(any(
+    all(target_os = "linux", target_arch = "x86_64"),
+    all(target_os = "macos", target_arch = "aarch64")
+))]
+mod host {
+    use super::{Arch, Machine, Stop};
+    use crate::{Error, GuestExit, Outcome, VmConfig};
+    use hk_devices::virtio::vsock::VsockHost;
+    use std::sync::Arc;
+
+    /// The machine hk builds on this host: x86_64 on KVM (Linux), aarch64 on
+    /// Hypervisor.framework (macOS).
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    type Host = crate::x86_64::machine::X86;
+    #[cfg(all(target_os = "macos", target_arch = "aarch64"))]
+    type Host = crate::aarch64::machine::Aarch64<hk_hypervisor::hvf::HvfVm>;
+
+    /// Boots `config` on this host's hypervisor and runs it until the guest ends.
+    pub fn run(config: VmConfig) -> Result<Outcome, Error> {
+        Vm::new(config)?.run()
+    }
+
+    /// A VM built and ready to boot.
+    pub struct Vm {
+        machine: Machine<Host>,
+    }
+
+    impl Vm {
+        /// Creates the VM on this host's hypervisor (KVM, or Hypervisor.framework): memory,
+        /// kernel, devices. Nothing runs until [`Vm::run`].
+        pub fn new(config: VmConfig) -> Result<Vm, Error> {
+            Ok(Vm {
+                machine: Host::build(config)?,
+            })
+        }
+
+        /// The host end of the guest's vsock, when the VM has one.
+        pub fn vsock(&self) -> Option<VsockHost> {
+            self.machine.vsock.clone()
+        }
+
+        /// A handle that stops the VM from any thread.
+        pub fn stop_handle(&self) -> StopHandle {
+            StopHandle(self.machine.stop.clone())
+        }
+
+        /// Boots the guest and runs it until it ends or is stopped.
+        pub fn run(self) -> Result<Outcome, Error> {
+            self.machine.run()
+        }
+    }
+
+    /// Stops a VM: its [`Vm::run`] returns with [`GuestExit::Stopped`] (unless the guest ended
+    /// first). Stopping a VM that has ended does nothing.
+    #[derive(Clone)]
+    pub struct StopHandle(Arc<Stop>);
+
+    impl StopHandle {
+        pub fn stop(&self) {
+            self.0.request(GuestExit::Stopped);
+        }
+    }
 }
-
-/// A VM built and ready to boot.
-pub struct Vm {
-    machine: Machine<KvmVm>,
-}
-
-impl Vm {
-    /// Creates the VM on KVM: memory, kernel, devices. Nothing runs until [`Vm::run`].
-    pub fn new(config: VmConfig) -> Result<Vm, Error> {
-        Ok(Vm {
-            machine: Machine::build(KvmVm::new()?, config)?,
-        })
-    }
-
-    /// The host end of the guest's vsock, when the VM has one.
-    pub fn vsock(&self) -> Option<VsockHost> {
-        self.machine.vsock.clone()
-    }
-
-    /// A handle that stops the VM from any thread.
-    pub fn stop_handle(&self) -> StopHandle {
-        StopHandle(self.machine.stop.clone())
-    }
-
-    /// Boots the guest and runs it until it ends or is stopped.
-    pub fn run(self) -> Result<Outcome, Error> {
-        self.machine.run()
-    }
-}
-
-/// Stops a VM: its [`Vm::run`] returns with [`GuestExit::Stopped`] (unless the guest ended
-/// first). Stopping a VM that has ended does nothing.
-#[derive(Clone)]
-pub struct StopHandle(Arc<Stop>);
-
-impl StopHandle {
-    pub fn stop(&self) {
-        self.0.request(GuestExit::Stopped);
-    }
-}
+#[cfg(any(
+    all(target_os = "linux", target_arch = "x86_64"),
+    all(target_os = "macos", target_arch = "aarch64")
+))]
+pub use host::{run, StopHandle, Vm};
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A device whose lock was poisoned by a panicking vCPU is still the best state there is.
@@ -77,7 +102,13 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// An [`IrqLine`] of the hypervisor, seen by a device as its [`Interrupt`].
-struct Irq(Arc<dyn IrqLine>);
+pub(crate) struct Irq(pub(crate) Arc<dyn IrqLine>);
+
+impl Irq {
+    pub(crate) fn line(line: Arc<dyn IrqLine>) -> Arc<dyn Interrupt> {
+        Arc::new(Irq(line))
+    }
+}
 
 impl Interrupt for Irq {
     fn trigger(&self) -> std::io::Result<()> {
@@ -85,16 +116,16 @@ impl Interrupt for Irq {
     }
 }
 
-type Shared<T> = Arc<Mutex<T>>;
+pub(crate) type Shared<T> = Arc<Mutex<T>>;
 
 /// Devices at guest addresses (MMIO) or ports (PIO), looked up on each exit.
 #[derive(Default, Clone)]
-struct Bus {
+pub(crate) struct Bus {
     ranges: Vec<(u64, u64, Shared<dyn BusDevice>)>,
 }
 
 impl Bus {
-    fn insert(&mut self, base: u64, len: u64, device: Shared<dyn BusDevice>) {
+    pub(crate) fn insert(&mut self, base: u64, len: u64, device: Shared<dyn BusDevice>) {
         self.ranges.push((base, len, device));
     }
 
@@ -105,10 +136,10 @@ impl Bus {
             .map(|(base, _, dev)| (dev, addr - base))
     }
 
-    fn read(&self, addr: u64, data: &mut [u8]) {
+    pub(crate) fn read(&self, addr: u64, data: &mut [u8]) {
         match self.find(addr) {
             Some((dev, offset)) => lock(dev).read(offset, data),
-            // Nothing there: an open bus reads all ones, as on a PC.
+            // Nothing there: an open bus reads all ones.
             None => data.fill(0xff),
         }
     }
@@ -125,7 +156,7 @@ pub(crate) struct Stop {
     exit: Mutex<Option<GuestExit>>,
     boot_time: Mutex<Option<Duration>>,
     requested: AtomicBool,
-    event: EventFd,
+    event: Event,
 }
 
 impl Stop {
@@ -136,102 +167,139 @@ impl Stop {
             *slot = Some(exit);
         }
         self.requested.store(true, Ordering::SeqCst);
-        let _ = self.event.write(1);
+        let _ = self.event.signal();
     }
 }
 
-struct Machine<V: X86Vm> {
-    vm: Arc<V>,
-    mem: GuestMemoryMmap,
-    boot: VcpuBoot,
-    pio: Bus,
-    mmio: Bus,
-    serial: Arc<Mutex<Serial<Box<dyn Write + Send>>>>,
-    input: Option<ConsoleInput>,
-    transports: Vec<Shared<MmioTransport>>,
+/// What differs between architectures once the machine is built: how each vCPU is set up
+/// for the boot, and what a reset the guest asked for means.
+pub(crate) trait Arch: Sized + 'static {
+    type Vm: hk_hypervisor::Vm + 'static;
+    /// What every vCPU thread needs to set its vCPU up.
+    type Boot: Send + Sync + 'static;
+
+    /// Creates the VM on the hypervisor and builds the machine for `config`.
+    fn build(config: VmConfig) -> Result<Machine<Self>, Error>;
+
+    /// Creates vCPU `index` on the calling thread, ready for the boot.
+    fn setup_vcpu(
+        vm: &Self::Vm,
+        boot: &Self::Boot,
+        index: u32,
+    ) -> Result<<Self::Vm as hk_hypervisor::Vm>::Vcpu, Error>;
+
+    /// How the VM ends when the guest resets it (`warm`: it asked for a warm reset).
+    fn reset(mem: &GuestMemoryMmap, warm: bool) -> GuestExit;
+}
+
+/// A built VM: everything [`Machine::run`] needs.
+pub(crate) struct Machine<A: Arch> {
+    pub(crate) vm: Arc<A::Vm>,
+    pub(crate) mem: GuestMemoryMmap,
+    pub(crate) boot: A::Boot,
+    pub(crate) cpus: u32,
+    pub(crate) pio: Bus,
+    pub(crate) mmio: Bus,
+    pub(crate) console: Shared<dyn Uart + Send>,
+    pub(crate) input: Option<ConsoleInput>,
+    pub(crate) transports: Vec<Shared<MmioTransport>>,
     /// Signalled by a transport whose driver set DRIVER_OK: the device is started on the
     /// VMM's thread, never on a (confined) vCPU thread.
-    activation: EventFd,
-    vsock: Option<VsockHost>,
-    stop: Arc<Stop>,
-    /// The vCPU threads' seccomp filter, when confined.
-    vcpu_filter: Option<Arc<seccompiler::BpfProgram>>,
+    pub(crate) activation: Event,
+    pub(crate) vsock: Option<VsockHost>,
+    pub(crate) stop: Arc<Stop>,
+    /// Confines each vCPU thread once its vCPU is set up (a seccomp filter), if asked to.
+    pub(crate) vcpu_confine: Option<Confine>,
 }
 
 /// The console's input, and the serial port's event saying the guest can take more.
-struct ConsoleInput {
+pub(crate) struct ConsoleInput {
     file: File,
-    ready: EventFd,
+    ready: Event,
 }
 
-impl<V> Machine<V>
-where
-    V: X86Vm + 'static,
-    V::Vcpu: X86Vcpu + 'static,
-{
-    fn build(vm: V, config: VmConfig) -> Result<Self, Error> {
-        if config.cpus == 0 || config.cpus > mptable::MAX_CPUS {
-            return Err(Error::Config(format!(
-                "cpus must be 1 to {}, not {}",
-                mptable::MAX_CPUS,
-                config.cpus
-            )));
-        }
-        let mem_bytes = config
-            .memory_mib
-            .checked_mul(1 << 20)
-            .filter(|&b| b >= 64 << 20)
-            .ok_or_else(|| Error::Config("memory must be at least 64 MiB".into()))?;
+/// The part of a machine every architecture has, made from the configuration before the
+/// architecture places it: the stop state, the control page, the virtio devices, the console
+/// input and the thread confinement.
+pub(crate) struct Common {
+    pub(crate) stop: Arc<Stop>,
+    pub(crate) control: Shared<ControlPage>,
+    pub(crate) devices: Vec<Box<dyn VirtioDevice>>,
+    pub(crate) vsock: Option<VsockHost>,
+    pub(crate) input: Option<ConsoleInput>,
+    fatal: Fatal,
+    confinement: Confinement,
+}
 
-        // Anonymous private mappings with MAP_NORESERVE: the host commits a page only when
-        // the guest first touches it, so a 1 GiB VM costs what the guest uses.
-        let mem = GuestMemoryMmap::from_ranges(&x86_64::ram_ranges(mem_bytes))
+/// How each kind of thread is confined, if at all.
+struct Confinement {
+    vcpu: Option<Confine>,
+    device: Option<Confine>,
+    share: Option<Confine>,
+}
+
+/// The virtio devices on the bus.
+pub(crate) struct Wired {
+    transports: Vec<Shared<MmioTransport>>,
+    /// Asks the VMM's thread to activate the transports whose driver is ready.
+    activation: Event,
+    /// Where each device went: its window's base and its interrupt line, in device order.
+    pub(crate) placed: Vec<(u64, u32)>,
+}
+
+/// Checks the CPU count and memory size every machine needs; the memory size in bytes.
+pub(crate) fn check_shape(config: &VmConfig, max_cpus: u32) -> Result<u64, Error> {
+    if config.cpus == 0 || config.cpus > max_cpus {
+        return Err(Error::Config(format!(
+            "cpus must be 1 to {max_cpus}, not {}",
+            config.cpus
+        )));
+    }
+    config
+        .memory_mib
+        .checked_mul(1 << 20)
+        .filter(|&b| b >= 64 << 20)
+        .ok_or_else(|| Error::Config("memory must be at least 64 MiB".into()))
+}
+
+/// Maps every region of `mem` into the VM, slot by slot.
+pub(crate) fn map_memory<V: hk_hypervisor::Vm>(vm: &V, mem: &GuestMemoryMmap) -> Result<(), Error> {
+    use vm_memory::{Address, GuestMemory, GuestMemoryRegion};
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
             .map_err(|e| Error::Memory(e.to_string()))?;
-        for (slot, region) in mem.iter().enumerate() {
-            let host = region
-                .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .map_err(|e| Error::Memory(e.to_string()))?;
-            // SAFETY: `mem` is kept in the Machine and outlives the VM (the VM is dropped
-            // with it, after every vCPU thread has been joined).
-            unsafe {
-                vm.map_memory(
-                    slot as u32,
-                    region.start_addr().raw_value(),
-                    host as u64,
-                    region.len(),
-                )?;
-            }
+        // SAFETY: `mem` is kept in the Machine and outlives the VM (the VM is dropped with
+        // it, after every vCPU thread has been joined).
+        unsafe {
+            vm.map_memory(
+                slot as u32,
+                region.start_addr().raw_value(),
+                host as u64,
+                region.len(),
+            )?;
         }
+    }
+    Ok(())
+}
 
-        let (mut loaded, kernel_end) = x86_64::load_kernel(&mem, &config.kernel)?;
-        if let Some(initrd) = &config.initrd {
-            x86_64::load_initrd(&mem, &mut loaded, kernel_end, initrd)?;
-        }
-
+impl Common {
+    /// Opens the configured devices (disks, shares, rng, vsock, NICs) in the order the
+    /// guest will see them, and makes the control page and the confinement.
+    pub(crate) fn new(config: &mut VmConfig) -> Result<Common, Error> {
         let stop = Arc::new(Stop {
             exit: Mutex::new(None),
             boot_time: Mutex::new(None),
             requested: AtomicBool::new(false),
-            event: EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?,
+            event: Event::new().map_err(|e| Error::Io("event", e))?,
         });
-
-        let mut pio = Bus::default();
-        let mut mmio = Bus::default();
-        let serial_irq: Arc<dyn Interrupt> = Arc::new(Irq(vm.irq_line(layout::SERIAL_IRQ)?));
-        let input = match config.console_input {
+        let input = match config.console_input.take() {
             Some(file) => Some(ConsoleInput {
                 file,
-                ready: EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?,
+                ready: Event::new().map_err(|e| Error::Io("event", e))?,
             }),
             None => None,
         };
-        let ready = match &input {
-            Some(i) => Some(i.ready.try_clone().map_err(|e| Error::Io("eventfd", e))?),
-            None => None,
-        };
-        let serial = Arc::new(Mutex::new(Serial::new(serial_irq, config.console, ready)));
-        pio.insert(u64::from(layout::SERIAL_PORT), 8, serial.clone());
-
         let control = {
             let stop = stop.clone();
             let start = config.start;
@@ -246,7 +314,6 @@ where
                 ControlEvent::PowerOff => stop.request(GuestExit::PowerOff),
             })
         };
-        mmio.insert(layout::CONTROL_PAGE, 0x1000, Arc::new(Mutex::new(control)));
 
         let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
         for disk in &config.disks {
@@ -256,20 +323,7 @@ where
                 &disk.serial,
             )?));
         }
-        for (i, share) in config.shares.iter().enumerate() {
-            if config.shares[..i].iter().any(|s| s.tag == share.tag) {
-                return Err(Error::Config(format!(
-                    "share tag {:?} used twice",
-                    share.tag
-                )));
-            }
-            devices.push(Box::new(Fs::new(
-                &share.host_dir,
-                &share.tag,
-                share.read_only,
-                Cache::Auto,
-            )?));
-        }
+        shares(config, &mut devices)?;
         if config.rng {
             devices.push(Box::new(Rng::new()));
         }
@@ -279,7 +333,7 @@ where
             vsock = Some(device.host());
             devices.push(Box::new(device));
         }
-        for (i, nic) in config.net.into_iter().enumerate() {
+        for (i, nic) in std::mem::take(&mut config.net).into_iter().enumerate() {
             let backend: Box<dyn NetBackend> = match nic.backend {
                 crate::NetBackend::Stream(stream) => {
                     Box::new(StreamBackend::new(stream).map_err(Error::Net)?)
@@ -304,125 +358,208 @@ where
             let stop = stop.clone();
             Arc::new(move |why| stop.request(GuestExit::Crash(why)))
         };
-        // Each device thread runs under its kind's filters: a share's thread works on files,
-        // the others only on descriptors they were given.
-        let confine_with = |filters: crate::seccomp::DeviceFilters| -> Confine {
-            let filters = Arc::new(filters);
-            Arc::new(move || {
-                crate::seccomp::confine_device_thread(&filters).map_err(|e| e.to_string())
-            })
-        };
-        let (vcpu_filter, confine, fs_confine) = if config.seccomp {
-            (
-                Some(Arc::new(crate::seccomp::vcpu_filter()?)),
-                Some(confine_with(crate::seccomp::device_filters()?)),
-                Some(confine_with(crate::seccomp::fs_filters()?)),
-            )
-        } else {
-            (None, None, None)
-        };
-        let mut cmdline = vec![
-            // The exit status depends on these (docs/guest-abi.md); they come first so the
-            // caller's command line can still override them.
-            "reboot=t,c,panic_w".to_string(),
-            "panic=-1".to_string(),
-        ];
+        Ok(Common {
+            stop,
+            control: Arc::new(Mutex::new(control)),
+            devices,
+            vsock,
+            input,
+            fatal,
+            confinement: confinement(config.seccomp)?,
+        })
+    }
+
+    /// The console input's readiness event, for the UART to signal, if there is input.
+    pub(crate) fn input_ready(&self) -> Result<Option<Event>, Error> {
+        match &self.input {
+            Some(i) => Ok(Some(
+                i.ready.try_clone().map_err(|e| Error::Io("event", e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Puts device `i` on the MMIO bus at `slot(i)` = (base, size, interrupt line), with a
+    /// queue notifier where the hypervisor has them.
+    pub(crate) fn wire<V: hk_hypervisor::Vm>(
+        &mut self,
+        vm: &V,
+        mem: &GuestMemoryMmap,
+        mmio: &mut Bus,
+        slot: &dyn Fn(usize) -> Result<(u64, u64, u32), Error>,
+    ) -> Result<Wired, Error> {
+        let activation = Event::new().map_err(|e| Error::Io("event", e))?;
         let mut transports = Vec::new();
-        let activation = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?;
-        for (i, device) in devices.into_iter().enumerate() {
-            let base = layout::VIRTIO_MMIO_BASE + i as u64 * MMIO_SIZE;
-            let irq = layout::VIRTIO_FIRST_IRQ + i as u32;
-            if irq >= layout::IOAPIC_PINS {
-                return Err(Error::Config("too many devices".into()));
-            }
-            let line: Arc<dyn Interrupt> = Arc::new(Irq(vm.irq_line(irq)?));
-            let notify = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?;
-            vm.register_notifier(base + REG_QUEUE_NOTIFY, &notify)?;
-            let confine = if device.device_type() == VIRTIO_ID_FS {
-                fs_confine.clone()
+        let mut placed = Vec::new();
+        for (i, device) in std::mem::take(&mut self.devices).into_iter().enumerate() {
+            let (base, size, irq) = slot(i)?;
+            let line = Irq::line(vm.irq_line(irq)?);
+            let notify = Event::new().map_err(|e| Error::Io("event", e))?;
+            vm.register_notifier(base + REG_QUEUE_NOTIFY, notify.as_fd())?;
+            let confine = if is_share(&*device) {
+                self.confinement.share.clone()
             } else {
-                confine.clone()
+                self.confinement.device.clone()
             };
             let transport = transport(
                 device,
                 mem.clone(),
                 VirtioInterrupt::new(line),
                 notify,
-                (fatal.clone(), confine),
+                (self.fatal.clone(), confine),
                 &activation,
             )?;
             let transport = Arc::new(Mutex::new(transport));
-            mmio.insert(base, MMIO_SIZE, transport.clone());
+            mmio.insert(base, size, transport.clone());
             transports.push(transport);
-            cmdline.push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
+            placed.push((base, irq));
         }
-        cmdline.push(format!("hk.ctl={:#x}", layout::CONTROL_PAGE));
-        let cmdline = merge_cmdline(&config.cmdline, &cmdline.join(" "));
-        x86_64::write_cmdline(&mem, &cmdline)?;
-        x86_64::write_start_info(&mem, &loaded)?;
-        mptable::write(&mem, config.cpus).map_err(|e| Error::Memory(e.to_string()))?;
-        regs::write_tables(&mem).map_err(|e| Error::Memory(e.to_string()))?;
-        // Linux writes 0 (clean) or 0x1234 (panic) here before it resets the CPU; a reset
-        // that finds this value instead was no reboot the kernel asked for.
-        mem.write_obj(
-            layout::RESET_FLAG_UNSET,
-            GuestAddress(layout::BIOS_RESET_FLAG),
-        )
-        .map_err(|e| Error::Memory(e.to_string()))?;
-
-        let supported = vm.supported_cpuid()?;
-        let boot = VcpuBoot {
-            cpuid: supported,
-            count: config.cpus,
-            entry: loaded.entry,
-        };
-
-        Ok(Machine {
-            vm: Arc::new(vm),
-            mem,
-            boot,
-            pio,
-            mmio,
-            serial,
-            input,
+        Ok(Wired {
             transports,
             activation,
-            vsock,
-            stop,
-            vcpu_filter,
+            placed,
         })
     }
 
-    fn run(self) -> Result<Outcome, Error> {
+    /// The machine, once the architecture placed everything.
+    pub(crate) fn into_machine<A: Arch>(self, placed: Placed<A>) -> Machine<A> {
+        Machine {
+            vm: Arc::new(placed.vm),
+            mem: placed.mem,
+            boot: placed.boot,
+            cpus: placed.cpus,
+            pio: placed.pio,
+            mmio: placed.mmio,
+            console: placed.console,
+            input: self.input,
+            transports: placed.wired.transports,
+            activation: placed.wired.activation,
+            vsock: self.vsock,
+            stop: self.stop,
+            vcpu_confine: self.confinement.vcpu,
+        }
+    }
+}
+
+/// What an architecture's builder made and placed.
+pub(crate) struct Placed<A: Arch> {
+    pub(crate) vm: A::Vm,
+    pub(crate) mem: GuestMemoryMmap,
+    pub(crate) boot: A::Boot,
+    pub(crate) cpus: u32,
+    pub(crate) pio: Bus,
+    pub(crate) mmio: Bus,
+    pub(crate) console: Shared<dyn Uart + Send>,
+    pub(crate) wired: Wired,
+}
+
+/// virtio-fs shares, one device each (Linux: the passthrough file system is Linux's).
+#[cfg(target_os = "linux")]
+fn shares(config: &VmConfig, devices: &mut Vec<Box<dyn VirtioDevice>>) -> Result<(), Error> {
+    for (i, share) in config.shares.iter().enumerate() {
+        if config.shares[..i].iter().any(|s| s.tag == share.tag) {
+            return Err(Error::Config(format!(
+                "share tag {:?} used twice",
+                share.tag
+            )));
+        }
+        devices.push(Box::new(Fs::new(
+            &share.host_dir,
+            &share.tag,
+            share.read_only,
+            Cache::Auto,
+        )?));
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn shares(config: &VmConfig, _: &mut Vec<Box<dyn VirtioDevice>>) -> Result<(), Error> {
+    if config.shares.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Config(
+            "shared directories (virtio-fs) are not available on this host yet".into(),
+        ))
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn is_share(device: &dyn VirtioDevice) -> bool {
+    device.device_type() == VIRTIO_ID_FS
+}
+
+#[cfg(not(target_os = "linux"))]
+fn is_share(_: &dyn VirtioDevice) -> bool {
+    false
+}
+
+/// The vCPU, device and share threads' confinement: seccomp filters on Linux, each thread
+/// under its kind's (a share's thread works on files, the others only on descriptors they
+/// were given).
+#[cfg(target_os = "linux")]
+fn confinement(enabled: bool) -> Result<Confinement, Error> {
+    if !enabled {
+        return Ok(Confinement {
+            vcpu: None,
+            device: None,
+            share: None,
+        });
+    }
+    let confine_with = |filters: crate::seccomp::DeviceFilters| -> Confine {
+        let filters = Arc::new(filters);
+        Arc::new(move || crate::seccomp::confine_device_thread(&filters).map_err(|e| e.to_string()))
+    };
+    let vcpu = Arc::new(crate::seccomp::vcpu_filter()?);
+    let vcpu: Confine =
+        Arc::new(move || crate::seccomp::confine_thread(&vcpu).map_err(|e| e.to_string()));
+    Ok(Confinement {
+        vcpu: Some(vcpu),
+        device: Some(confine_with(crate::seccomp::device_filters()?)),
+        share: Some(confine_with(crate::seccomp::fs_filters()?)),
+    })
+}
+
+/// seccomp is Linux's; elsewhere asking for confinement is an error rather than a VM that
+/// silently runs unconfined.
+#[cfg(not(target_os = "linux"))]
+fn confinement(enabled: bool) -> Result<Confinement, Error> {
+    if enabled {
+        return Err(Error::Config(
+            "thread confinement (seccomp) is Linux's; run with seccomp off on this host".into(),
+        ));
+    }
+    Ok(Confinement {
+        vcpu: None,
+        device: None,
+        share: None,
+    })
+}
+
+impl<A: Arch> Machine<A> {
+    pub(crate) fn run(self) -> Result<Outcome, Error> {
         let Machine {
             vm,
             mem,
             boot,
+            cpus,
             pio,
             mmio,
-            serial,
+            console: serial,
             input,
             transports,
             activation,
             vsock,
             stop,
-            vcpu_filter,
+            vcpu_confine,
         } = self;
-        let epoll = Epoll::new().map_err(|e| Error::Io("epoll", e))?;
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                stop.event.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, STOP_TOKEN),
-            )
-            .map_err(|e| Error::Io("epoll_ctl", e))?;
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                activation.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, ACTIVATE_TOKEN),
-            )
-            .map_err(|e| Error::Io("epoll_ctl", e))?;
+        let poller = Poller::new().map_err(|e| Error::Io("poller", e))?;
+        poller
+            .add(stop.event.as_raw_fd(), STOP_TOKEN, Interest::Read)
+            .map_err(|e| Error::Io("poller", e))?;
+        poller
+            .add(activation.as_raw_fd(), ACTIVATE_TOKEN, Interest::Read)
+            .map_err(|e| Error::Io("poller", e))?;
 
         // Each vCPU is created and set up on the thread that runs it, as QEMU does: a vCPU
         // never changes threads, which Hypervisor.framework requires and which spares
@@ -433,17 +570,17 @@ where
         let start = Arc::new(StartGate::default());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::new();
-        for index in 0..boot.count {
+        for index in 0..cpus {
             let (vm, boot, ready, start) =
                 (vm.clone(), boot.clone(), ready_tx.clone(), start.clone());
             let (pio, mmio, stop, mem) = (pio.clone(), mmio.clone(), stop.clone(), mem.clone());
-            let filter = vcpu_filter.clone();
+            let confine = vcpu_confine.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 // vCPU threads only decode exits: a small stack keeps the VMM small.
                 .stack_size(256 << 10)
                 .spawn(move || {
-                    let mut vcpu = match setup_vcpu(&*vm, &boot, index) {
+                    let mut vcpu = match A::setup_vcpu(&vm, &boot, index) {
                         Ok(vcpu) => vcpu,
                         Err(e) => {
                             let _ = ready.send(Err(e));
@@ -456,8 +593,8 @@ where
                         return;
                     }
                     // Set up, the vCPU only runs and decodes exits from here on.
-                    if let Some(filter) = filter {
-                        if let Err(e) = crate::seccomp::confine_thread(&filter) {
+                    if let Some(confine) = confine {
+                        if let Err(e) = confine() {
                             stop.request(GuestExit::Crash(format!("vCPU {index}: {e}")));
                             return;
                         }
@@ -465,7 +602,7 @@ where
                     // A bug in exit handling must stop the VM, not leave the VMM waiting
                     // for a vCPU that is gone.
                     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        run_vcpu(&mut vcpu, &pio, &mmio, &stop, &mem)
+                        run_vcpu::<A>(&mut vcpu, &pio, &mmio, &stop, &mem)
                     }));
                     if let Err(panic) = ran {
                         stop.request(GuestExit::Crash(format!(
@@ -480,7 +617,7 @@ where
         drop(ready_tx);
         let mut kickers: Vec<Arc<dyn VcpuKick>> = Vec::new();
         let mut setup_error = None;
-        for _ in 0..boot.count {
+        for _ in 0..cpus {
             // A thread that died without a word (it panicked) counts as a failed setup.
             let result = ready_rx
                 .recv()
@@ -496,40 +633,36 @@ where
         start.open(setup_error.is_none());
 
         let mut console = match input {
-            Some(input) => Some(ConsoleFeed::start(&epoll, input, &serial)?),
+            Some(input) => Some(ConsoleFeed::start(&poller, input, &serial)?),
             None => None,
         };
 
-        let mut events = vec![EpollEvent::default(); 4];
+        let mut events = Vec::with_capacity(4);
         'run: loop {
-            let n = match epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    stop.request(GuestExit::Crash(format!("epoll_wait: {e}")));
-                    break;
-                }
-            };
-            for event in &events[..n] {
-                let token = event.data();
+            if let Err(e) = poller.wait(None, &mut events) {
+                stop.request(GuestExit::Crash(format!("waiting for events: {e}")));
+                break;
+            }
+            for &token in &events {
                 if token == STOP_TOKEN {
                     break 'run;
                 }
                 if token == ACTIVATE_TOKEN {
-                    let _ = activation.read();
+                    activation.consume();
                     for transport in &transports {
                         lock(transport).activate_pending();
                     }
                     continue;
                 }
                 if let Some(feed) = console.as_mut() {
-                    feed.on_event(&epoll, token, &serial);
+                    feed.on_event(&poller, token, &serial);
                 }
             }
         }
 
         // Kick until every vCPU thread is out: a kick can land before a vCPU's first run,
-        // and an application processor never started by the guest sits in KVM_RUN.
+        // and an application processor never started by the guest sits in KVM_RUN (or, on
+        // aarch64, waits for a PSCI CPU_ON).
         while threads.iter().any(|t| !t.is_finished()) {
             for k in &kickers {
                 k.kick();
@@ -563,16 +696,12 @@ pub(crate) fn transport(
     device: Box<dyn VirtioDevice>,
     mem: GuestMemoryMmap,
     interrupt: VirtioInterrupt,
-    notify: EventFd,
+    notify: Event,
     (fatal, confine): (Fatal, Option<Confine>),
-    activation: &EventFd,
+    activation: &Event,
 ) -> Result<MmioTransport, Error> {
     let mut transport = MmioTransport::new(device, mem, interrupt, notify, fatal, confine);
-    transport.defer_activation(
-        activation
-            .try_clone()
-            .map_err(|e| Error::Io("eventfd", e))?,
-    );
+    transport.defer_activation(activation.try_clone().map_err(|e| Error::Io("event", e))?);
     Ok(transport)
 }
 
@@ -613,7 +742,7 @@ struct ConsoleFeed {
     input: ConsoleInput,
     /// False for a regular file, which epoll refuses and which is always readable.
     pollable: bool,
-    /// Whether the input is in the epoll set.
+    /// Whether the input is in the poller.
     listening: bool,
     buf: Vec<u8>,
     start: usize,
@@ -623,23 +752,17 @@ struct ConsoleFeed {
 
 impl ConsoleFeed {
     fn start(
-        epoll: &Epoll,
+        poller: &Poller,
         input: ConsoleInput,
-        serial: &Mutex<Serial<impl Write + Send>>,
+        serial: &Mutex<dyn Uart + Send>,
     ) -> Result<Self, Error> {
-        let add = |fd, token| {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )
-        };
+        let add = |fd, token| poller.add(fd, token, Interest::Read);
         add(input.ready.as_raw_fd(), READY_TOKEN)
-            .map_err(|e| Error::Io("epoll_ctl (console input)", e))?;
+            .map_err(|e| Error::Io("poller (console input)", e))?;
         let pollable = match add(input.file.as_raw_fd(), INPUT_TOKEN) {
             Ok(()) => true,
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => false,
-            Err(e) => return Err(Error::Io("epoll_ctl (console input)", e)),
+            Err(e) => return Err(Error::Io("poller (console input)", e)),
         };
         let mut feed = ConsoleFeed {
             input,
@@ -651,19 +774,19 @@ impl ConsoleFeed {
             ended: false,
         };
         if !pollable {
-            feed.pump(epoll, serial, false);
+            feed.pump(poller, serial, false);
         }
         Ok(feed)
     }
 
-    fn on_event(&mut self, epoll: &Epoll, token: u64, serial: &Mutex<Serial<impl Write + Send>>) {
+    fn on_event(&mut self, poller: &Poller, token: u64, serial: &Mutex<dyn Uart + Send>) {
         if token == READY_TOKEN {
-            let _ = self.input.ready.read();
+            self.input.ready.consume();
         }
-        self.pump(epoll, serial, token == INPUT_TOKEN);
+        self.pump(poller, serial, token == INPUT_TOKEN);
     }
 
-    fn pump(&mut self, epoll: &Epoll, serial: &Mutex<Serial<impl Write + Send>>, readable: bool) {
+    fn pump(&mut self, poller: &Poller, serial: &Mutex<dyn Uart + Send>, readable: bool) {
         let mut readable = readable || !self.pollable;
         loop {
             if self.start == self.end && !self.ended && readable {
@@ -685,52 +808,29 @@ impl ConsoleFeed {
             }
         }
         // Hang-ups are reported even for an fd that asks for no events, so an input that
-        // must not be read leaves the epoll set instead of only going quiet.
+        // must not be read leaves the poller instead of only going quiet.
         let listen = self.pollable && !self.ended && self.start == self.end;
         if listen != self.listening {
-            let op = if listen {
-                ControlOperation::Add
-            } else {
-                ControlOperation::Delete
-            };
             let fd = self.input.file.as_raw_fd();
-            if epoll
-                .ctl(op, fd, EpollEvent::new(EventSet::IN, INPUT_TOKEN))
-                .is_ok()
-            {
+            let done = if listen {
+                poller.add(fd, INPUT_TOKEN, Interest::Read)
+            } else {
+                poller.remove(fd)
+            };
+            if done.is_ok() {
                 self.listening = listen;
             }
         }
     }
 }
 
-/// What every vCPU needs to be set up for the boot.
-struct VcpuBoot {
-    cpuid: Vec<CpuidEntry>,
-    count: u32,
-    entry: u64,
-}
-
-fn setup_vcpu<V>(vm: &V, boot: &VcpuBoot, index: u32) -> Result<V::Vcpu, Error>
-where
-    V: X86Vm,
-    V::Vcpu: X86Vcpu,
-{
-    let vcpu = vm.create_vcpu(index)?;
-    vcpu.set_cpuid(&cpuid::for_vcpu(&boot.cpuid, index, boot.count))?;
-    vcpu.set_msrs(&msrs::boot_msrs())?;
-    vcpu.set_fpu(&regs::fpu())?;
-    // Application processors wait for INIT/SIPI from the boot CPU (in-kernel local APIC);
-    // only the boot CPU starts at the PVH entry.
-    if index == 0 {
-        vcpu.set_regs(&regs::regs(boot.entry))?;
-        vcpu.set_sregs(&regs::sregs(vcpu.sregs()?))?;
-    }
-    vcpu.set_lint()?;
-    Ok(vcpu)
-}
-
-fn run_vcpu<C: Vcpu>(vcpu: &mut C, pio: &Bus, mmio: &Bus, stop: &Stop, mem: &GuestMemoryMmap) {
+fn run_vcpu<A: Arch>(
+    vcpu: &mut <A::Vm as hk_hypervisor::Vm>::Vcpu,
+    pio: &Bus,
+    mmio: &Bus,
+    stop: &Stop,
+    mem: &GuestMemoryMmap,
+) {
     while !stop.requested.load(Ordering::SeqCst) {
         let exit = match vcpu.run() {
             Ok(exit) => exit,
@@ -746,18 +846,11 @@ fn run_vcpu<C: Vcpu>(vcpu: &mut C, pio: &Bus, mmio: &Bus, stop: &Stop, mem: &Gue
             VcpuExit::MmioWrite { addr, data } => mmio.write(addr, data),
             VcpuExit::Interrupted => {}
             VcpuExit::Reset => {
-                // Linux writes the BIOS reset flag before any reboot; the command line
-                // makes panics warm and everything else cold (docs/guest-abi.md). The VMM
-                // seeded it with a value Linux never writes.
-                let flag: u16 = mem
-                    .read_obj(GuestAddress(layout::BIOS_RESET_FLAG))
-                    .unwrap_or(layout::RESET_FLAG_UNSET);
-                let exit = match flag {
-                    layout::WARM_REBOOT => GuestExit::Panic,
-                    layout::RESET_FLAG_UNSET => GuestExit::TripleFault,
-                    _ => GuestExit::Reboot,
-                };
-                stop.request(exit);
+                stop.request(A::reset(mem, false));
+                return;
+            }
+            VcpuExit::WarmReset => {
+                stop.request(A::reset(mem, true));
                 return;
             }
             VcpuExit::Shutdown => {
@@ -774,7 +867,7 @@ fn run_vcpu<C: Vcpu>(vcpu: &mut C, pio: &Bus, mmio: &Bus, stop: &Stop, mem: &Gue
 
 /// Puts the VMM's parameters before the caller's (so the caller can override them) and
 /// keeps everything after a `--` (init's arguments) last.
-fn merge_cmdline(user: &str, vmm: &str) -> String {
+pub(crate) fn merge_cmdline(user: &str, vmm: &str) -> String {
     let padded = format!(" {} ", user.trim());
     let (kernel, init) = match padded.find(" -- ") {
         Some(i) => (&padded[..i], Some(&padded[i + 4..])),

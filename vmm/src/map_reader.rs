@@ -118,6 +118,34 @@ impl ReadVolatile for MapReader {
     }
 }
 
+/// Reads the initrd at `path` into `mem` as high as it fits below `top`, page-aligned, and
+/// not below `floor` (the kernel's end); its guest address and size.
+pub(crate) fn load_initrd(
+    mem: &vm_memory::GuestMemoryMmap,
+    path: &std::path::Path,
+    top: u64,
+    floor: u64,
+) -> Result<(u64, u64), crate::Error> {
+    use vm_memory::{Bytes, GuestAddress};
+    let err = |msg: String| crate::Error::Initrd(path.into(), msg);
+    let file = File::open(path).map_err(|e| err(e.to_string()))?;
+    // SAFETY: the initrd is read into `mem`, private anonymous guest RAM.
+    let mut file = unsafe { MapReader::new(file) }.map_err(|e| err(e.to_string()))?;
+    let size = file.len();
+    let addr = top
+        .checked_sub(size)
+        .map(|a| a & !0xfff)
+        .filter(|&a| a >= floor)
+        .ok_or_else(|| {
+            err(format!(
+                "{size} bytes do not fit in guest memory above the kernel; give the VM more memory"
+            ))
+        })?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
+        .map_err(|e| err(e.to_string()))?;
+    Ok((addr, size))
+}
+
 #[cfg(test)]
 mod tests {
     use super::MapReader;
@@ -125,7 +153,7 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     fn file_with(bytes: &[u8]) -> std::fs::File {
-        let mut f = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
+        let mut f = tempfile::tempfile().unwrap();
         f.write_all(bytes).unwrap();
         std::io::Seek::rewind(&mut f).unwrap();
         f

@@ -516,11 +516,11 @@ mod tests {
         setup_memory: impl FnOnce(&vm_memory::GuestMemoryMmap),
         done: impl Fn(&vm_memory::GuestMemoryMmap) -> bool,
     ) -> vm_memory::GuestMemoryMmap {
+        use hk_devices::event::Event;
         use hk_devices::virtio::VirtioInterrupt;
         use hk_devices::{BusDevice, Interrupt};
         use std::sync::{Arc, Mutex};
         use vm_memory::{GuestAddress, GuestMemoryMmap};
-        use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
         struct NoIrq;
         impl Interrupt for NoIrq {
@@ -531,12 +531,12 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         setup_memory(&mem);
         let device_filters = Arc::new(device_filters().unwrap());
-        let activation = EventFd::new(EFD_NONBLOCK).unwrap();
+        let activation = Event::new().unwrap();
         let transport = crate::machine::transport(
             device,
             mem.clone(),
             VirtioInterrupt::new(Arc::new(NoIrq)),
-            EventFd::new(EFD_NONBLOCK).unwrap(),
+            Event::new().unwrap(),
             (
                 Arc::new(|why| println!("fatal: {why}")),
                 Some(Arc::new(move || {
@@ -575,7 +575,7 @@ mod tests {
             .unwrap()
             .join()
             .unwrap();
-        if activation.read().is_ok() {
+        if activation.consume() {
             transport.lock().unwrap().activate_pending();
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

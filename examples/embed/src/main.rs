@@ -6,12 +6,18 @@
 //!     cargo run --release -p hk-example-embed -- VMLINUX INITRAMFS [KERNEL ARGS...]
 //!
 //! It needs a KVM that boots a stock kernel (on a kvm-pvm host, run it through
-//! `scripts/lab -- target/release/hk-example-embed ...`).
+//! `scripts/lab -- target/release/hk-example-embed ...`), or on Apple silicon
+//! Hypervisor.framework, with an arm64 `Image` as the kernel (docs/hvf.md).
 
 use hk_vmm::{GuestExit, VmConfig};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+#[cfg(target_arch = "x86_64")]
+const CONSOLE: &str = "console=ttyS0 ";
+#[cfg(not(target_arch = "x86_64"))]
+const CONSOLE: &str = "";
 
 /// A console sink the program can read back after the VM stopped. It keeps the last
 /// `KEEP` bytes: a guest can print without end, and this program's memory must not follow.
@@ -43,7 +49,8 @@ fn main() -> std::process::ExitCode {
     let outcome = hk_vmm::run(VmConfig {
         kernel: kernel.into(),
         initrd: Some(initrd.into()),
-        cmdline: format!("console=ttyS0 quiet {}", rest.join(" ")),
+        // On aarch64 the device tree names the console (its PL011) itself.
+        cmdline: format!("{CONSOLE}quiet {}", rest.join(" ")),
         cpus: 1,
         memory_mib: 128,
         disks: Vec::new(),
@@ -54,7 +61,8 @@ fn main() -> std::process::ExitCode {
         console: Box::new(console.clone()),
         console_input: None,
         start: Instant::now(),
-        seccomp: true,
+        // seccomp filters are Linux's.
+        seccomp: cfg!(target_os = "linux"),
     });
     let text = String::from_utf8_lossy(&console.0.lock().expect("console lock")).into_owned();
     match outcome {

@@ -7,6 +7,8 @@
 //! dropped, never a panic.
 
 pub mod control;
+pub mod event;
+pub mod pl011;
 pub mod serial;
 pub mod virtio;
 
@@ -15,6 +17,15 @@ pub mod virtio;
 pub trait BusDevice: Send {
     fn read(&mut self, offset: u64, data: &mut [u8]);
     fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+/// A serial port the VMM's console is wired to: the 16550 on x86, the PL011 on aarch64.
+pub trait Uart: BusDevice {
+    /// Queues console input for the guest and returns how many bytes it took; the rest
+    /// waits until the port says it is ready for more (its `ready` event).
+    fn receive(&mut self, bytes: &[u8]) -> usize;
+    /// Flushes console output (the VMM calls it when the VM stops).
+    fn flush(&mut self) -> std::io::Result<()>;
 }
 
 /// An interrupt line the device raises (an irqfd on KVM).

@@ -5,13 +5,13 @@
 //! under hardware flow control: only while the guest raises RTS with its receive interrupt
 //! on, which the Linux 8250 driver does once a tty has the port open (its probe and
 //! startup read and discard whatever the FIFO holds before that), and 64 bytes at a time
-//! (the FIFO). An eventfd says when the guest can take more, so the event loop holds input
+//! (the FIFO). An [`Event`] says when the guest can take more, so the event loop holds input
 //! back instead of dropping it.
 
-use crate::{BusDevice, Interrupt};
+use crate::event::Event;
+use crate::{BusDevice, Interrupt, Uart};
 use std::io::Write;
 use std::sync::Arc;
-use vmm_sys_util::eventfd::EventFd;
 
 /// vm-superio raises interrupts through its own trait; this adapts ours to it.
 pub struct SerialIrq(pub Arc<dyn Interrupt>);
@@ -39,13 +39,12 @@ impl<W: Write> Write for NoByteFlush<W> {
 }
 
 /// Tells the event loop that the guest can take more input.
-struct InputReady(Option<EventFd>);
+struct InputReady(Option<Event>);
 
 impl InputReady {
     fn signal(&self) {
         if let Some(event) = &self.0 {
-            // A full eventfd counter already says "ready"; nothing is lost.
-            let _ = event.write(1);
+            let _ = event.signal();
         }
     }
 }
@@ -73,7 +72,7 @@ pub struct Serial<W: Write + Send> {
 impl<W: Write + Send> Serial<W> {
     /// `ready`, if given, is written whenever the guest may take more input: it read the
     /// last received byte, or wrote its interrupt-enable or modem-control register.
-    pub fn new(irq: Arc<dyn Interrupt>, out: W, ready: Option<EventFd>) -> Self {
+    pub fn new(irq: Arc<dyn Interrupt>, out: W, ready: Option<Event>) -> Self {
         Serial {
             uart: vm_superio::Serial::with_events(
                 SerialIrq(irq),
@@ -82,11 +81,12 @@ impl<W: Write + Send> Serial<W> {
             ),
         }
     }
+}
 
-    /// Queues console input for the guest and returns how many bytes it took; the rest
-    /// must wait for the `ready` event. 0 while the guest holds RTS low or its receive
-    /// interrupt off, while the FIFO is full, and in loopback mode.
-    pub fn receive(&mut self, bytes: &[u8]) -> usize {
+/// Input is taken while the guest holds RTS high with its receive interrupt on, and never in
+/// loopback mode or while the FIFO is full.
+impl<W: Write + Send> Uart for Serial<W> {
+    fn receive(&mut self, bytes: &[u8]) -> usize {
         let state = self.uart.state();
         let rts = state.modem_control & (MCR_RTS | MCR_LOOP) == MCR_RTS;
         if !rts || state.interrupt_enable & IER_RECEIVED_DATA == 0 {
@@ -102,8 +102,7 @@ impl<W: Write + Send> Serial<W> {
         }
     }
 
-    /// Flushes console output (the VMM calls it when the VM stops).
-    pub fn flush(&mut self) -> std::io::Result<()> {
+    fn flush(&mut self) -> std::io::Result<()> {
         self.uart.writer_mut().0.flush()
     }
 }
@@ -131,10 +130,10 @@ impl<W: Write + Send> BusDevice for Serial<W> {
 #[cfg(test)]
 mod tests {
     use super::Serial;
-    use crate::{BusDevice, Interrupt};
+    use crate::event::Event;
+    use crate::{BusDevice, Interrupt, Uart};
     use std::io::{LineWriter, Write};
     use std::sync::{Arc, Mutex};
-    use vmm_sys_util::eventfd::EventFd;
 
     struct NoIrq;
     impl Interrupt for NoIrq {
@@ -197,7 +196,7 @@ mod tests {
 
     #[test]
     fn input_waits_for_rts_the_receive_interrupt_and_room_in_the_fifo() {
-        let ready = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let ready = Event::new().unwrap();
         let mut serial = Serial::new(
             Arc::new(NoIrq),
             Writes::default(),
@@ -211,20 +210,20 @@ mod tests {
         serial.write(IER, &[0]);
         serial.write(MCR, &[MCR_RTS]);
         assert_eq!(serial.receive(&input), 0, "no input with the interrupt off");
-        let _ = ready.read();
+        ready.consume();
         serial.write(IER, &[IER_RECEIVED_DATA]);
-        assert_eq!(ready.read().unwrap(), 1, "turning it on says ready");
+        assert!(ready.consume(), "turning it on says ready");
         let taken = serial.receive(&input);
         assert_eq!(taken, 64, "a 16550A FIFO holds 64 bytes here");
         assert_eq!(serial.receive(&input[taken..]), 0);
-        assert!(ready.read().is_err(), "nothing read yet, no room yet");
+        assert!(!ready.consume(), "nothing read yet, no room yet");
 
         let mut got = Vec::new();
         while read_reg(&mut serial, LSR) & LSR_DATA_READY != 0 {
             got.push(read_reg(&mut serial, RBR));
         }
         assert_eq!(got, input[..64]);
-        assert_eq!(ready.read().unwrap(), 1, "the guest read it all");
+        assert!(ready.consume(), "the guest read it all");
         assert_eq!(serial.receive(&input[taken..]), 36);
     }
 }

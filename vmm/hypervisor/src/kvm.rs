@@ -5,6 +5,7 @@ use crate::{Error, IrqLine, Result, Vcpu, VcpuExit, VcpuKick, Vm};
 use kvm_bindings::{kvm_pit_config, kvm_run, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
 use std::cell::Cell;
+use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd};
 use std::sync::{Arc, Mutex, Once};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
@@ -121,9 +122,17 @@ impl Vm for KvmVm {
         Ok(Arc::new(IrqFd(fd)))
     }
 
-    fn register_notifier(&self, addr: u64, fd: &EventFd) -> Result<bool> {
+    fn register_notifier(&self, addr: u64, fd: BorrowedFd<'_>) -> Result<bool> {
+        let own = fd.try_clone_to_owned().map_err(|source| Error::Ioctl {
+            op: "dup (ioeventfd)",
+            source,
+        })?;
+        // SAFETY: a fresh duplicate of the caller's eventfd, owned by this wrapper alone.
+        // KVM takes its own reference to the eventfd, so closing the duplicate afterwards
+        // leaves the notifier in place.
+        let event = unsafe { EventFd::from_raw_fd(own.into_raw_fd()) };
         self.vm
-            .register_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .register_ioevent(&event, &IoEventAddress::Mmio(addr), NoDatamatch)
             .map_err(ioctl("KVM_IOEVENTFD"))?;
         Ok(true)
     }

@@ -3,6 +3,7 @@
 
 pub mod cpuid;
 pub mod layout;
+pub(crate) mod machine;
 pub mod mptable;
 pub mod msrs;
 pub mod regs;
@@ -74,27 +75,13 @@ pub fn load_initrd(
     kernel_end: u64,
     initrd: &Path,
 ) -> Result<(), Error> {
-    let err = |msg: String| Error::Initrd(initrd.into(), msg);
-    let file = File::open(initrd).map_err(|e| err(e.to_string()))?;
-    // SAFETY: the initrd is read into `mem`, private anonymous guest RAM.
-    let mut file = unsafe { MapReader::new(file) }.map_err(|e| err(e.to_string()))?;
-    let size = file.len();
     let low_end = mem
         .find_region(GuestAddress(0))
         .map(|r| r.len())
         .unwrap_or(0);
-    let addr = low_end
-        .checked_sub(size)
-        .map(|a| a & !0xfff)
-        .filter(|&a| a >= kernel_end)
-        .ok_or_else(|| {
-            err(format!(
-                "{size} bytes do not fit in guest memory above the kernel; give the VM more memory"
-            ))
-        })?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
-        .map_err(|e| err(e.to_string()))?;
-    loaded.initrd = Some((addr, size));
+    loaded.initrd = Some(crate::map_reader::load_initrd(
+        mem, initrd, low_end, kernel_end,
+    )?);
     Ok(())
 }
 

@@ -8,16 +8,16 @@
 //!
 //! Activating a device opens files and starts a thread, which a vCPU thread confined by its
 //! seccomp filter may not do (and a thread it started would inherit that filter). So a VMM
-//! that confines its vCPUs gives the transport an activation eventfd
+//! that confines its vCPUs gives the transport an activation event
 //! ([`MmioTransport::defer_activation`]): DRIVER_OK then only records the request and
 //! signals it, and the VMM's own thread calls [`MmioTransport::activate_pending`]. A reset
 //! before that cancels the request.
 
 use super::worker::{self, Activated, Confine, Fatal, WorkerHandle};
 use super::{VirtioDevice, VirtioInterrupt, INT_CONFIG, VIRTIO_F_VERSION_1};
+use crate::event::Event;
 use crate::{BusDevice, GuestMemory};
 use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::eventfd::EventFd;
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
@@ -65,13 +65,13 @@ pub struct MmioTransport {
     interrupt: VirtioInterrupt,
     /// Signalled on QueueNotify writes that reach the vCPU (no ioeventfd); the device thread
     /// polls it either way.
-    notify: EventFd,
+    notify: Event,
     fatal: Fatal,
     confine: Option<Confine>,
     queues: Vec<Queue>,
     worker: Option<WorkerHandle>,
     /// With deferred activation: signalled when the driver set DRIVER_OK.
-    activation: Option<EventFd>,
+    activation: Option<Event>,
     /// DRIVER_OK was set and the device waits for [`MmioTransport::activate_pending`].
     pending: bool,
     queue_sel: u32,
@@ -86,7 +86,7 @@ impl MmioTransport {
         device: Box<dyn VirtioDevice>,
         mem: GuestMemory,
         interrupt: VirtioInterrupt,
-        notify: EventFd,
+        notify: Event,
         fatal: Fatal,
         confine: Option<Confine>,
     ) -> Self {
@@ -120,12 +120,12 @@ impl MmioTransport {
 
     /// From now on, DRIVER_OK does not start the device on the writing (vCPU) thread: it
     /// signals `event`, and the VMM starts the device with [`Self::activate_pending`].
-    pub fn defer_activation(&mut self, event: EventFd) {
+    pub fn defer_activation(&mut self, event: Event) {
         self.activation = Some(event);
     }
 
     /// Starts the device if the driver set DRIVER_OK and has not reset it since. Called by
-    /// the VMM's thread when the activation eventfd fires.
+    /// the VMM's thread when the activation event fires.
     pub fn activate_pending(&mut self) {
         let live = self.status & STATUS_DRIVER_OK != 0
             && self.status & (STATUS_FAILED | STATUS_NEEDS_RESET) == 0;
@@ -232,7 +232,7 @@ impl MmioTransport {
             match &self.activation {
                 Some(event) => {
                     self.pending = true;
-                    let _ = event.write(1);
+                    let _ = event.signal();
                 }
                 None => self.start(),
             }
@@ -289,7 +289,7 @@ impl MmioTransport {
                 }
             }
             REG_QUEUE_NOTIFY => {
-                let _ = self.notify.write(1);
+                let _ = self.notify.signal();
             }
             REG_INTERRUPT_ACK => self.interrupt.ack(value),
             REG_STATUS => self.set_status(value),
@@ -420,7 +420,7 @@ mod tests {
             Box::new(Rng::new()),
             mem.clone(),
             VirtioInterrupt::new(irq.clone()),
-            EventFd::new(0).unwrap(),
+            Event::new().unwrap(),
             Arc::new(move |why| sink.lock().unwrap().push(why)),
             None,
         );
@@ -591,13 +591,13 @@ mod tests {
     #[test]
     fn a_deferred_activation_waits_for_the_vmm_and_a_reset_cancels_it() {
         let Harness { mut t, mem, .. } = transport();
-        let event = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        let event = Event::new().unwrap();
         t.defer_activation(event.try_clone().unwrap());
         let mock = queue_with_a_chain(&mem);
         setup_mock(&mut t, &mock);
         assert!(t.worker.is_none(), "started on the driver's thread");
         assert_ne!(r(&mut t, REG_STATUS) & STATUS_DRIVER_OK, 0);
-        assert_eq!(event.read().unwrap(), 1);
+        assert!(event.consume());
         // Reset before the VMM got to it: nothing starts.
         w(&mut t, REG_STATUS, 0);
         t.activate_pending();

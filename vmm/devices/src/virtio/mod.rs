@@ -10,6 +10,7 @@
 //!   stalls another's.
 
 pub mod block;
+#[cfg(target_os = "linux")]
 pub mod fs;
 pub mod mmio;
 pub mod net;

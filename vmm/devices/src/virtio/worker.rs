@@ -1,17 +1,17 @@
-//! The thread an active virtio device runs on: an epoll loop over the transport's queue
-//! notification eventfd, a stop eventfd and whatever the [`DeviceWorker`] registers.
+//! The thread an active virtio device runs on: a [`Poller`] loop over the transport's queue
+//! notification event, a stop event and whatever the [`DeviceWorker`] registers.
 //!
 //! A panic or an error in a worker must not leave the VMM waiting on a device that is gone:
 //! both are caught here and handed to the VMM's `fatal` callback, which stops the VM.
 
 use super::{DeviceWorker, VirtioInterrupt};
+use crate::event::{Event, Interest, Poller};
 use crate::GuestMemory;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 use virtio_queue::Queue;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Called when a device cannot go on (its worker failed or panicked); the VMM stops the VM.
 pub type Fatal = Arc<dyn Fn(String) + Send + Sync>;
@@ -46,54 +46,49 @@ impl std::ops::BitOrAssign for Served {
     }
 }
 
-/// The worker's side of the device thread's epoll set.
+/// The worker's side of the device thread's poller.
 pub struct Events {
-    epoll: Epoll,
+    poller: Poller,
+}
+
+fn unreserved(token: u64) -> std::io::Result<()> {
+    if token >= RESERVED {
+        return Err(std::io::Error::other(
+            "event token reserved by the device loop",
+        ));
+    }
+    Ok(())
 }
 
 impl Events {
     fn new() -> std::io::Result<Events> {
         Ok(Events {
-            epoll: Epoll::new()?,
+            poller: Poller::new()?,
         })
     }
 
-    fn ctl(
-        &self,
-        op: ControlOperation,
-        fd: RawFd,
-        token: u64,
-        set: EventSet,
-    ) -> std::io::Result<()> {
-        if token >= RESERVED {
-            return Err(std::io::Error::other(
-                "event token reserved by the device loop",
-            ));
-        }
-        self.epoll.ctl(op, fd, EpollEvent::new(set, token))
-    }
-
-    /// Waits for `set` on `fd`, reported to [`DeviceWorker::event`] as `token`.
-    pub fn add(&self, fd: RawFd, token: u64, set: EventSet) -> std::io::Result<()> {
-        self.ctl(ControlOperation::Add, fd, token, set)
+    /// Waits for `interest` on `fd`, reported to [`DeviceWorker::event`] as `token`.
+    pub fn add(&self, fd: RawFd, token: u64, interest: Interest) -> std::io::Result<()> {
+        unreserved(token)?;
+        self.poller.add(fd, token, interest)
     }
 
     /// Changes what `fd` is waited for.
-    pub fn modify(&self, fd: RawFd, token: u64, set: EventSet) -> std::io::Result<()> {
-        self.ctl(ControlOperation::Modify, fd, token, set)
+    pub fn modify(&self, fd: RawFd, token: u64, interest: Interest) -> std::io::Result<()> {
+        unreserved(token)?;
+        self.poller.modify(fd, token, interest)
     }
 
     /// Stops waiting for `fd` (closing it does that too).
     pub fn remove(&self, fd: RawFd) -> std::io::Result<()> {
-        self.epoll
-            .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+        self.poller.remove(fd)
     }
 }
 
 /// A running device thread; stopping it (or dropping the handle) waits until it is gone, so
 /// the queues are no longer touched once the transport resets.
 pub struct WorkerHandle {
-    stop: EventFd,
+    stop: Event,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -104,7 +99,7 @@ impl WorkerHandle {
 
     fn shutdown(&mut self) {
         if let Some(thread) = self.thread.take() {
-            let _ = self.stop.write(1);
+            let _ = self.stop.signal();
             let _ = thread.join();
         }
     }
@@ -122,8 +117,8 @@ pub struct Activated {
     pub queues: Vec<Queue>,
     pub mem: GuestMemory,
     pub interrupt: VirtioInterrupt,
-    /// The transport's queue notification eventfd.
-    pub notify: EventFd,
+    /// The transport's queue notification event.
+    pub notify: Event,
 }
 
 /// Starts the thread `name` serving `work` until the handle stops it.
@@ -133,7 +128,7 @@ pub fn spawn(
     fatal: Fatal,
     confine: Option<Confine>,
 ) -> std::io::Result<WorkerHandle> {
-    let stop = EventFd::new(EFD_NONBLOCK)?;
+    let stop = Event::new()?;
     let stop_rx = stop.try_clone()?;
     let thread = std::thread::Builder::new()
         .name(name.clone())
@@ -169,7 +164,7 @@ pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-fn serve(work: Activated, stop: &EventFd) -> std::io::Result<()> {
+fn serve(work: Activated, stop: &Event) -> std::io::Result<()> {
     let Activated {
         mut worker,
         mut queues,
@@ -178,18 +173,12 @@ fn serve(work: Activated, stop: &EventFd) -> std::io::Result<()> {
         notify,
     } = work;
     let events = Events::new()?;
-    events.epoll.ctl(
-        ControlOperation::Add,
-        stop.as_raw_fd(),
-        EpollEvent::new(EventSet::IN, STOP),
-    )?;
-    events.epoll.ctl(
-        ControlOperation::Add,
-        notify.as_raw_fd(),
-        EpollEvent::new(EventSet::IN, NOTIFY),
-    )?;
+    events.poller.add(stop.as_raw_fd(), STOP, Interest::Read)?;
+    events
+        .poller
+        .add(notify.as_raw_fd(), NOTIFY, Interest::Read)?;
     worker.init(&events)?;
-    let mut ready = vec![EpollEvent::default(); 64];
+    let mut ready = Vec::with_capacity(64);
     // The driver may have made buffers available before it set DRIVER_OK.
     let mut process = true;
     loop {
@@ -197,7 +186,11 @@ fn serve(work: Activated, stop: &EventFd) -> std::io::Result<()> {
         if process {
             served |= worker.process(&mut queues, &mem, &events);
         }
-        let timeout = if served.more { 0 } else { -1 };
+        let timeout = if served.more {
+            Some(Duration::ZERO)
+        } else {
+            None
+        };
         if served.notify {
             interrupt.signal_used_queue()?;
         }
@@ -205,17 +198,13 @@ fn serve(work: Activated, stop: &EventFd) -> std::io::Result<()> {
             interrupt.signal(super::INT_CONFIG)?;
         }
         process = served.more;
-        let n = match events.epoll.wait(timeout, &mut ready) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
+        events.poller.wait(timeout, &mut ready)?;
         let mut served = Served::default();
-        for event in &ready[..n] {
-            match event.data() {
+        for &token in &ready {
+            match token {
                 STOP => return Ok(()),
                 NOTIFY => {
-                    let _ = notify.read();
+                    notify.consume();
                     process = true;
                 }
                 token => served |= worker.event(token, &mut queues, &mem, &events),
@@ -246,21 +235,21 @@ pub fn drive_for_fuzzing(
 ) -> std::io::Result<Served> {
     let events = Events::new()?;
     worker.init(&events)?;
-    let mut ready = vec![EpollEvent::default(); 64];
+    let mut ready = Vec::with_capacity(64);
     let mut all = Served::default();
     for round in 0..rounds {
         between(round);
         all |= worker.process(queues, mem, &events);
-        let n = events.epoll.wait(0, &mut ready)?;
-        for event in &ready[..n] {
-            all |= worker.event(event.data(), queues, mem, &events);
+        events.poller.wait(Some(Duration::ZERO), &mut ready)?;
+        for &token in &ready {
+            all |= worker.event(token, queues, mem, &events);
         }
     }
     Ok(all)
 }
 
-/// An epoll set for calling workers directly in unit tests.
+/// A poller for calling workers directly in unit tests.
 #[cfg(test)]
 pub(crate) fn test_events() -> Events {
-    Events::new().expect("epoll")
+    Events::new().expect("poller")
 }

@@ -4,6 +4,7 @@
 //! back-pressure both ways, hostile descriptor chains, and a backend that closes or lies.
 
 use super::*;
+use crate::event::Event;
 use crate::virtio::worker::{Activated, WorkerHandle};
 use crate::virtio::{VirtioInterrupt, INT_CONFIG};
 use crate::{GuestMemory, Interrupt};
@@ -15,7 +16,6 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const QSIZE: u16 = 256;
 const NEXT: u16 = 1;
@@ -122,7 +122,7 @@ impl Ring {
 /// The NIC on its thread, a driver for it, and passt's end of the socket.
 struct Guest {
     mem: GuestMemory,
-    notify: EventFd,
+    notify: Event,
     handle: Option<WorkerHandle>,
     net: Net,
     stats: Arc<Stats>,
@@ -153,7 +153,7 @@ impl Guest {
         .unwrap();
         let rx = Ring::new(0x1_0000);
         let tx = Ring::new(0x2_0000);
-        let notify = EventFd::new(EFD_NONBLOCK).unwrap();
+        let notify = Event::new().unwrap();
         let interrupt = VirtioInterrupt::new(Arc::new(Count::default()));
         let fatal = Arc::new(Mutex::new(Vec::new()));
         let sink = fatal.clone();
@@ -193,7 +193,7 @@ impl Guest {
     }
 
     fn kick(&self) {
-        self.notify.write(1).unwrap();
+        self.notify.signal().unwrap();
     }
 
     /// A fresh guest buffer of `len` bytes for receiving.

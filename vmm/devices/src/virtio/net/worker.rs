@@ -8,6 +8,7 @@
 use super::{
     NetBackend, Shared, HDR_LEN, MAX_FRAME, MIN_FRAME, NUM_BUFFERS_AT, VIRTIO_NET_S_LINK_UP,
 };
+use crate::event::Interest;
 use crate::virtio::{DeviceWorker, Events, Served};
 use crate::GuestMemory;
 use std::collections::VecDeque;
@@ -16,7 +17,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory as _};
-use vmm_sys_util::epoll::EventSet;
 
 /// Frames moved per pass in each direction before other work gets a turn.
 const BUDGET: usize = 64;
@@ -205,11 +205,7 @@ impl Drop for NetWorker {
 impl DeviceWorker for NetWorker {
     fn init(&mut self, events: &Events) -> io::Result<()> {
         if let Some(backend) = &self.backend {
-            events.add(
-                backend.raw_fd(),
-                TOKEN_BACKEND,
-                EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED,
-            )?;
+            events.add(backend.raw_fd(), TOKEN_BACKEND, Interest::Stream)?;
         }
         Ok(())
     }

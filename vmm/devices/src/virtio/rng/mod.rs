@@ -32,22 +32,14 @@ impl Default for Rng {
     }
 }
 
-/// Fills `buf` from getrandom(2); false if the host has no entropy to give.
+/// Fills `buf` from the kernel's random source (getentropy(3): getrandom(2) on Linux, the
+/// same call on macOS); false if the host has no entropy to give.
 fn fill_random(buf: &mut [u8]) -> bool {
-    let mut done = 0;
-    while done < buf.len() {
-        let rest = &mut buf[done..];
-        // SAFETY: the pointer and length describe `rest`, which getrandom only writes to.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n < 0 {
-            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return false;
-        }
-        done += n as usize;
-    }
-    true
+    // getentropy hands out at most 256 bytes a call.
+    buf.chunks_mut(256).all(|chunk| {
+        // SAFETY: the pointer and length describe `chunk`, which getentropy only writes to.
+        unsafe { libc::getentropy(chunk.as_mut_ptr().cast(), chunk.len()) == 0 }
+    })
 }
 
 impl VirtioDevice for Rng {

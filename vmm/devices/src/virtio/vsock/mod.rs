@@ -32,6 +32,7 @@ mod packet;
 mod worker;
 
 use super::{read_config_bytes, DeviceWorker, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::event::Event;
 use std::collections::HashMap;
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -39,7 +40,6 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const VIRTIO_ID_VSOCK: u32 = 19;
 /// The host's context ID; the guest's is the VMM caller's choice (3 or more).
@@ -87,7 +87,7 @@ enum HostRequest {
 /// What the host API and the device thread share.
 struct Shared {
     requests: Mutex<Vec<HostRequest>>,
-    wake: EventFd,
+    wake: Event,
     listeners: Mutex<HashMap<u32, Sender<UnixStream>>>,
 }
 
@@ -97,7 +97,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(request);
-        self.wake.write(1)
+        self.wake.signal()
     }
 }
 
@@ -234,7 +234,7 @@ impl Vsock {
             }
             None => None,
         };
-        let wake = EventFd::new(EFD_NONBLOCK).map_err(|source| Error::Socket {
+        let wake = Event::new().map_err(|source| Error::Socket {
             path: PathBuf::from("eventfd"),
             source,
         })?;

@@ -106,7 +106,7 @@ impl Ring {
 /// The device running on its thread, and a driver for it.
 struct Guest {
     mem: GuestMemory,
-    notify: EventFd,
+    notify: Event,
     handle: Option<WorkerHandle>,
     /// Owns the hybrid socket's path.
     device: Option<Vsock>,
@@ -144,7 +144,7 @@ impl Guest {
         })
         .unwrap();
         let host = device.host();
-        let notify = EventFd::new(EFD_NONBLOCK).unwrap();
+        let notify = Event::new().unwrap();
         let fatal = Arc::new(Mutex::new(Vec::new()));
         let sink = fatal.clone();
         let handle = crate::virtio::worker::spawn(
@@ -176,7 +176,7 @@ impl Guest {
     }
 
     fn kick(&self) {
-        self.notify.write(1).unwrap();
+        self.notify.signal().unwrap();
     }
 
     /// Makes up to `n` more receive buffers available, as many as the ring has room for.

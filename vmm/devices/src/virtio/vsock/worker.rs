@@ -9,6 +9,8 @@
 
 use super::packet::*;
 use super::{HostRequest, Shared, UdsListener, BUF_ALLOC, HOST_CID, MAX_CONNECTIONS, MAX_PKT};
+use crate::event::Interest;
+use crate::event::Timer;
 use crate::virtio::{DeviceWorker, Events, Served};
 use crate::GuestMemory;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -20,8 +22,6 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::timerfd::TimerFd;
 
 /// Packets handled per pass in each direction before other work gets a turn.
 const BUDGET: usize = 64;
@@ -263,7 +263,7 @@ pub struct VsockWorker {
     next_port: u32,
     resets: VecDeque<Header>,
     ready: VecDeque<Key>,
-    timer: Option<TimerFd>,
+    timer: Option<Timer>,
     timer_armed: bool,
     send_transport_reset: bool,
     buf: Vec<u8>,
@@ -390,8 +390,7 @@ impl VsockWorker {
 
     /// Adds a connection; on failure hands back who waits for it.
     fn insert(&mut self, key: Key, conn: Conn, events: &Events) -> Result<(), Waiter> {
-        let watch =
-            EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
+        let watch = Interest::Stream;
         if events
             .add(conn.stream.as_raw_fd(), conn.token, watch)
             .is_err()
@@ -421,7 +420,7 @@ impl VsockWorker {
             return;
         }
         if let Some(timer) = self.timer.as_mut() {
-            if timer.reset(TIMER_TICK, Some(TIMER_TICK)).is_ok() {
+            if timer.arm(TIMER_TICK).is_ok() {
                 self.timer_armed = true;
             }
         }
@@ -463,7 +462,7 @@ impl VsockWorker {
     }
 
     fn host_requests(&mut self, events: &Events) {
-        let _ = self.shared.wake.read();
+        self.shared.wake.consume();
         let requests = std::mem::take(
             &mut *self
                 .shared
@@ -514,7 +513,10 @@ impl VsockWorker {
                 continue;
             }
             let token = self.token();
-            if events.add(stream.as_raw_fd(), token, EventSet::IN).is_err() {
+            if events
+                .add(stream.as_raw_fd(), token, Interest::Read)
+                .is_err()
+            {
                 continue;
             }
             self.sources.insert(token, Source::Client);
@@ -591,7 +593,7 @@ impl VsockWorker {
 
     fn tick(&mut self, events: &Events) {
         if let Some(timer) = self.timer.as_mut() {
-            let _ = timer.wait();
+            timer.consume();
         }
         let now = Instant::now();
         let expired: Vec<Key> = self
@@ -625,7 +627,7 @@ impl VsockWorker {
                 .any(|c| matches!(c.state, State::Connecting { .. }));
         if !waiting {
             if let Some(timer) = self.timer.as_mut() {
-                if timer.clear().is_ok() {
+                if timer.disarm().is_ok() {
                     self.timer_armed = false;
                 }
             }
@@ -993,15 +995,15 @@ impl VsockWorker {
 
 impl DeviceWorker for VsockWorker {
     fn init(&mut self, events: &Events) -> io::Result<()> {
-        events.add(self.shared.wake.as_raw_fd(), TOKEN_WAKE, EventSet::IN)?;
+        events.add(self.shared.wake.as_raw_fd(), TOKEN_WAKE, Interest::Read)?;
         if let Some(uds) = &self.uds {
-            events.add(uds.listener.as_raw_fd(), TOKEN_UDS, EventSet::IN)?;
+            events.add(uds.listener.as_raw_fd(), TOKEN_UDS, Interest::Read)?;
         }
-        let timer = TimerFd::new()?;
-        events.add(timer.as_raw_fd(), TOKEN_TIMER, EventSet::IN)?;
+        let timer = Timer::new()?;
+        events.add(timer.as_raw_fd(), TOKEN_TIMER, Interest::Read)?;
         self.timer = Some(timer);
         // Requests made before the driver was up are served now.
-        let _ = self.shared.wake.write(1);
+        let _ = self.shared.wake.signal();
         Ok(())
     }
 
@@ -1092,6 +1094,55 @@ fn send_nosignal(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// A non-blocking, close-on-exec Unix stream socket.
+#[cfg(target_os = "linux")]
+fn stream_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket this function owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A non-blocking, close-on-exec Unix stream socket (macOS has no SOCK_NONBLOCK, and no
+/// MSG_NOSIGNAL: SO_NOSIGPIPE keeps a write to a closed peer from raising SIGPIPE).
+#[cfg(not(target_os = "linux"))]
+fn stream_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket this function owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // SAFETY: fcntl and setsockopt on a descriptor this function owns, with a live value of
+    // the size given.
+    let ok = unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) == 0
+            && libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) == 0
+            && libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NOSIGPIPE,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+    };
+    if !ok {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
 /// Connects to a Unix stream socket without blocking: a listener whose backlog is full
 /// refuses instead of stalling the device thread.
 fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
@@ -1109,19 +1160,7 @@ fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
         *dst = src as libc::c_char;
     }
-    // SAFETY: socket(2) with constant arguments; the result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh socket this function owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = stream_socket()?;
     // SAFETY: `addr` is a valid sockaddr_un and the length is its size.
     let rc = unsafe {
         libc::connect(
