@@ -4,9 +4,17 @@
 //! on a Unix socket ([`StreamBackend`]); later hk's own user-space switch for networks of VMs.
 //!
 //! # Features offered
-//! VERSION_1, MAC, MTU, STATUS and MRG_RXBUF. Every buffer starts with the 12-byte
+//! VERSION_1, MAC, MTU, STATUS, MRG_RXBUF and EVENT_IDX. Every buffer starts with the 12-byte
 //! `virtio_net_hdr_v1`; the device ignores what the guest puts in it on transmit (no offload
 //! was negotiated, so it carries none) and writes zeros and `num_buffers` on receive.
+//!
+//! # Notifications
+//! Each interrupt costs a Linux guest two trapped MMIO accesses (InterruptStatus and
+//! InterruptACK) besides the injection, and each kick an exit, so the device asks for as few
+//! of both as the driver allows, as QEMU's virtio-net does: it interrupts only when the driver
+//! asked (`used_event` with EVENT_IDX, else the avail ring's NO_INTERRUPT flag, which Linux
+//! sets while its NAPI poll runs), it wants transmit kicks only once its transmit ring is
+//! empty, and receive kicks only while a frame waits for buffers.
 //!
 //! # Why no offloads
 //! passt's stream carries plain Ethernet frames: complete, with valid checksums, no GSO.
@@ -45,6 +53,8 @@ pub const VIRTIO_NET_F_MTU: u64 = 1 << 3;
 pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 pub const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
+/// `used_event`/`avail_event` in the rings instead of their flags (virtio 1.2 §2.7.10).
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// Link status bit of the configuration's `status` field.
 pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
 
@@ -185,6 +195,7 @@ impl VirtioDevice for Net {
             | VIRTIO_NET_F_MTU
             | VIRTIO_NET_F_STATUS
             | VIRTIO_NET_F_MRG_RXBUF
+            | VIRTIO_RING_F_EVENT_IDX
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -200,6 +211,7 @@ impl VirtioDevice for Net {
             self.name.clone(),
             self.shared.clone(),
             features & VIRTIO_NET_F_MRG_RXBUF != 0,
+            features & VIRTIO_RING_F_EVENT_IDX != 0,
         )))
     }
 }

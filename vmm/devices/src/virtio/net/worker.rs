@@ -4,6 +4,10 @@
 //! most [`BUDGET`] frames each way. Receive chains are checked once when taken from the ring
 //! and kept as lists of guest segments until a frame fills them, so a frame that needs more
 //! buffers than the guest has posted waits for more without putting any back.
+//!
+//! Notifications (see the module above): the device reads `used_event` (or the avail ring's
+//! flags) itself rather than through `Queue::needs_notification`, which ignores the flags and
+//! counts only what `Queue::add_used` adds, not the batches [`add_used_together`] publishes.
 
 use super::{
     NetBackend, Shared, HDR_LEN, MAX_FRAME, MIN_FRAME, NUM_BUFFERS_AT, VIRTIO_NET_S_LINK_UP,
@@ -13,13 +17,15 @@ use crate::virtio::{DeviceWorker, Events, Served};
 use crate::GuestMemory;
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory as _};
 
 /// Frames moved per pass in each direction before other work gets a turn.
 const BUDGET: usize = 64;
+/// The avail ring's flag by which a driver without EVENT_IDX declines interrupts.
+const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 const TOKEN_BACKEND: u64 = 1;
 
 /// A descriptor chain checked for one direction: its segments in guest memory.
@@ -49,10 +55,13 @@ pub(super) struct NetWorker {
     held: VecDeque<Chain>,
     held_len: usize,
     held_descs: usize,
+    event_idx: bool,
+    /// Each queue's used index when the driver was last considered for an interrupt.
+    signalled: [u16; 2],
 }
 
 impl NetWorker {
-    pub(super) fn new(name: String, shared: Arc<Shared>, mrg: bool) -> NetWorker {
+    pub(super) fn new(name: String, shared: Arc<Shared>, mrg: bool, event_idx: bool) -> NetWorker {
         let backend = shared
             .backend
             .lock()
@@ -66,6 +75,8 @@ impl NetWorker {
             held: VecDeque::new(),
             held_len: 0,
             held_descs: 0,
+            event_idx,
+            signalled: [0; 2],
         }
     }
 
@@ -91,6 +102,10 @@ impl NetWorker {
         let mut served = Served::default();
         let mut budget = BUDGET;
         let mut error = None;
+        // No kicks while the ring is being drained; a full backend resumes the queue when
+        // its socket turns writable, so it needs none either.
+        let _ = queue.disable_notification(mem);
+        let mut rechecked = false;
         while budget > 0 {
             if let Some(backend) = &self.backend {
                 if !backend.can_send() {
@@ -98,6 +113,14 @@ impl NetWorker {
                 }
             }
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                // Empty: kicks wanted again, and one more look for a chain the driver added
+                // before it could see that (once: a ring whose index lies stays empty).
+                if !rechecked && queue.enable_notification(mem).unwrap_or(false) {
+                    rechecked = true;
+                    let _ = queue.disable_notification(mem);
+                    continue;
+                }
+                let _ = queue.enable_notification(mem);
                 break;
             };
             let head = chain.head_index();
@@ -119,14 +142,13 @@ impl NetWorker {
             if queue.add_used(mem, head, 0).is_err() {
                 break;
             }
-            served.notify = true;
         }
         if let Some(backend) = &mut self.backend {
             if let Err(e) = backend.flush() {
                 error = Some(e);
             }
         }
-        served.notify = served.notify && queue.needs_notification(mem).unwrap_or(true);
+        served.notify = self.wants_interrupt(queue, mem, 1);
         served.more = budget == 0;
         if let Some(e) = error {
             served |= self.fail(e, events);
@@ -142,6 +164,8 @@ impl NetWorker {
         let Some(backend) = self.backend.as_mut() else {
             return served;
         };
+        // Kicks are wanted only while a frame waits for buffers (`Rx::place` asks for them).
+        let _ = queue.disable_notification(mem);
         while budget > 0 {
             let frame = match backend.peek() {
                 Ok(Some(frame)) => frame,
@@ -158,7 +182,6 @@ impl NetWorker {
                 held: &mut self.held,
                 held_len: &mut self.held_len,
                 held_descs: &mut self.held_descs,
-                used: &mut served.notify,
             };
             match rx.place(frame) {
                 Ok(Placed::Done) => {
@@ -172,7 +195,7 @@ impl NetWorker {
             backend.consume();
             budget -= 1;
         }
-        served.notify = served.notify && queue.needs_notification(mem).unwrap_or(true);
+        served.notify = self.wants_interrupt(queue, mem, 0);
         served.more = budget == 0;
         if let Some(e) = error {
             served |= self.fail(e, events);
@@ -180,11 +203,48 @@ impl NetWorker {
         served
     }
 
+    /// Whether the driver wants an interrupt for what queue `index` used since the last
+    /// time this was asked (virtio 1.2 §2.7.7.2, §2.7.10). A ring outside guest memory gets
+    /// one rather than none.
+    fn wants_interrupt(&mut self, queue: &Queue, mem: &GuestMemory, index: usize) -> bool {
+        let now = queue.next_used();
+        let old = std::mem::replace(&mut self.signalled[index], now);
+        if now == old {
+            return false;
+        }
+        // The used index is published before the driver's wish is read, and the driver
+        // writes its wish before it reads the index: one of the two sees the other.
+        fence(Ordering::SeqCst);
+        let avail = GuestAddress(queue.avail_ring());
+        if self.event_idx {
+            // used_event follows the avail ring's flags, idx and ring.
+            let Some(at) = avail.checked_add(4 + 2 * u64::from(queue.size())) else {
+                return true;
+            };
+            match mem.load::<u16>(at, Ordering::Relaxed) {
+                // Whether used_event lies in (old, now]: the driver asked to hear when the
+                // used index passes it.
+                Ok(event) => {
+                    now.wrapping_sub(u16::from_le(event)).wrapping_sub(1) < now.wrapping_sub(old)
+                }
+                Err(_) => true,
+            }
+        } else {
+            mem.load::<u16>(avail, Ordering::Relaxed)
+                .map_or(true, |flags| {
+                    u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT == 0
+                })
+        }
+    }
+
     fn both(&mut self, queues: &mut [Queue], mem: &GuestMemory, events: &Events) -> Served {
         let mut served = Served::default();
         let [rx, tx] = queues else {
             return served;
         };
+        // The transport hands the queues over without the ring features; a plain store.
+        rx.set_event_idx(self.event_idx);
+        tx.set_event_idx(self.event_idx);
         served |= self.transmit(tx, mem, events);
         served |= self.receive(rx, mem, events);
         served
@@ -233,10 +293,9 @@ struct Rx<'a> {
     held: &'a mut VecDeque<Chain>,
     held_len: &'a mut usize,
     held_descs: &'a mut usize,
-    used: &'a mut bool,
 }
 
-impl Rx<'_> {
+impl<'a> Rx<'a> {
     /// Room for a frame of `need` bytes with its header: in one chain, or with mergeable
     /// buffers in as many as it takes.
     fn room(&self) -> usize {
@@ -256,7 +315,7 @@ impl Rx<'_> {
                 // for the next frame.
                 return Ok(Placed::Dropped);
             }
-            let Some(chain) = self.queue.pop_descriptor_chain(self.mem) else {
+            let Some(chain) = self.next_chain() else {
                 // Everything the guest can post is held and still too small.
                 if *self.held_descs >= usize::from(self.queue.size()) {
                     return Ok(Placed::Dropped);
@@ -274,7 +333,6 @@ impl Rx<'_> {
                 // sees it as a runt and drops it.
                 None => {
                     self.queue.add_used(self.mem, head, 0).map_err(|_| ())?;
-                    *self.used = true;
                 }
             }
         }
@@ -308,8 +366,24 @@ impl Rx<'_> {
             used.push((chain.head, written as u32));
         }
         add_used_together(self.queue, self.mem, &used)?;
-        *self.used = true;
         Ok(Placed::Done)
+    }
+
+    /// The next receive chain; when there is none, kicks are wanted again, and the ring is
+    /// looked at once more for a chain the driver added before it could see that.
+    fn next_chain(&mut self) -> Option<DescriptorChain<&'a GuestMemory>> {
+        if let Some(chain) = self.queue.pop_descriptor_chain(self.mem) {
+            return Some(chain);
+        }
+        if !self.queue.enable_notification(self.mem).unwrap_or(false) {
+            return None;
+        }
+        let _ = self.queue.disable_notification(self.mem);
+        self.queue.pop_descriptor_chain(self.mem).or_else(|| {
+            // A ring whose index lies: stay ready for kicks, never spin on it.
+            let _ = self.queue.enable_notification(self.mem);
+            None
+        })
     }
 }
 
@@ -318,8 +392,8 @@ impl Rx<'_> {
 /// that moment (Linux's NAPI does, on another vCPU) would find a frame's first buffers
 /// without the rest and drop it; virtio 1.2 §5.1.6.4 asks for the buffers of one packet to
 /// be used together. `Err` when the ring lies outside guest memory or a head is out of
-/// range. (Without EVENT_IDX, which this device does not offer, nothing else reads the
-/// count `add_used` keeps for notifications.)
+/// range. (`Queue::add_used` also counts what it adds for `Queue::needs_notification`,
+/// which this device does not use: [`NetWorker::wants_interrupt`] keeps its own mark.)
 fn add_used_together(queue: &mut Queue, mem: &GuestMemory, used: &[(u16, u32)]) -> Result<(), ()> {
     let size = queue.size();
     let ring = GuestAddress(queue.used_ring());
