@@ -7,6 +7,7 @@ pub mod container;
 pub mod diff;
 mod mounts;
 mod network;
+mod pump;
 mod reaper;
 pub mod server;
 mod spawn;

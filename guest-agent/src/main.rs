@@ -37,6 +37,10 @@ use std::sync::Arc;
 /// Offsets in the VMM's control page (docs/guest-abi.md).
 const CTL_BOOT_MARKER: usize = 0x0;
 const CTL_EXIT_STATUS: usize = 0x4;
+/// Connections the host may have waiting for the agent's accept. An exec opens its control
+/// and stream connections at once (protocol 5), so 20 concurrent `hk exec`s bring 60 in a
+/// burst; when the queue is full the guest's kernel resets the next one.
+const LISTEN_BACKLOG: i32 = 1024;
 /// The value Firecracker's boot timer waits for; hk keeps it so the same guest images work.
 const BOOT_MARKER: u8 = 123;
 
@@ -149,8 +153,12 @@ fn serve(started_ns: u64, ctl: Option<ControlPage>) -> String {
         listener.as_raw_fd(),
         &VsockAddr::new(libc::VMADDR_CID_ANY, AGENT_PORT),
     )
-    .and_then(|()| listen(&listener, Backlog::new(64).unwrap_or(Backlog::MAXCONN)))
-    {
+    .and_then(|()| {
+        listen(
+            &listener,
+            Backlog::new(LISTEN_BACKLOG).unwrap_or(Backlog::MAXCONN),
+        )
+    }) {
         return format!("vsock listen on port {AGENT_PORT}: {e}");
     }
     let hello = match vsock_socket().and_then(|fd| {

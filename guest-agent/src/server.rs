@@ -2,11 +2,16 @@
 //! Generic over the connection type, so the same code serves vsock in the guest and Unix
 //! sockets in the host-side tests.
 //!
-//! Threads, not async: a handful of processes per VM, each with a copy thread per stream,
-//! keeps the agent small and its behaviour plain. Stdout and stderr are pipes, not the
-//! sockets themselves, so that programs which reopen /dev/stdout or check for a pipe behave
-//! as under docker (the Kata agent does the same).
+//! Threads, not async, but few of them: a control connection has one, and a process has
+//! one that starts it, answers `start`, forwards its output and notices its end
+//! ([`crate::pump`]), plus one for its stdin when it has one. A `wait` takes no thread: it
+//! is answered by the process's thread when the process ends. Thread starts are a good part
+//! of an exec in an emulated guest, so an exec costs two (its stream connections' first
+//! frames are read on threads of their own) where it cost seven. Stdout and stderr are
+//! pipes, not the sockets themselves, so that programs which reopen /dev/stdout or check
+//! for a pipe behave as under docker (the Kata agent does the same).
 
+use crate::pump::{self, Output, PIPE_SIZE};
 use crate::reaper::reaper;
 use crate::spawn::{spawn, Launch};
 use crate::users;
@@ -15,24 +20,27 @@ use hk_agent_protocol::{
     Outcome, ProcessSpec, Reply, Request, RequestBody, Response, Setup, WindowSize, DEFAULT_PATH,
 };
 use nix::errno::Errno;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long `start` waits for the host to attach a process's streams.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Processes the agent keeps track of at once (running, or ended and not yet waited for).
 const MAX_PROCS: usize = 4096;
+/// Stream connections kept for processes not created yet (the host opens them while its
+/// `create_process` is on its way); past this, or [`ATTACH_TIMEOUT`], the oldest go.
+const MAX_PENDING: usize = 256;
 
 /// A byte stream to the host.
-pub trait Conn: Read + Write + Send + Sync + Sized + 'static {
+pub trait Conn: Read + Write + AsRawFd + Into<OwnedFd> + Send + Sync + Sized + 'static {
     fn try_clone(&self) -> io::Result<Self>;
     /// Tells the host no more bytes come (end of file on its side).
     fn shutdown_write(&self);
@@ -81,6 +89,42 @@ enum State {
     Failed(ErrorReply),
 }
 
+impl State {
+    /// What `wait` answers, once there is an answer.
+    fn outcome(&self) -> Option<Result<Reply, ErrorReply>> {
+        match self {
+            State::Exited(status) => Some(Ok(Reply::Exited(*status))),
+            State::Failed(e) => Some(Err(e.clone())),
+            State::Created | State::Running(_) => None,
+        }
+    }
+}
+
+/// A `wait` to answer when the process ends: the control connection and the request's id.
+type Waiter<C> = (Arc<Mutex<C>>, u64);
+
+/// Where a process is, and who waits for its end (under one lock, so none is missed).
+struct Life<C> {
+    state: State,
+    waiters: Vec<Waiter<C>>,
+}
+
+/// A stream connection that came before its process was created.
+struct Pending<C> {
+    process: String,
+    fd: Fd,
+    conn: C,
+    since: Instant,
+}
+
+/// What `start` hands the process's thread.
+struct Started {
+    pid: i32,
+    /// Readable once the process has ended.
+    pidfd: OwnedFd,
+    outputs: Vec<Output>,
+}
+
 /// The host ends of a process's streams, as they are attached.
 struct Attached<C> {
     streams: HashMap<Fd, C>,
@@ -90,8 +134,9 @@ struct Proc<C> {
     spec: ProcessSpec,
     attached: Mutex<Attached<C>>,
     attach_changed: Condvar,
-    state: Mutex<State>,
-    ended: Condvar,
+    /// Set by the first `start`: a process starts once.
+    claimed: AtomicBool,
+    life: Mutex<Life<C>>,
     /// The terminal's master side, for resizes.
     master: Mutex<Option<Arc<OwnedFd>>>,
     /// Where host input goes: the stdin pipe or the terminal. `None` once closed.
@@ -108,16 +153,27 @@ impl<C> Proc<C> {
     }
 
     fn pid(&self) -> Option<i32> {
-        match *lock(&self.state) {
+        match lock(&self.life).state {
             State::Running(pid) => Some(pid),
             _ => None,
         }
+    }
+
+    /// Takes a stream connection the host opened for this process, if it expects one.
+    fn take_stream(&self, fd: Fd, conn: C) {
+        if !self.expected().contains(&fd) || !matches!(lock(&self.life).state, State::Created) {
+            return;
+        }
+        lock(&self.attached).streams.insert(fd, conn);
+        self.attach_changed.notify_all();
     }
 }
 
 /// The agent: its processes, and the host-side hooks.
 pub struct Agent<C: Conn> {
     procs: Mutex<HashMap<String, Arc<Proc<C>>>>,
+    /// Lock after `procs`, never before.
+    pending: Mutex<VecDeque<Pending<C>>>,
     host: Box<dyn Host>,
     /// The host's `diff` connection, until the `diff` request takes it.
     diff_conn: Mutex<Option<C>>,
@@ -130,6 +186,7 @@ impl<C: Conn> Agent<C> {
     pub fn new(host: Box<dyn Host>) -> Arc<Agent<C>> {
         Arc::new(Agent {
             procs: Mutex::new(HashMap::new()),
+            pending: Mutex::new(VecDeque::new()),
             host,
             diff_conn: Mutex::new(None),
             diff_attached: Condvar::new(),
@@ -156,15 +213,25 @@ impl<C: Conn> Agent<C> {
         }
     }
 
+    /// Gives a stream connection to its process, or keeps it until the process is
+    /// created: the host opens streams without waiting for `create_process`'s answer.
     fn attach(&self, process: &str, fd: Fd, conn: C) {
-        let Some(proc) = lock(&self.procs).get(process).cloned() else {
-            return;
-        };
-        if !proc.expected().contains(&fd) || !matches!(*lock(&proc.state), State::Created) {
-            return;
+        let procs = lock(&self.procs);
+        if let Some(proc) = procs.get(process).cloned() {
+            drop(procs);
+            return proc.take_stream(fd, conn);
         }
-        lock(&proc.attached).streams.insert(fd, conn);
-        proc.attach_changed.notify_all();
+        let mut pending = lock(&self.pending);
+        pending.retain(|p| p.since.elapsed() < ATTACH_TIMEOUT);
+        if pending.len() >= MAX_PENDING {
+            pending.pop_front();
+        }
+        pending.push_back(Pending {
+            process: process.to_string(),
+            fd,
+            conn,
+            since: Instant::now(),
+        });
     }
 
     /// Serves requests on a control connection until the host closes it.
@@ -196,30 +263,153 @@ impl<C: Conn> Agent<C> {
                     continue;
                 }
             };
-            let agent = self.clone();
-            let writer = writer.clone();
             let id = request.id;
             match request.body {
-                // These may wait; each gets a thread so the connection keeps serving.
-                body @ (RequestBody::Start { .. }
-                | RequestBody::Wait { .. }
-                | RequestBody::Diff) => {
+                RequestBody::Wait { process } => self.wait(&process, &writer, id),
+                RequestBody::Start { process } => match self.proc(&process) {
+                    Ok(proc) => self.start_on_thread(proc, writer.clone(), id),
+                    Err(e) => respond(&writer, id, Err(e)),
+                },
+                RequestBody::CreateProcess(spec) if spec.start => match self.create(spec) {
+                    Ok(proc) => self.start_on_thread(proc, writer.clone(), id),
+                    Err(e) => respond(&writer, id, Err(e)),
+                },
+                // It may wait for its connection; a thread keeps the connection serving.
+                RequestBody::Diff => {
+                    let agent = self.clone();
+                    let writer = writer.clone();
                     let spawned = std::thread::Builder::new()
-                        .name("agent-request".into())
-                        .spawn(move || {
-                            let result = agent.handle(body);
-                            respond(&writer, id, result);
-                        });
+                        .name("agent-diff".into())
+                        .spawn(move || respond(&writer, id, agent.diff().map(Reply::Diff)));
                     if spawned.is_err() {
                         return;
                     }
                 }
-                body => {
-                    let result = agent.handle(body);
-                    respond(&writer, id, result);
-                }
+                body => respond(&writer, id, self.handle(body)),
             }
         }
+    }
+
+    /// Answers a `wait` now if the process has ended, or else when it does.
+    fn wait(&self, process: &str, writer: &Arc<Mutex<C>>, id: u64) {
+        let proc = match self.proc(process) {
+            Ok(proc) => proc,
+            Err(e) => return respond(writer, id, Err(e)),
+        };
+        let outcome = {
+            let mut life = lock(&proc.life);
+            let outcome = life.state.outcome();
+            if outcome.is_none() {
+                life.waiters.push((writer.clone(), id));
+            }
+            outcome
+        };
+        if let Some(outcome) = outcome {
+            // Forgotten before the answer, so the host may reuse the name at once.
+            self.told(&proc);
+            respond(writer, id, outcome);
+        }
+    }
+
+    /// An exec'd process is forgotten once its end is told, so a container that lives long
+    /// and execs often does not grow the agent. The main process stays: `hk stop` and `hk
+    /// wait` may ask about it again.
+    fn told(&self, proc: &Arc<Proc<C>>) {
+        if proc.spec.main {
+            return;
+        }
+        let mut procs = lock(&self.procs);
+        if procs
+            .get(&proc.spec.id)
+            .is_some_and(|p| Arc::ptr_eq(p, proc))
+        {
+            procs.remove(&proc.spec.id);
+        }
+    }
+
+    /// Records how the process ended and answers every `wait` for it.
+    fn end(&self, proc: &Arc<Proc<C>>, state: State) {
+        let outcome = state.outcome();
+        let waiters = {
+            let mut life = lock(&proc.life);
+            life.state = state;
+            std::mem::take(&mut life.waiters)
+        };
+        let Some(outcome) = outcome else { return };
+        if waiters.is_empty() {
+            return;
+        }
+        self.told(proc);
+        for (writer, id) in waiters {
+            respond(&writer, id, outcome.clone());
+        }
+    }
+
+    /// The process's thread: starts it, answers the request, forwards its output and
+    /// records its end.
+    fn start_on_thread(self: &Arc<Self>, proc: Arc<Proc<C>>, writer: Arc<Mutex<C>>, id: u64) {
+        if proc.claimed.swap(true, Ordering::SeqCst) {
+            let e = error(
+                ErrorKind::InvalidArgument,
+                "the process was started already",
+            );
+            return respond(&writer, id, Err(e));
+        }
+        let agent = self.clone();
+        let (on_thread, writer_on_thread) = (proc.clone(), writer.clone());
+        let spawned = std::thread::Builder::new()
+            .name("agent-process".into())
+            .spawn(move || {
+                let (proc, writer) = (on_thread, writer_on_thread);
+                match agent.start(&proc) {
+                    Ok(started) => {
+                        respond(
+                            &writer,
+                            id,
+                            Ok(Reply::Started {
+                                pid: started.pid as u32,
+                            }),
+                        );
+                        agent.supervise(&proc, started);
+                    }
+                    Err(e) => agent.fail(&proc, &writer, id, e),
+                }
+            });
+        if let Err(e) = spawned {
+            self.fail(
+                &proc,
+                &writer,
+                id,
+                error(ErrorKind::Other, format!("thread for the process: {e}")),
+            );
+        }
+    }
+
+    /// The process could not start: the request and every `wait` get `e`.
+    fn fail(&self, proc: &Arc<Proc<C>>, writer: &Mutex<C>, id: u64, e: ErrorReply) {
+        // The host reading the streams learns the process is gone.
+        lock(&proc.attached).streams.clear();
+        self.end(proc, State::Failed(e.clone()));
+        respond(writer, id, Err(e));
+    }
+
+    /// Forwards a started process's output until it ends, then records its status.
+    fn supervise(&self, proc: &Arc<Proc<C>>, started: Started) {
+        let Started {
+            pid,
+            pidfd,
+            outputs,
+        } = started;
+        let main = proc.spec.main;
+        // Docker's rule: the container ends with its main process, and what else runs
+        // (holding the output pipes, perhaps) goes with it.
+        let killed = pump::forward(outputs, main.then_some(&pidfd), || self.kill_all());
+        let status = reaper().wait(pid);
+        if main && !killed {
+            self.kill_all();
+        }
+        lock(&proc.input).take();
+        self.end(proc, State::Exited(status));
     }
 
     fn proc(&self, id: &str) -> Result<Arc<Proc<C>>, ErrorReply> {
@@ -237,83 +427,7 @@ impl<C: Conn> Agent<C> {
                     .map_err(|e| error(ErrorKind::Other, e))?;
                 Ok(Reply::Done)
             }
-            RequestBody::CreateProcess(spec) => {
-                if spec.argv.is_empty() {
-                    return Err(error(ErrorKind::InvalidArgument, "no command given"));
-                }
-                let mut procs = lock(&self.procs);
-                // Processes nobody waits for (`hk exec -d`) are forgotten once ended, when
-                // there are many.
-                if procs.len() >= MAX_PROCS {
-                    procs.retain(|_, p| {
-                        p.spec.main
-                            || !matches!(*lock(&p.state), State::Exited(_) | State::Failed(_))
-                    });
-                    if procs.len() >= MAX_PROCS {
-                        return Err(error(
-                            ErrorKind::Other,
-                            format!("{MAX_PROCS} processes run in this container already"),
-                        ));
-                    }
-                }
-                if procs.contains_key(&spec.id) {
-                    return Err(error(
-                        ErrorKind::InvalidArgument,
-                        format!("process {:?} exists", spec.id),
-                    ));
-                }
-                procs.insert(
-                    spec.id.clone(),
-                    Arc::new(Proc {
-                        spec,
-                        attached: Mutex::new(Attached {
-                            streams: HashMap::new(),
-                        }),
-                        attach_changed: Condvar::new(),
-                        state: Mutex::new(State::Created),
-                        ended: Condvar::new(),
-                        master: Mutex::new(None),
-                        input: Arc::new(Mutex::new(None)),
-                    }),
-                );
-                Ok(Reply::Done)
-            }
-            RequestBody::Start { process } => {
-                let proc = self.proc(&process)?;
-                match self.start(&proc) {
-                    Ok(pid) => Ok(Reply::Started { pid: pid as u32 }),
-                    Err(e) => {
-                        *lock(&proc.state) = State::Failed(e.clone());
-                        // The host reading the streams learns the process is gone.
-                        lock(&proc.attached).streams.clear();
-                        proc.ended.notify_all();
-                        Err(e)
-                    }
-                }
-            }
-            RequestBody::Wait { process } => {
-                let proc = self.proc(&process)?;
-                let mut state = lock(&proc.state);
-                let result = loop {
-                    match &*state {
-                        State::Exited(status) => break Ok(Reply::Exited(*status)),
-                        State::Failed(e) => break Err(e.clone()),
-                        _ => {}
-                    }
-                    state = proc.ended.wait(state).unwrap_or_else(|e| e.into_inner());
-                };
-                drop(state);
-                // An exec'd process is forgotten once its end is told, so a container
-                // that lives long and execs often does not grow the agent. The main
-                // process stays: `hk stop` and `hk wait` may ask about it again.
-                if !proc.spec.main {
-                    let mut procs = lock(&self.procs);
-                    if procs.get(&process).is_some_and(|p| Arc::ptr_eq(p, &proc)) {
-                        procs.remove(&process);
-                    }
-                }
-                result
-            }
+            RequestBody::CreateProcess(spec) => self.create(spec).map(|_| Reply::Done),
             RequestBody::Signal { process, signal } => {
                 let proc = self.proc(&process)?;
                 let pid = proc.pid().ok_or_else(|| {
@@ -350,8 +464,63 @@ impl<C: Conn> Agent<C> {
                 self.host.shutdown(status);
                 Ok(Reply::Done)
             }
-            RequestBody::Diff => self.diff().map(Reply::Diff),
+            // Served by `serve_control` itself.
+            RequestBody::Start { .. } | RequestBody::Wait { .. } | RequestBody::Diff => {
+                Err(error(ErrorKind::Other, "this request is not served here"))
+            }
         }
+    }
+
+    /// Creates a process (not started yet) and gives it the streams that came before it.
+    fn create(&self, spec: ProcessSpec) -> Result<Arc<Proc<C>>, ErrorReply> {
+        if spec.argv.is_empty() {
+            return Err(error(ErrorKind::InvalidArgument, "no command given"));
+        }
+        let mut procs = lock(&self.procs);
+        // Processes nobody waits for (`hk exec -d`) are forgotten once ended, when
+        // there are many.
+        if procs.len() >= MAX_PROCS {
+            procs.retain(|_, p| p.spec.main || lock(&p.life).state.outcome().is_none());
+            if procs.len() >= MAX_PROCS {
+                return Err(error(
+                    ErrorKind::Other,
+                    format!("{MAX_PROCS} processes run in this container already"),
+                ));
+            }
+        }
+        if procs.contains_key(&spec.id) {
+            return Err(error(
+                ErrorKind::InvalidArgument,
+                format!("process {:?} exists", spec.id),
+            ));
+        }
+        let proc = Arc::new(Proc {
+            spec,
+            attached: Mutex::new(Attached {
+                streams: HashMap::new(),
+            }),
+            attach_changed: Condvar::new(),
+            claimed: AtomicBool::new(false),
+            life: Mutex::new(Life {
+                state: State::Created,
+                waiters: Vec::new(),
+            }),
+            master: Mutex::new(None),
+            input: Arc::new(Mutex::new(None)),
+        });
+        procs.insert(proc.spec.id.clone(), proc.clone());
+        let mut pending = lock(&self.pending);
+        let mut i = 0;
+        while i < pending.len() {
+            if pending[i].process == proc.spec.id {
+                if let Some(p) = pending.remove(i) {
+                    proc.take_stream(p.fd, p.conn);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        Ok(proc)
     }
 
     /// Takes the `diff` connection, checks nothing runs, and has the host write the layer
@@ -422,13 +591,8 @@ impl<C: Conn> Agent<C> {
         }
     }
 
-    fn start(self: &Arc<Self>, proc: &Arc<Proc<C>>) -> Result<i32, ErrorReply> {
-        if !matches!(*lock(&proc.state), State::Created) {
-            return Err(error(
-                ErrorKind::InvalidArgument,
-                "the process was started already",
-            ));
-        }
+    /// Waits for the process's streams, then runs it; returns once it has exec'd.
+    fn start(&self, proc: &Arc<Proc<C>>) -> Result<Started, ErrorReply> {
         let expected = proc.expected();
         let mut streams = {
             let deadline = Instant::now() + ATTACH_TIMEOUT;
@@ -499,7 +663,7 @@ impl<C: Conn> Agent<C> {
         // Stdio: a terminal, or pipes (and /dev/null for an unattached stdin).
         let mut keep: Vec<OwnedFd> = Vec::new();
         let stdio: [i32; 3];
-        let mut outputs: Vec<(File, C)> = Vec::new();
+        let mut outputs: Vec<Output> = Vec::new();
         let mut input_from: Option<(C, File)> = None;
         if let Some(size) = spec.tty {
             let pty = nix::pty::openpty(Some(&winsize(size)), None)
@@ -511,8 +675,10 @@ impl<C: Conn> Agent<C> {
             let conn = streams.remove(&Fd::Pty).expect("attached");
             let out = File::from(master.try_clone().map_err(io_error)?);
             let input = File::from(master.try_clone().map_err(io_error)?);
+            // The stdin thread reads a duplicate of the connection, which the output
+            // makes non-blocking too: `copy_in` waits for input in poll.
             input_from = Some((conn.try_clone().map_err(io_error)?, input));
-            outputs.push((out, conn));
+            outputs.push(Output::new(out, conn.into()).map_err(io_error)?);
             *lock(&proc.master) = Some(master);
         } else {
             let stdin = match streams.remove(&Fd::Stdin) {
@@ -526,18 +692,14 @@ impl<C: Conn> Agent<C> {
                         .map_err(|e| error(ErrorKind::Other, format!("/dev/null: {e}")))?,
                 ),
             };
-            let (out_r, out_w) = pipe()?;
-            let (err_r, err_w) = pipe()?;
+            let (out_r, out_w) = output_pipe()?;
+            let (err_r, err_w) = output_pipe()?;
             stdio = [stdin.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
             keep.extend([stdin, out_w, err_w]);
-            outputs.push((
-                File::from(out_r),
-                streams.remove(&Fd::Stdout).expect("attached"),
-            ));
-            outputs.push((
-                File::from(err_r),
-                streams.remove(&Fd::Stderr).expect("attached"),
-            ));
+            for (src, fd) in [(out_r, Fd::Stdout), (err_r, Fd::Stderr)] {
+                let conn = streams.remove(&fd).expect("attached");
+                outputs.push(Output::new(File::from(src), conn.into()).map_err(io_error)?);
+            }
         }
         let launch = Launch {
             path: cstr(&program)?,
@@ -556,14 +718,14 @@ impl<C: Conn> Agent<C> {
             stdio,
             ctty: spec.tty.is_some(),
         };
-        let pid = {
+        let (pid, pidfd) = {
             let mut watched = reaper().lock();
             match spawn(&launch) {
-                Ok(pid) => {
+                Ok((pid, pidfd)) => {
                     watched.watch(pid);
-                    pid
+                    (pid, pidfd)
                 }
-                Err((_, errno)) => {
+                Err(errno) => {
                     drop(watched);
                     return Err(exec_error(&spec.argv[0], errno));
                 }
@@ -572,7 +734,7 @@ impl<C: Conn> Agent<C> {
         reaper().spawned();
         // The child has its copies; the agent's would keep pipes open past its exit.
         drop(keep);
-        *lock(&proc.state) = State::Running(pid);
+        lock(&proc.life).state = State::Running(pid);
 
         if let Some((conn, dst)) = input_from {
             *lock(&proc.input) = Some(dst);
@@ -581,35 +743,11 @@ impl<C: Conn> Agent<C> {
                 .name("agent-stdin".into())
                 .spawn(move || copy_in(conn, &input));
         }
-        let copiers: Vec<JoinHandle<()>> = outputs
-            .into_iter()
-            .filter_map(|(src, dst)| {
-                std::thread::Builder::new()
-                    .name("agent-output".into())
-                    .spawn(move || copy_out(src, dst))
-                    .ok()
-            })
-            .collect();
-        let agent = self.clone();
-        let waiter = proc.clone();
-        std::thread::Builder::new()
-            .name("agent-wait".into())
-            .spawn(move || {
-                let status = reaper().wait(pid);
-                if waiter.spec.main {
-                    // Docker's rule: the container ends with its main process, and what
-                    // else runs (holding the output pipes, perhaps) goes with it.
-                    agent.kill_all();
-                }
-                for c in copiers {
-                    let _ = c.join();
-                }
-                lock(&waiter.input).take();
-                *lock(&waiter.state) = State::Exited(status);
-                waiter.ended.notify_all();
-            })
-            .map_err(io_error)?;
-        Ok(pid)
+        Ok(Started {
+            pid,
+            pidfd,
+            outputs,
+        })
     }
 }
 
@@ -630,6 +768,32 @@ fn io_error(e: impl std::fmt::Display) -> ErrorReply {
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), ErrorReply> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io_error)
+}
+
+/// A pipe for a process's output, of [`PIPE_SIZE`] (best effort: the default size works).
+fn output_pipe() -> Result<(OwnedFd, OwnedFd), ErrorReply> {
+    let (r, w) = pipe()?;
+    let _ = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32));
+    Ok((r, w))
+}
+
+/// Blocks until `fd` has something to read (or its end).
+fn wait_readable(fd: RawFd) -> io::Result<()> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: poll on one live pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, -1) } >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 fn cloexec(fd: OwnedFd) -> Result<OwnedFd, ErrorReply> {
@@ -660,33 +824,21 @@ fn set_window_size(master: &OwnedFd, size: WindowSize) -> io::Result<()> {
     Ok(())
 }
 
-/// Process output to the host; end of file once every writer is gone (a terminal reports
-/// that as EIO).
-fn copy_out<C: Conn>(mut src: File, mut dst: C) {
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = match src.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        if dst.write_all(&buf[..n]).is_err() {
-            // The host stopped listening; keep draining so the process is not blocked.
-            while matches!(src.read(&mut buf), Ok(n) if n > 0) {}
-            break;
-        }
-    }
-    dst.shutdown_write();
-}
-
 /// Host input to the process, until the host closes its side or `close_stdin`.
 fn copy_in<C: Conn>(mut src: C, dst: &Mutex<Option<File>>) {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let n = match src.read(&mut buf) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
             Ok(n) => n,
+            // A terminal's connection is non-blocking for its output's sake.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if wait_readable(src.as_raw_fd()).is_err() {
+                    break;
+                }
+                continue;
+            }
+            Err(_) => break,
         };
         let mut dst = lock(dst);
         let written = dst.as_mut().map(|f| f.write_all(&buf[..n]).is_ok());
@@ -828,6 +980,18 @@ impl Write for Socket {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+impl AsRawFd for Socket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl From<Socket> for OwnedFd {
+    fn from(socket: Socket) -> OwnedFd {
+        socket.0
     }
 }
 

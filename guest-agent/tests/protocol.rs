@@ -4,8 +4,8 @@
 
 use hk_agent::server::{Agent, Host};
 use hk_agent_protocol::{
-    read_frame, write_frame, Client, Connector, DiffSummary, Error, ErrorKind, ExitStatus, Open,
-    ProcessSpec, Response, Setup, WindowSize,
+    read_frame, write_frame, Client, Connector, DiffSummary, Error, ErrorKind, ExitStatus, Fd,
+    Open, Outcome, ProcessSpec, Reply, Request, RequestBody, Response, Setup, WindowSize,
 };
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -125,10 +125,10 @@ fn read_all(stream: &mut Option<UnixStream>) -> Vec<u8> {
     out
 }
 
-/// Runs `argv` to the end: (status, stdout, stderr).
+/// Runs `argv` to the end as `hk exec` does (one request creates and starts it):
+/// (status, stdout, stderr).
 fn run(h: &Harness, id: &str, argv: &[&str]) -> (ExitStatus, String, String) {
-    let mut p = h.client.create(spec(id, argv)).unwrap();
-    p.start().unwrap();
+    let mut p = h.client.run(spec(id, argv)).unwrap();
     let out = read_all(&mut p.streams.stdout);
     let err = read_all(&mut p.streams.stderr);
     let status = p.wait().unwrap();
@@ -225,6 +225,99 @@ fn a_missing_or_unrunnable_command_says_why_as_docker_does() {
     }
     let p = h.client.create(spec("dir", &["/tmp"])).unwrap();
     assert!(matches!(p.start(), Err(Error::Agent(e)) if e.kind == ErrorKind::PermissionDenied));
+}
+
+#[test]
+fn a_run_fails_as_start_would_and_wait_says_why() {
+    let h = start();
+    match h.client.run(spec("rnf", &["no-such-command"])) {
+        Err(Error::Agent(e)) => assert_eq!(e.kind, ErrorKind::NotFound),
+        other => panic!("{:?}", other.map(|p| p.id().to_string())),
+    }
+    let err = h.client.process("rnf").wait().unwrap_err();
+    assert!(
+        matches!(&err, Error::Agent(e) if e.kind == ErrorKind::NotFound),
+        "{err}"
+    );
+    // A second start of a running process is refused; the process goes on.
+    let p = h
+        .client
+        .run(spec("once", &["sh", "-c", "echo ran"]))
+        .unwrap();
+    let again = p.start().unwrap_err();
+    assert!(again.to_string().contains("started already"), "{again}");
+    assert_eq!(p.wait().unwrap(), ExitStatus::Code(0));
+}
+
+#[test]
+fn streams_opened_before_their_process_is_created_are_kept() {
+    let h = start();
+    let open = |fd: Fd| {
+        let mut s = UnixStream::connect(&h.socket).unwrap();
+        write_frame(
+            &mut s,
+            &Open::Stream {
+                process: "early".into(),
+                fd,
+            },
+        )
+        .unwrap();
+        s
+    };
+    let (mut out, mut err) = (Some(open(Fd::Stdout)), Some(open(Fd::Stderr)));
+    // Written before the control connection even opens, the streams' frames are almost
+    // always read first; either way the process must get them.
+    let mut control = UnixStream::connect(&h.socket).unwrap();
+    write_frame(&mut control, &Open::Control).unwrap();
+    let mut s = spec("early", &["sh", "-c", "echo out; echo err >&2; exit 3"]);
+    s.start = true;
+    write_frame(
+        &mut control,
+        &Request {
+            id: 1,
+            body: RequestBody::CreateProcess(s),
+        },
+    )
+    .unwrap();
+    let resp: Response = read_frame(&mut control).unwrap().unwrap();
+    assert_eq!(resp.id, 1);
+    assert!(
+        matches!(resp.result, Outcome::Ok(Reply::Started { .. })),
+        "{resp:?}"
+    );
+    assert_eq!(read_all(&mut out), b"out\n");
+    assert_eq!(read_all(&mut err), b"err\n");
+    assert_eq!(
+        h.client.process("early").wait().unwrap(),
+        ExitStatus::Code(3)
+    );
+}
+
+#[test]
+fn a_host_that_stops_reading_stdout_stalls_only_stdout() {
+    let h = start();
+    // stdout gets far more than the pipe and the socket hold, and nobody reads it yet;
+    // stderr must still arrive in full meanwhile.
+    let mut p = h
+        .client
+        .run(spec(
+            "flood",
+            &[
+                "sh",
+                "-c",
+                "head -c 64000000 /dev/zero & head -c 4000000 /dev/zero >&2; wait",
+            ],
+        ))
+        .unwrap();
+    let mut err = vec![0u8; 4_000_000];
+    let stderr = p.streams.stderr.as_mut().unwrap();
+    stderr
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stderr.read_exact(&mut err).unwrap();
+    assert_eq!(read_all(&mut p.streams.stdout).len(), 64_000_000);
+    assert!(read_all(&mut p.streams.stderr).is_empty());
+    assert_eq!(p.wait().unwrap(), ExitStatus::Code(0));
 }
 
 #[test]

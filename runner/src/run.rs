@@ -907,8 +907,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         started: Default::default(),
     };
     if args.detach {
-        let process = client.create(spec)?;
-        process.start()?;
+        client.run(spec)?;
         return Ok(ExitCode::SUCCESS);
     }
     let code = supervisor::run_process(&client, spec, &io, forwarded, None)?;

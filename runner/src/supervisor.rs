@@ -682,31 +682,33 @@ pub fn run_process(
         spec.tty = Some(term::window_size().unwrap_or(WindowSize { rows: 24, cols: 80 }));
     }
     let id = spec.id.clone();
-    let mut process = client.create(spec)?;
-    if let Err(e) = process.start() {
-        drop(raw);
-        return match e {
-            hk_agent_protocol::Error::Agent(reply) => {
-                let code = match reply.kind {
-                    ErrorKind::NotFound => EXIT_NOT_FOUND,
-                    ErrorKind::PermissionDenied => EXIT_NOT_EXECUTABLE,
-                    _ => crate::EXIT_RUNNER_ERROR,
-                };
-                match ready {
-                    Some(Some(r)) => {
-                        let _ = writeln!(r, "error {}", reply.message);
+    let mut process = match client.run(spec) {
+        Ok(process) => process,
+        Err(e) => {
+            drop(raw);
+            return match e {
+                hk_agent_protocol::Error::Agent(reply) => {
+                    let code = match reply.kind {
+                        ErrorKind::NotFound => EXIT_NOT_FOUND,
+                        ErrorKind::PermissionDenied => EXIT_NOT_EXECUTABLE,
+                        _ => crate::EXIT_RUNNER_ERROR,
+                    };
+                    match ready {
+                        Some(Some(r)) => {
+                            let _ = writeln!(r, "error {}", reply.message);
+                        }
+                        _ => eprintln!("hk: {}", reply.message),
                     }
-                    _ => eprintln!("hk: {}", reply.message),
+                    if let Some(log) = &io.log {
+                        log.stream("stderr")
+                            .write(format!("{}\n", reply.message).as_bytes());
+                    }
+                    Ok(code)
                 }
-                if let Some(log) = &io.log {
-                    log.stream("stderr")
-                        .write(format!("{}\n", reply.message).as_bytes());
-                }
-                Ok(code)
-            }
-            other => Err(other.into()),
-        };
-    }
+                other => Err(other.into()),
+            };
+        }
+    };
     io.started.set(Some(Instant::now()));
     if let Some(r) = ready.and_then(Option::take) {
         let mut r = r;

@@ -127,19 +127,44 @@ impl Client {
 
     /// Creates a process and attaches its streams; it runs once [`Process::start`] is called.
     pub fn create(&self, spec: ProcessSpec) -> Result<Process, Error> {
-        let fds: Vec<Fd> = match (spec.tty.is_some(), spec.stdin) {
-            (true, _) => vec![Fd::Pty],
-            (false, true) => vec![Fd::Stdin, Fd::Stdout, Fd::Stderr],
-            (false, false) => vec![Fd::Stdout, Fd::Stderr],
-        };
         let id = spec.id.clone();
+        let fds = stream_fds(&spec);
         expect_done(self.request(RequestBody::CreateProcess(spec))?)?;
-        // The streams connect in parallel: each is a round trip to the guest.
+        let streams = self.open_streams(&id, &fds)?;
+        Ok(Process {
+            client: self.clone(),
+            id,
+            streams,
+        })
+    }
+
+    /// Creates a process, attaches its streams and starts it: one request, sent before the
+    /// streams connect (the agent keeps a stream that arrives first), answered once the
+    /// process runs. What [`Client::create`] and [`Process::start`] do, a round trip
+    /// sooner. Fails as either would.
+    pub fn run(&self, mut spec: ProcessSpec) -> Result<Process, Error> {
+        spec.start = true;
+        let id = spec.id.clone();
+        let fds = stream_fds(&spec);
+        let started = self.submit(RequestBody::CreateProcess(spec))?;
+        let streams = self.open_streams(&id, &fds)?;
+        match started.recv().unwrap_or(Err(Error::Closed))? {
+            Reply::Started { .. } => Ok(Process {
+                client: self.clone(),
+                id,
+                streams,
+            }),
+            other => Err(Error::Malformed(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Opens a process's stream connections, in parallel: each is a round trip to the guest.
+    fn open_streams(&self, id: &str, fds: &[Fd]) -> Result<ProcessStreams, Error> {
         let opened: Vec<Result<(Fd, UnixStream), Error>> = std::thread::scope(|s| {
             let handles: Vec<_> = fds
                 .iter()
                 .map(|&fd| {
-                    let id = id.clone();
+                    let id = id.to_string();
                     let connector = self.inner.connector.clone();
                     s.spawn(move || -> Result<(Fd, UnixStream), Error> {
                         let mut stream = connector.connect()?;
@@ -163,11 +188,7 @@ impl Client {
                 Fd::Pty => streams.pty = Some(stream),
             }
         }
-        Ok(Process {
-            client: self.clone(),
-            id,
-            streams,
-        })
+        Ok(streams)
     }
 
     /// A handle on a process created earlier (by this or another connection).
@@ -202,6 +223,15 @@ impl Client {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The stream connections a process has.
+fn stream_fds(spec: &ProcessSpec) -> Vec<Fd> {
+    match (spec.tty.is_some(), spec.stdin) {
+        (true, _) => vec![Fd::Pty],
+        (false, true) => vec![Fd::Stdin, Fd::Stdout, Fd::Stderr],
+        (false, false) => vec![Fd::Stdout, Fd::Stderr],
+    }
 }
 
 fn expect_done(reply: Reply) -> Result<(), Error> {

@@ -31,9 +31,12 @@ use std::io::{self, Read, Write};
 /// but `hk build` would learn it only after running the step, with the step's work lost;
 /// the bump makes an agent without it fail at [`Hello`] instead. 4: secret mounts
 /// ([`MountSource::Secret`]), which an older agent would refuse only once the step runs.
-/// 5: a root whose lower layer is a virtio-fs share ([`Lower`]; `hk run --rootfs DIR
+/// 5: [`ProcessSpec::start`], and stream connections that may come before their
+/// `create_process` ([`Client::run`]: an exec in one request round trip); an older agent
+/// would answer `done` without starting the process and drop the early streams.
+/// 6: a root whose lower layer is a virtio-fs share ([`Lower`]; `hk run --rootfs DIR
 /// --rootfs-mode virtiofs`), which an older agent cannot parse.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 /// The vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 1024;
 /// The host vsock port the agent dials at boot to say [`Hello`].
@@ -94,7 +97,8 @@ pub enum RequestBody {
     /// Sets the container up: root filesystem, host name, /etc files. Once, before any
     /// process is created.
     Setup(Setup),
-    /// Prepares a process; it starts with `start` once its streams are attached.
+    /// Prepares a process; it starts with `start` once its streams are attached, or by
+    /// itself with [`ProcessSpec::start`].
     CreateProcess(ProcessSpec),
     Start {
         process: String,
@@ -243,6 +247,10 @@ pub struct ProcessSpec {
     pub stdin: bool,
     /// The container's main process: when it ends, every other process is killed.
     pub main: bool,
+    /// Start it as soon as its streams are attached, as `start` would, and answer as
+    /// `start` does (version 5): one request instead of two.
+    #[serde(default)]
+    pub start: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

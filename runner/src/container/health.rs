@@ -247,13 +247,10 @@ fn probe_loop(
 
 /// Runs one test; its exit code (-1 when it could not run or timed out) and output.
 fn probe(client: &Client, spec: ProcessSpec, timeout: Duration) -> (i32, String) {
-    let mut process = match client.create(spec) {
+    let mut process = match client.run(spec) {
         Ok(p) => p,
         Err(e) => return (-1, e.to_string()),
     };
-    if let Err(e) = process.start() {
-        return (-1, e.to_string());
-    }
     let streams = std::mem::take(&mut process.streams);
     let readers: Vec<_> = [streams.stdout, streams.stderr]
         .into_iter()

@@ -26,10 +26,11 @@
 //! - `recv SOCKET PORT`: `CONNECT PORT` (retried while the guest is not listening yet), read
 //!   to EOF.
 //! - `exec SOCKET N`: the exec round trip at the protocol level: one control connection to
-//!   the agent (hk-agent-protocol's `Client`), then N times create (with stdout and stderr
-//!   streams, as `hk exec` opens them), start and wait `true`, streams read to EOF.
+//!   the agent (hk-agent-protocol's `Client`), then N times run (create and start in one
+//!   request, with stdout and stderr streams, as `hk exec` opens them) and wait `true`,
+//!   streams read to EOF.
 //! - `exec-out SOCKET CMD...`: run CMD through the agent and read its stdout to EOF; the rate
-//!   from the start request to the end of stdout.
+//!   from the run request to the end of stdout.
 //!
 //! Anywhere:
 //! - `repeat N [--expect STATUS] CMD...`: run CMD N times (stdin and stdout /dev/null),
@@ -464,14 +465,12 @@ fn exec(socket: &Path, n: usize) -> Result<()> {
         return Err("exec: N must be at least 1".into());
     }
     let client = Client::open(Arc::new(Hybrid(socket.to_path_buf())))?;
-    let (mut total, mut create, mut start, mut wait) = (vec![], vec![], vec![], vec![]);
+    let (mut total, mut run, mut wait) = (vec![], vec![], vec![]);
     // One uncounted warm-up exec.
     for i in 0..=n {
         let id = format!("bench-{}-{i}", std::process::id());
         let t0 = Instant::now();
-        let mut process = client.create(exec_spec(id, vec!["true".into()]))?;
-        let t1 = Instant::now();
-        process.start()?;
+        let mut process = client.run(exec_spec(id, vec!["true".into()]))?;
         let t2 = Instant::now();
         let status = process.wait()?;
         drain(process.streams.stdout.take())?;
@@ -482,17 +481,14 @@ fn exec(socket: &Path, n: usize) -> Result<()> {
         }
         if i > 0 {
             total.push(us(t3 - t0));
-            create.push(us(t1 - t0));
-            start.push(us(t2 - t1));
+            run.push(us(t2 - t0));
             wait.push(us(t3 - t2));
         }
     }
     let (median, p99) = median_p99(&mut total);
     println!(
-        "exec n={n} median_us={median:.1} p99_us={p99:.1} create_us={:.1} start_us={:.1} \
-         wait_us={:.1}",
-        median_p99(&mut create).0,
-        median_p99(&mut start).0,
+        "exec n={n} median_us={median:.1} p99_us={p99:.1} run_us={:.1} wait_us={:.1}",
+        median_p99(&mut run).0,
         median_p99(&mut wait).0
     );
     Ok(())
@@ -501,12 +497,11 @@ fn exec(socket: &Path, n: usize) -> Result<()> {
 fn exec_out(socket: &Path, cmd: &[&str]) -> Result<()> {
     let client = Client::open(Arc::new(Hybrid(socket.to_path_buf())))?;
     let id = format!("bench-out-{}", std::process::id());
-    let mut process = client.create(exec_spec(id, cmd.iter().map(|s| s.to_string()).collect()))?;
+    let start = Instant::now();
+    let mut process = client.run(exec_spec(id, cmd.iter().map(|s| s.to_string()).collect()))?;
     let stdout = process.streams.stdout.take();
     let stderr = process.streams.stderr.take();
     let errors = std::thread::spawn(move || drain(stderr));
-    let start = Instant::now();
-    process.start()?;
     let bytes = drain(stdout)?;
     let secs = start.elapsed().as_secs_f64();
     let status = process.wait()?;
