@@ -92,6 +92,12 @@ def vsock():
     chains(m, 2, [[(0x3000, 8, WRITE)]])
     put("virtio_vsock", "connect", device_input(m, rounds=3, host=b"from the host"))
     put("virtio_vsock", "connect-close-reset", device_input(m, rounds=3, flags=3, host=b"x" * 300))
+    # A hybrid-socket client asks for guest port 52: the device's request lands in the rx
+    # buffers (the fuzzer finds the guest's answers).
+    h = Mem()
+    chains(h, 0, [[(0x2000 + 0x400 * i, 0x400, WRITE)] for i in range(4)])
+    chains(h, 2, [[(0x3000, 8, WRITE)]])
+    put("virtio_vsock", "hybrid-connect", device_input(h, rounds=3, flags=4, host=b"CONNECT 52\nping"))
 
 
 def net():
