@@ -33,5 +33,18 @@ pub trait Interrupt: Send + Sync {
     fn trigger(&self) -> std::io::Result<()>;
 }
 
+/// An interrupt line that counts its triggers: what the device models' unit tests wire up.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct CountingInterrupt(pub(crate) std::sync::atomic::AtomicUsize);
+
+#[cfg(test)]
+impl Interrupt for CountingInterrupt {
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
 /// The guest memory type every device model works on.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;

@@ -385,8 +385,7 @@ impl BusDevice for MmioTransport {
 mod tests {
     use super::*;
     use crate::virtio::rng::Rng;
-    use crate::Interrupt;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
     use virtio_queue::desc::split::Descriptor;
@@ -394,15 +393,7 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
 
-    #[derive(Default)]
-    struct Count(AtomicUsize);
-
-    impl Interrupt for Count {
-        fn trigger(&self) -> std::io::Result<()> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
+    use crate::CountingInterrupt as Count;
 
     struct Harness {
         t: MmioTransport,

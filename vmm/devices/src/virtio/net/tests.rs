@@ -9,10 +9,9 @@ use super::*;
 use crate::event::Event;
 use crate::virtio::worker::{Activated, WorkerHandle};
 use crate::virtio::{VirtioInterrupt, INT_CONFIG};
-use crate::{GuestMemory, Interrupt};
+use crate::GuestMemory;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
@@ -26,15 +25,7 @@ const MEM: usize = 64 << 20;
 const MAC: [u8; 6] = [0x02, 0x68, 0x6b, 0, 0, 1];
 const WAIT: Duration = Duration::from_secs(10);
 
-#[derive(Default)]
-struct Count(AtomicUsize);
-
-impl Interrupt for Count {
-    fn trigger(&self) -> io::Result<()> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
+use crate::CountingInterrupt as Count;
 
 /// One split virtqueue as the driver sees it; chains take consecutive descriptor slots.
 struct Ring {

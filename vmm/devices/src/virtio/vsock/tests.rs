@@ -8,7 +8,7 @@ use super::worker::MAX_PENDING_RESETS;
 use super::*;
 use crate::virtio::worker::{Activated, WorkerHandle};
 use crate::virtio::VirtioInterrupt;
-use crate::{GuestMemory, Interrupt};
+use crate::GuestMemory;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use virtio_queue::desc::split::Descriptor;
@@ -24,15 +24,7 @@ const RX_ROOM: u32 = 4096;
 const MEM: usize = 64 << 20;
 const WAIT: Duration = Duration::from_secs(10);
 
-#[derive(Default)]
-struct Count(AtomicUsize);
-
-impl Interrupt for Count {
-    fn trigger(&self) -> io::Result<()> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
+use crate::CountingInterrupt as Count;
 
 /// One split virtqueue as the driver sees it.
 struct Ring {
