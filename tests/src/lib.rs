@@ -370,6 +370,34 @@ fn write_entry<W: Write>(
     Ok(())
 }
 
+/// How long one case of an [`UnprivilegedSession`] may run: far past the slowest case
+/// (a multi-stage build, about two minutes in a loaded lab), so only a hang reaches it.
+const CASE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Shell for the cases' script: `hk_case_wait PID NAME SECS` waits for a case's job; past
+/// SECS it appends to the case's stderr what every process of the user was blocked in and
+/// the last console lines of every container's VM, kills the job's process group and
+/// returns 124.
+const CASE_WATCHDOG: &str = r#"hk_case_dump() {
+  echo "hk-tests: the case timed out; the user's processes:"
+  ps -u "$(id -u)" -o pid,ppid,pgid,stat,wchan:24,etime,args
+  for p in $(pgrep -u "$(id -u)" -x hk); do
+    for t in /proc/$p/task/*; do echo "hk $p thread ${t##*/} $(cat $t/comm) $(cat $t/wchan)"; done
+  done
+  for c in "$HK_DATA_DIR"/containers/*/; do
+    [ -f "$c/console.log" ] && { echo "--- $c console.log"; tail -n 30 "$c/console.log"; }
+  done
+}
+hk_case_wait() {
+  ( sleep "$3"; kill -0 "$1" 2>/dev/null || exit; hk_case_dump >>"$2.err" 2>&1
+    : >"$2.timedout"; kill -9 -- -"$1" ) &
+  local dog=$!
+  wait "$1"; local status=$?
+  kill -- -"$dog" 2>/dev/null; wait "$dog" 2>/dev/null
+  if [ -e "$2.timedout" ]; then return 124; fi
+  return "$status"
+}"#;
+
 /// What one shell case of [`UnprivilegedSession`] did.
 #[derive(Debug, Clone, Default)]
 pub struct Case {
@@ -455,8 +483,11 @@ impl UnprivilegedSession {
             gid = uid + 1,
             root_setup = self.root_setup,
         );
+        // Each case runs as a job of its own (its own process group) under a watchdog: a
+        // case that hangs is killed with what it was waiting on appended to its stderr,
+        // fails alone with status 124, and the cases after it still run.
         let mut script = format!(
-            "pin=\nif [ \"$(nproc)\" -gt 1 ] && command -v taskset >/dev/null; then pin='taskset -c 1'; fi\n\
+            "set -m\n{CASE_WATCHDOG}\npin=\nif [ \"$(nproc)\" -gt 1 ] && command -v taskset >/dev/null; then pin='taskset -c 1'; fi\n\
              export HK_KERNEL=$T/work/vmlinux HK_AGENT=$T/bin/hk-agent HK_CACHE_DIR=$T/cache \
              HK_RUNTIME_DIR=$T/run HK_DATA_DIR=$T/data HOME=$T/home\n\
              hk=\"$pin $T/bin/hk\"\nexport hk\ncd $T/work\n{}\n",
@@ -465,8 +496,9 @@ impl UnprivilegedSession {
         for (name, lines) in cases.iter().chain([&last]) {
             fs::write(dir.join(format!("{name}.sh")), format!("{lines}\n")).expect("write case");
             script.push_str(&format!(
-                "echo '[case {name}]' >&2\n( . ./{name}.sh ) >{name}.out 2>{name}.err </dev/null\n\
-                 echo $? >{name}.status\n"
+                "echo '[case {name}]' >&2\n( set +m; . ./{name}.sh ) >{name}.out 2>{name}.err </dev/null &\n\
+                 hk_case_wait $! {name} {secs}\necho $? >{name}.status\n",
+                secs = CASE_TIMEOUT.as_secs(),
             ));
         }
         script.push_str("echo done\n");
