@@ -375,14 +375,17 @@ fn write_entry<W: Write>(
 const CASE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Shell for the cases' script: `hk_case_wait PID NAME SECS` waits for a case's job; past
-/// SECS it appends to the case's stderr what every process of the user was blocked in and
-/// the last console lines of every container's VM, kills the job's process group and
+/// SECS it appends to the case's stderr what every process of the user was blocked in (with
+/// gdb's backtraces of hk's threads: the session's hk keeps its symbols) and the last
+/// console lines of every container's VM, kills the job's process group and
 /// returns 124.
 const CASE_WATCHDOG: &str = r#"hk_case_dump() {
   echo "hk-tests: the case timed out; the user's processes:"
   ps -u "$(id -u)" -o pid,ppid,pgid,stat,wchan:24,etime,args
   for p in $(pgrep -u "$(id -u)" -x hk); do
     for t in /proc/$p/task/*; do echo "hk $p thread ${t##*/} $(cat $t/comm) $(cat $t/wchan)"; done
+    command -v gdb >/dev/null && timeout 60 gdb -p "$p" -batch -ex 'thread apply all bt 30' 2>&1 \
+      | grep -v '^\[New LWP\|^warning:'
   done
   for c in "$HK_DATA_DIR"/containers/*/; do
     [ -f "$c/console.log" ] && { echo "--- $c console.log"; tail -n 30 "$c/console.log"; }
@@ -407,8 +410,8 @@ pub struct Case {
 }
 
 /// Shell cases run with a KVM (the host's or the lab's, in one session) by an unprivileged
-/// user with access to /dev/kvm and nothing more, as a person runs hk. hk (stripped: the
-/// lab reads it over 9p), its static agent and every input are copied into the lab's
+/// user with access to /dev/kvm and nothing more, as a person runs hk. hk (without debug
+/// info: the lab reads it over 9p), its static agent and every input are copied into the lab's
 /// memory first, because that user may not traverse the checkout's directories (a private
 /// clone); each case's stdout, stderr and status are copied back.
 ///
@@ -449,7 +452,7 @@ impl UnprivilegedSession {
         let dir = &self.dir;
         fs::copy(guest_kernel(), dir.join("vmlinux")).expect("copy the guest kernel");
         let status = Command::new("strip")
-            .arg("-o")
+            .args(["--strip-debug", "-o"])
             .arg(dir.join("hk"))
             .arg(hk)
             .status()
