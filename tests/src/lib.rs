@@ -372,23 +372,33 @@ fn write_entry<W: Write>(
 
 /// How long one case of an [`UnprivilegedSession`] may run: far past the slowest case
 /// (a multi-stage build, about two minutes in a loaded lab), so only a hang reaches it.
-const CASE_TIMEOUT: Duration = Duration::from_secs(600);
+/// `HK_TEST_CASE_TIMEOUT` (seconds) overrides it, to see a hang's dump sooner.
+fn case_timeout() -> u64 {
+    std::env::var("HK_TEST_CASE_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600)
+}
 
 /// Shell for the cases' script: `hk_case_wait PID NAME SECS` waits for a case's job; past
-/// SECS it appends to the case's stderr what every process of the user was blocked in (with
-/// gdb's backtraces of hk's threads: the session's hk keeps its symbols) and the last
-/// console lines of every container's VM, kills the job's process group and
+/// SECS it appends to the case's stderr the user's processes, gdb's backtraces of every
+/// thread of each hk process (the session's hk keeps its symbols) and the last console lines of every container's VM, kills the job's process group and
 /// returns 124.
 const CASE_WATCHDOG: &str = r#"hk_case_dump() {
   echo "hk-tests: the case timed out; the user's processes:"
-  ps -u "$(id -u)" -o pid,ppid,pgid,stat,wchan:24,etime,args
+  ps -u "$(id -u)" -o pid,ppid,pgid,stat,etime,args
   for p in $(pgrep -u "$(id -u)" -x hk); do
-    for t in /proc/$p/task/*; do echo "hk $p thread ${t##*/} $(cat $t/comm) $(cat $t/wchan)"; done
+    echo "--- hk $p: $(tr '\0' ' ' </proc/$p/cmdline)"
     command -v gdb >/dev/null && timeout 60 gdb -p "$p" -batch -ex 'thread apply all bt 30' 2>&1 \
-      | grep -v '^\[New LWP\|^warning:'
+      | grep '^Thread \|^#'
   done
   for c in "$HK_DATA_DIR"/containers/*/; do
     [ -f "$c/console.log" ] && { echo "--- $c console.log"; tail -n 30 "$c/console.log"; }
+    # The guest's side, if its agent still answers.
+    id=$(basename "$c")
+    [ -S "$HK_RUNTIME_DIR/run/${id%"${id#????????????}"}/vsock.sock" ] || continue
+    echo "--- $id: ps in the guest"
+    timeout 30 $hk exec "$id" ps -o pid,stat,args 2>&1
   done
 }
 hk_case_wait() {
@@ -496,12 +506,12 @@ impl UnprivilegedSession {
              hk=\"$pin $T/bin/hk\"\nexport hk\ncd $T/work\n{}\n",
             self.prelude
         );
+        let secs = case_timeout();
         for (name, lines) in cases.iter().chain([&last]) {
             fs::write(dir.join(format!("{name}.sh")), format!("{lines}\n")).expect("write case");
             script.push_str(&format!(
                 "echo '[case {name}]' >&2\n( set +m; . ./{name}.sh ) >{name}.out 2>{name}.err </dev/null &\n\
                  hk_case_wait $! {name} {secs}\necho $? >{name}.status\n",
-                secs = CASE_TIMEOUT.as_secs(),
             ));
         }
         script.push_str("echo done\n");
