@@ -382,8 +382,9 @@ fn case_timeout() -> u64 {
 
 /// Shell for the cases' script: `hk_case_wait PID NAME SECS` waits for a case's job; past
 /// SECS it appends to the case's stderr the user's processes, gdb's backtraces of every
-/// thread of each hk process (the session's hk keeps its symbols) and the last console lines of every container's VM, kills the job's process group and
-/// returns 124.
+/// thread of each hk process (the session's hk keeps its symbols), each container's last
+/// console lines and its guest's processes, and the host kernel's last messages; then it
+/// kills the job's process group and returns 124.
 const CASE_WATCHDOG: &str = r#"hk_case_dump() {
   echo "hk-tests: the case timed out; the user's processes:"
   ps -u "$(id -u)" -o pid,ppid,pgid,stat,etime,args
@@ -400,6 +401,9 @@ const CASE_WATCHDOG: &str = r#"hk_case_dump() {
     echo "--- $id: ps in the guest"
     timeout 30 $hk exec "$id" ps -o pid,stat,args 2>&1
   done
+  # The L1's kernel (in the lab): KVM's complaints about a nested guest land here.
+  echo "--- the host kernel's last messages"
+  dmesg 2>&1 | tail -n 30
 }
 hk_case_wait() {
   ( sleep "$3"; kill -0 "$1" 2>/dev/null || exit; hk_case_dump >>"$2.err" 2>&1
