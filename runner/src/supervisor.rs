@@ -19,7 +19,8 @@ use hk_agent_protocol::{
 };
 use hk_vmm::console::{tail, RotatingLog};
 use hk_vmm::{
-    Disk, GuestExit, Net, NetBackend, Outcome, Share, Vm, VmConfig, VsockConfig, VsockHost,
+    Disk, GuestExit, Net, NetBackend, Outcome, Share, ShareCache, Vm, VmConfig, VsockConfig,
+    VsockHost,
 };
 use nix::sys::signal::{SigSet, Signal};
 use std::io::{IsTerminal, Read, Write};
@@ -320,6 +321,7 @@ fn boot_and_run(
             host_dir: lower,
             tag: tag.clone(),
             read_only: true,
+            cache: ShareCache::Auto,
         };
         (Lower::Virtiofs { tag }, Vec::new(), vec![share])
     } else {
@@ -593,6 +595,7 @@ fn mounts(container: &Container) -> anyhow::Result<(Vec<Share>, Vec<hk_agent_pro
                     host_dir,
                     tag: tag.clone(),
                     read_only: m.read_only,
+                    cache: m.consistency.cache(),
                 });
                 MountSource::Virtiofs { tag }
             }

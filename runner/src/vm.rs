@@ -5,7 +5,7 @@ use crate::host::{self, Kvm};
 use crate::term::RawTerminal;
 use anyhow::{bail, Context};
 use hk_vmm::console::RotatingLog;
-use hk_vmm::{Disk, GuestExit, Net, NetBackend, Share, VmConfig, VsockConfig};
+use hk_vmm::{Disk, GuestExit, Net, NetBackend, Share, ShareCache, VmConfig, VsockConfig};
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -32,8 +32,12 @@ pub struct BootArgs {
     #[arg(long = "disk", value_name = "FILE[,ro]")]
     disks: Vec<String>,
     /// A host directory shared over virtio-fs under TAG (`mount -t virtiofs TAG DIR` in the
-    /// guest), `:ro` for read-only, enforced on the host; repeat for more
-    #[arg(long = "share", value_name = "HOSTDIR:TAG[:ro]")]
+    /// guest), `:ro` for read-only, enforced on the host, `:cache=` for when the guest sees
+    /// a host change (docs/virtio-fs.md; default auto); repeat for more
+    #[arg(
+        long = "share",
+        value_name = "HOSTDIR:TAG[:ro][:cache=auto|always|never]"
+    )]
     shares: Vec<String>,
     /// Kernel command line; hk adds its devices, its control page and the reboot settings
     #[arg(long, default_value = "console=ttyS0")]
@@ -359,22 +363,32 @@ fn parse_disk(spec: &str, index: usize) -> anyhow::Result<Disk> {
     })
 }
 
-/// `HOSTDIR:TAG` or `HOSTDIR:TAG:ro` (a TAG cannot hold `:`; HOSTDIR may).
+/// `HOSTDIR:TAG[:ro][:cache=auto|always|never]` (a TAG cannot hold `:`; HOSTDIR may).
 fn parse_share(spec: &str) -> anyhow::Result<Share> {
-    let (rest, read_only) = match spec.strip_suffix(":ro") {
+    let usage =
+        || anyhow::anyhow!("--share {spec}: expected HOSTDIR:TAG[:ro][:cache=auto|always|never]");
+    let (spec_rest, cache) = match spec.rsplit_once(":cache=") {
+        Some((rest, "auto")) => (rest, ShareCache::Auto),
+        Some((rest, "always")) => (rest, ShareCache::Always),
+        Some((rest, "never")) => (rest, ShareCache::Never),
+        Some(_) => return Err(usage()),
+        None => (spec, ShareCache::Auto),
+    };
+    let (rest, read_only) = match spec_rest.strip_suffix(":ro") {
         Some(rest) => (rest, true),
-        None => (spec.strip_suffix(":rw").unwrap_or(spec), false),
+        None => (spec_rest.strip_suffix(":rw").unwrap_or(spec_rest), false),
     };
     let Some((dir, tag)) = rest.rsplit_once(':') else {
-        bail!("--share {spec}: expected HOSTDIR:TAG or HOSTDIR:TAG:ro");
+        return Err(usage());
     };
     if dir.is_empty() || tag.is_empty() {
-        bail!("--share {spec}: expected HOSTDIR:TAG or HOSTDIR:TAG:ro");
+        return Err(usage());
     }
     Ok(Share {
         host_dir: PathBuf::from(dir),
         tag: tag.to_string(),
         read_only,
+        cache,
     })
 }
 
@@ -435,7 +449,24 @@ mod tests {
             (PathBuf::from("/a:b/dir"), false)
         );
         assert!(!parse_share("/x:t:rw").unwrap().read_only);
-        for bad in ["/src", ":tag", "/src:", "/src::ro"] {
+        assert_eq!(parse_share("/x:t").unwrap().cache, ShareCache::Auto);
+        let s = parse_share("/x:t:ro:cache=never").unwrap();
+        assert_eq!(
+            (s.tag.as_str(), s.read_only, s.cache),
+            ("t", true, ShareCache::Never)
+        );
+        assert_eq!(
+            parse_share("/x:t:cache=always").unwrap().cache,
+            ShareCache::Always
+        );
+        for bad in [
+            "/src",
+            ":tag",
+            "/src:",
+            "/src::ro",
+            "/x:t:cache=sometimes",
+            "/x:cache=never",
+        ] {
             assert!(parse_share(bad).is_err(), "{bad}");
         }
     }

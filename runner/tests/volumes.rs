@@ -3,7 +3,8 @@
 //! whose files belong to that user, a `:ro` one the guest cannot write, a named volume that
 //! outlives its containers and is seeded from the image, tmpfs mounts, a 1 GiB file both
 //! ways, a tree of 10,000 files, a guest chown kept for the guest only, `hk inspect`'s
-//! Mounts and `hk start` mounting again. Each test then checks its own case.
+//! Mounts and `hk start` mounting again, a host change seen by a running container as its
+//! consistency (the share's cache policy) says. Each test then checks its own case.
 
 mod common;
 
@@ -84,6 +85,23 @@ sha256sum <$X/big/out.bin | cut -d" " -f1; stat -c %s $X/big/out.bin; rm -f $X/b
         r#"mkdir $T/tree; cd $T/tree; for d in $(seq 0 99); do mkdir d$d; (cd d$d; seq -f f%g 0 99 | xargs touch); done; echo hello >d7/f42; cd $T/work
 $hk run --rm -e U=$U -v $T/tree:/tree $R/base sh -c 'find /tree -type f | wc -l; ls -lnR /tree | awk -v u=$U "/^-/ && \$3==u && \$4==u {n++} END {print n}"; stat -c %s /tree/d7/f42; mkdir /tree/g && cd /tree/g && seq 1 1000 | xargs touch && echo made'
 find $T/tree -type f | wc -l"#,
+    ),
+    // A host change seen from a running container, per docker's consistency (the share's
+    // cache policy), and a guest write seen on the host.
+    (
+        "live",
+        r#"for m in default consistent cached; do
+  d=$T/live-$m; mkdir $d; echo one >$d/f
+  o=; [ $m = default ] || o=:$m
+  $hk run -d --name live-$m -v $d:/l$o $R/base sleep 1000 >/dev/null
+  first=$($hk exec live-$m cat /l/f)
+  echo two >$d/f; echo more >>$d/f
+  second=$($hk exec live-$m head -n 1 /l/f)
+  size=$($hk exec live-$m stat -c %s /l/f)
+  $hk exec live-$m sh -c 'echo from-guest >/l/g'
+  echo "$m: $first $second size=$size host-sees=$(cat $d/g)"
+  $hk rm -f live-$m >/dev/null
+done"#,
     ),
     (
         "prune",
@@ -404,4 +422,34 @@ fn nothing_is_left_behind() {
     let _ = case("prune");
     let c = case("leftover");
     assert_eq!(c.out, "end\n", "{c:?}");
+}
+
+#[test]
+fn a_host_change_reaches_a_running_container_as_its_consistency_says() {
+    let c = case("live");
+    assert_eq!(c.status, 0, "{c:?}");
+    let line = |m: &str| {
+        c.out
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{m}: ")))
+            .unwrap_or_else(|| panic!("no {m} line: {c:?}"))
+            .to_string()
+    };
+    // auto (no consistency): the next open reads the host's new data; the size may be
+    // cached for up to a second, so it is not checked.
+    let auto = line("default");
+    assert!(auto.starts_with("one two size="), "{c:?}");
+    assert!(auto.ends_with(" host-sees=from-guest"), "{c:?}");
+    // consistent: nothing cached, the new size at once.
+    assert_eq!(
+        line("consistent"),
+        "one two size=9 host-sees=from-guest",
+        "{c:?}"
+    );
+    // cached: the guest keeps what it read, data and size, while the VM runs.
+    assert_eq!(
+        line("cached"),
+        "one one size=4 host-sees=from-guest",
+        "{c:?}"
+    );
 }

@@ -29,6 +29,7 @@ pub mod x86_64;
 
 pub use hk_devices::virtio::net::{StreamBackend, MAX_MTU};
 pub use hk_devices::virtio::vsock::{Listener, VsockConfig, VsockHost, HOST_CID};
+pub use hk_devices::virtio::Cache as ShareCache;
 #[cfg(any(
     all(target_os = "linux", target_arch = "x86_64"),
     all(target_os = "macos", target_arch = "aarch64")
@@ -89,6 +90,8 @@ pub struct Share {
     /// At most 36 bytes, unique per VM.
     pub tag: String,
     pub read_only: bool,
+    /// When the guest sees a change the host made.
+    pub cache: ShareCache,
 }
 
 /// A virtio-net interface and what its frames go to.

@@ -8,7 +8,7 @@ use hk_devices::control::{ControlEvent, ControlPage};
 use hk_devices::event::{Event, Interest, Poller};
 use hk_devices::virtio::block::Block;
 #[cfg(target_os = "linux")]
-use hk_devices::virtio::fs::{Cache, Fs, VIRTIO_ID_FS};
+use hk_devices::virtio::fs::{Fs, VIRTIO_ID_FS};
 use hk_devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use hk_devices::virtio::net::{ErrorSink, Net, NetBackend, StreamBackend};
 use hk_devices::virtio::rng::Rng;
@@ -467,7 +467,7 @@ fn shares(config: &VmConfig, devices: &mut Vec<Box<dyn VirtioDevice>>) -> Result
             &share.host_dir,
             &share.tag,
             share.read_only,
-            Cache::Auto,
+            share.cache,
         )?));
     }
     Ok(())

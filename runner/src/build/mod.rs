@@ -13,7 +13,7 @@ mod config;
 mod progress;
 mod step;
 
-use crate::container::mounts::{Kind, Mount};
+use crate::container::mounts::{Consistency, Kind, Mount};
 use anyhow::{bail, Context};
 use hk_image::dockerfile::{self, Command, Instruction, Kind as Instr, Vars};
 use hk_image::{Digest, Image, ImageRef, LayerInfo, Store};
@@ -1036,6 +1036,7 @@ impl Builder<'_> {
                         no_copy: true,
                         options: Vec::new(),
                         create_source: false,
+                        consistency: Consistency::Default,
                     });
                 }
                 MountType::Cache => {
@@ -1054,6 +1055,7 @@ impl Builder<'_> {
                         no_copy: true,
                         options: Vec::new(),
                         create_source: false,
+                        consistency: Consistency::Default,
                     });
                 }
                 MountType::Tmpfs => {
@@ -1070,6 +1072,7 @@ impl Builder<'_> {
                         no_copy: true,
                         options,
                         create_source: false,
+                        consistency: Consistency::Default,
                     });
                 }
                 MountType::Secret => {
@@ -1112,6 +1115,7 @@ impl Builder<'_> {
                         no_copy: true,
                         options,
                         create_source: false,
+                        consistency: Consistency::Default,
                     });
                 }
                 MountType::Ssh => bail!(

@@ -631,6 +631,9 @@ impl Fleet {
             if v.read_only {
                 m.push_str(",readonly");
             }
+            if let Some(c) = &v.consistency {
+                m.push_str(&format!(",consistency={c}"));
+            }
             flag("--mount", m);
         }
         if let Some(r) = &svc.restart {

@@ -211,6 +211,9 @@ pub struct ServiceVolume {
     pub target: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
+    /// consistent, cached or delegated: the share's cache policy (docs/virtio-fs.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bind: Option<BindOptions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1056,12 +1059,17 @@ fn parse_volume(text: &str) -> anyhow::Result<ServiceVolume> {
     };
     let mut read_only = false;
     let mut nocopy = false;
+    let mut consistency = None;
     for m in mode.unwrap_or("").split(',').filter(|m| !m.is_empty()) {
         match m {
             "ro" => read_only = true,
             "rw" | "z" | "Z" => {}
             "nocopy" => nocopy = true,
-            other => bail!("volumes: {text:?}: unknown mode {other:?} (ro, rw, nocopy)"),
+            "consistent" | "cached" | "delegated" => consistency = Some(m.to_string()),
+            other => bail!(
+                "volumes: {text:?}: unknown mode {other:?} (ro, rw, nocopy, consistent, cached, \
+                 delegated)"
+            ),
         }
     }
     let is_path = |s: &str| s.starts_with('.') || s.starts_with('/') || s.starts_with('~');
@@ -1071,6 +1079,7 @@ fn parse_volume(text: &str) -> anyhow::Result<ServiceVolume> {
             source: Some(s.into()),
             target: target.into(),
             read_only,
+            consistency: consistency.clone(),
             bind: Some(BindOptions {
                 create_host_path: true,
             }),
@@ -1081,6 +1090,7 @@ fn parse_volume(text: &str) -> anyhow::Result<ServiceVolume> {
             source: source.map(str::to_string),
             target: target.into(),
             read_only,
+            consistency,
             volume: Some(VolumeOptions { nocopy }),
             ..ServiceVolume::default()
         },

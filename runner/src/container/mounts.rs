@@ -50,6 +50,46 @@ pub struct Mount {
     /// `-v` creates a missing host directory; `--mount type=bind` refuses one.
     #[serde(default)]
     pub create_source: bool,
+    /// docker's `consistency` of a bind or volume; here it picks the share's cache policy.
+    #[serde(default)]
+    pub consistency: Consistency,
+}
+
+/// Docker Desktop's bind-mount consistency, the knob for a file share into a VM, mapped onto
+/// virtio-fs's cache policies (docs/virtio-fs.md): `consistent` caches nothing, so a host
+/// change shows at once; `cached` ("the host's view is authoritative, updates may show late")
+/// and `delegated` ("the container's view is authoritative") keep what the guest has read
+/// (`always`; the guest's writes still reach the host when they return); without one, the
+/// default, `auto` (close-to-open, attributes for 1 s).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    #[default]
+    Default,
+    Consistent,
+    Cached,
+    Delegated,
+}
+
+impl Consistency {
+    fn parse(word: &str) -> Option<Consistency> {
+        Some(match word {
+            "default" => Consistency::Default,
+            "consistent" => Consistency::Consistent,
+            "cached" => Consistency::Cached,
+            "delegated" => Consistency::Delegated,
+            _ => return None,
+        })
+    }
+
+    /// The share's cache policy.
+    pub fn cache(self) -> hk_vmm::ShareCache {
+        match self {
+            Consistency::Default => hk_vmm::ShareCache::Auto,
+            Consistency::Consistent => hk_vmm::ShareCache::Never,
+            Consistency::Cached | Consistency::Delegated => hk_vmm::ShareCache::Always,
+        }
+    }
 }
 
 /// docker's default options for a tmpfs it mounts.
@@ -84,8 +124,10 @@ pub fn parse_volume_flag(spec: &str) -> anyhow::Result<Mount> {
         no_copy: false,
         options: Vec::new(),
         create_source: kind == Kind::Bind,
+        consistency: Consistency::Default,
     };
     let mut mode = None;
+    let mut consistency = None;
     for opt in opts.split(',').filter(|o| !o.is_empty()) {
         match opt {
             "ro" | "rw" if mode.is_some() => bail!("invalid mode: {opts}"),
@@ -93,10 +135,15 @@ pub fn parse_volume_flag(spec: &str) -> anyhow::Result<Mount> {
             "nocopy" if kind == Kind::Volume => m.no_copy = true,
             // SELinux relabelling: no host label reaches a microVM, so nothing to do.
             "z" | "Z" => {}
+            "consistent" | "cached" | "delegated" if consistency.is_some() => {
+                bail!("invalid mode: {opts}")
+            }
+            "consistent" | "cached" | "delegated" => consistency = Consistency::parse(opt),
             _ => bail!("invalid mode: {opts}"),
         }
     }
     m.read_only = mode.unwrap_or(false);
+    m.consistency = consistency.unwrap_or_default();
     Ok(m)
 }
 
@@ -106,6 +153,7 @@ pub fn parse_mount_flag(spec: &str) -> anyhow::Result<Mount> {
     let (mut source, mut target) = (None, None);
     let (mut read_only, mut no_copy) = (false, false);
     let (mut size, mut mode) = (None, None);
+    let mut consistency = Consistency::Default;
     for field in spec.split(',') {
         let (key, value) = match field.split_once('=') {
             Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.trim())),
@@ -144,8 +192,14 @@ pub fn parse_mount_flag(spec: &str) -> anyhow::Result<Mount> {
                         .with_context(|| format!("invalid value for tmpfs-mode: {v}"))?,
                 );
             }
-            // Where docker only tunes the host side, a microVM has nothing to tune.
-            "consistency" | "bind-propagation" => {}
+            "consistency" => {
+                let v = value_of()?;
+                consistency = Consistency::parse(v).with_context(|| {
+                    format!("invalid consistency {v:?}: consistent, cached, delegated or default")
+                })?;
+            }
+            // Propagation tunes the host's mount table, which a microVM's share never joins.
+            "bind-propagation" => {}
             _ => bail!("unexpected key '{key}' in '{field}'"),
         }
     }
@@ -191,6 +245,12 @@ pub fn parse_mount_flag(spec: &str) -> anyhow::Result<Mount> {
         no_copy,
         options,
         create_source: false,
+        // A tmpfs is the guest's own: nothing to be consistent with.
+        consistency: if kind == Kind::Tmpfs {
+            Consistency::Default
+        } else {
+            consistency
+        },
     })
 }
 
@@ -220,6 +280,7 @@ pub fn parse_tmpfs_flag(spec: &str) -> anyhow::Result<Mount> {
         no_copy: false,
         options,
         create_source: false,
+        consistency: Consistency::Default,
     })
 }
 
@@ -388,6 +449,37 @@ mod tests {
         assert_eq!((m.kind, m.source.as_str()), (Kind::Volume, "data"));
         assert!(!m.read_only && m.no_copy && !m.create_source);
         assert!(parse_volume_flag("/a:/b:z").is_ok());
+    }
+
+    #[test]
+    fn consistency_picks_the_share_cache_as_docker_desktop_means_it() {
+        use hk_vmm::ShareCache;
+        let cache = |spec: &str| parse_volume_flag(spec).unwrap().consistency.cache();
+        assert_eq!(cache("/a:/b"), ShareCache::Auto);
+        assert_eq!(cache("/a:/b:consistent"), ShareCache::Never);
+        assert_eq!(cache("/a:/b:ro,cached"), ShareCache::Always);
+        assert_eq!(cache("data:/b:delegated"), ShareCache::Always);
+        assert!(parse_volume_flag("/a:/b:cached,consistent").is_err());
+        let cache = |spec: &str| parse_mount_flag(spec).unwrap().consistency.cache();
+        assert_eq!(cache("type=bind,src=/a,dst=/b"), ShareCache::Auto);
+        assert_eq!(
+            cache("type=bind,src=/a,dst=/b,consistency=consistent"),
+            ShareCache::Never
+        );
+        assert_eq!(
+            cache("src=vol,dst=/b,consistency=cached"),
+            ShareCache::Always
+        );
+        assert_eq!(
+            cache("src=vol,dst=/b,consistency=default"),
+            ShareCache::Auto
+        );
+        assert!(
+            parse_mount_flag("type=bind,src=/a,dst=/b,consistency=eventual")
+                .unwrap_err()
+                .to_string()
+                .contains("invalid consistency")
+        );
     }
 
     #[test]

@@ -24,6 +24,21 @@ use std::sync::Arc;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 pub use worker::{Events, Served};
 
+/// What a virtio-fs guest sees when the host changes a file (docs/virtio-fs.md). Here, not
+/// in the Linux-only `fs`, so that a VM's configuration names it on every platform.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Cache {
+    /// Close-to-open: data cached while a file is open, dropped when its mtime or size
+    /// changes (FUSE_AUTO_INVAL_DATA) or at the next open; names and attributes cached 1 s.
+    #[default]
+    Auto,
+    /// The guest keeps data, names and attributes (1 day): only for a directory nothing else
+    /// changes while the VM runs.
+    Always,
+    /// Nothing cached: every read and stat goes to the host.
+    Never,
+}
+
 /// Feature bit every modern device offers and every modern driver must accept.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 

@@ -29,12 +29,12 @@
 mod request;
 pub mod share;
 
+pub use super::Cache;
 use super::VIRTIO_F_VERSION_1;
 use super::{read_config_bytes, serve_queue, DeviceWorker, Events, Served, VirtioDevice};
 use crate::GuestMemory;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{Config, PassthroughFs};
-pub use share::Cache;
 use share::ShareFs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -21,6 +21,7 @@
 //!   trip FUSE makes per write when xattrs are on.
 //! - Guest-controlled sizes that `PassthroughFs` allocates from are capped (readdir).
 
+use super::Cache;
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
 use fuse_backend_rs::api::filesystem::{
     Context, DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, OpenOptions,
@@ -85,21 +86,8 @@ impl Owner {
     }
 }
 
-/// What the guest sees when the host changes a file (docs/virtio-fs.md).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Cache {
-    /// Close-to-open: data cached while a file is open, dropped when its mtime or size
-    /// changes (FUSE_AUTO_INVAL_DATA) or at the next open; names and attributes cached 1 s.
-    #[default]
-    Auto,
-    /// The guest keeps data, names and attributes (1 day): only for a directory nothing else
-    /// changes while the VM runs.
-    Always,
-    /// Nothing cached: every read and stat goes to the host.
-    Never,
-}
-
 impl Cache {
+    /// The passthrough file system's policy, and its entry and attribute timeout.
     pub(super) fn policy(self) -> (CachePolicy, Duration) {
         match self {
             Cache::Auto => (CachePolicy::Auto, Duration::from_secs(1)),
