@@ -58,9 +58,9 @@ pub struct Mount {
 /// Docker Desktop's bind-mount consistency, the knob for a file share into a VM, mapped onto
 /// virtio-fs's cache policies (docs/virtio-fs.md): `consistent` caches nothing, so a host
 /// change shows at once; `cached` ("the host's view is authoritative, updates may show late")
-/// and `delegated` ("the container's view is authoritative") keep what the guest has read
-/// (`always`; the guest's writes still reach the host when they return); without one, the
-/// default, `auto` (close-to-open, attributes for 1 s).
+/// and `delegated` ("the container's view is authoritative") let the guest keep what it read
+/// (`always`: fewer round trips; the guest's writes still reach the host when they return);
+/// without one, the default, `auto` (close-to-open, attributes for 1 s).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Consistency {
