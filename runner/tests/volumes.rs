@@ -446,10 +446,10 @@ fn a_host_change_reaches_a_running_container_as_its_consistency_says() {
         "one two size=9 host-sees=from-guest",
         "{c:?}"
     );
-    // cached: the guest keeps what it read, data and size, while the VM runs.
-    assert_eq!(
-        line("cached"),
-        "one one size=4 host-sees=from-guest",
-        "{c:?}"
-    );
+    // cached: the guest may keep what it read (docker: "updates may show late"), so only
+    // the first read and the write the host sees are certain: the guest's kernel drops
+    // kept pages itself when an attribute reply shows a new size, on its own schedule.
+    let cached = line("cached");
+    assert!(cached.starts_with("one "), "{c:?}");
+    assert!(cached.ends_with(" host-sees=from-guest"), "{c:?}");
 }
