@@ -91,15 +91,20 @@ find $T/tree -type f | wc -l"#,
     (
         "live",
         r#"for m in default consistent cached; do
-  d=$T/live-$m; mkdir $d; echo one >$d/f
+  d=$T/live-$m; mkdir $d; echo one >$d/f; head -c 16777216 /dev/zero >$d/big
   o=; [ $m = default ] || o=:$m
   $hk run -d --name live-$m -v $d:/l$o $R/base sleep 1000 >/dev/null
+  # The guest's page cache, in MiB, after reading a 16 MiB file and after opening it again.
+  pages=$($hk exec live-$m sh -c 'c() { sed -n "s/^Cached: *\([0-9]*\) kB/\1/p" /proc/meminfo; }
+    a=$(c); cat /l/big >/dev/null; b=$(c); head -c 1 /l/big >/dev/null; e=$(c)
+    echo $(((b - a) / 1024)):$(((e - a) / 1024))')
   first=$($hk exec live-$m cat /l/f)
   echo two >$d/f; echo more >>$d/f
   second=$($hk exec live-$m head -n 1 /l/f)
   size=$($hk exec live-$m stat -c %s /l/f)
   $hk exec live-$m sh -c 'echo from-guest >/l/g'
   echo "$m: $first $second size=$size host-sees=$(cat $d/g)"
+  echo "$m-pages: $pages"
   $hk rm -f live-$m >/dev/null
 done"#,
     ),
@@ -452,4 +457,21 @@ fn a_host_change_reaches_a_running_container_as_its_consistency_says() {
     let cached = line("cached");
     assert!(cached.starts_with("one "), "{c:?}");
     assert!(cached.ends_with(" host-sees=from-guest"), "{c:?}");
+    // What tells the policies apart: the guest's page cache after reading a 16 MiB file
+    // and after opening it again (MiB). auto caches it and drops it at the next open;
+    // always keeps it (KEEP_CACHE); never caches nothing (DIRECT_IO).
+    let pages = |m: &str| -> (i64, i64) {
+        let l = line(&format!("{m}-pages"));
+        let (read, reopened) = l.split_once(':').unwrap_or_else(|| panic!("{c:?}"));
+        (read.parse().unwrap(), reopened.parse().unwrap())
+    };
+    let (read, reopened) = pages("default");
+    assert!(read >= 12 && reopened < 4, "auto: {read}:{reopened} {c:?}");
+    let (read, reopened) = pages("cached");
+    assert!(
+        read >= 12 && reopened >= 12,
+        "always: {read}:{reopened} {c:?}"
+    );
+    let (read, reopened) = pages("consistent");
+    assert!(read < 4 && reopened < 4, "never: {read}:{reopened} {c:?}");
 }
